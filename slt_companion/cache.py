@@ -1,0 +1,173 @@
+"""Results on disk, keyed by a hash of the configuration and the package version.
+
+The book's long runs go through :func:`cached`: the first build computes and stores, an unchanged
+rebuild loads. Changing any config value or the package version changes the key, so results are never
+stale. An entry that cannot be read (truncated file, edited by hand) is reported with a warning and
+recomputed -- never a crash and never a silently wrong number.
+
+Entries are ``.npz`` files read with ``allow_pickle=False`` (no code runs on load). A result is a
+``dict`` whose values are numbers, strings, booleans, ``None``, lists of numbers, NumPy arrays,
+torch tensors or nested dicts of those.
+
+Where: ``$SLT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/slt_companion`` (``~/.cache/slt_companion``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+
+_META = "__meta__"
+
+
+def cache_dir() -> Path:
+    """The cache folder (created on first write)."""
+    env = os.environ.get("SLT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "slt_companion"
+
+
+def _canonical(obj: Any) -> Any:
+    """A JSON-able canonical form of a config (dict keys sorted by json.dumps)."""
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return repr(obj)  # exact round-trip, distinguishes 0.1 from 0.1000000001
+    if isinstance(obj, (np.integer, np.floating)):
+        return _canonical(obj.item())
+    if isinstance(obj, (torch.device, torch.dtype)):
+        return str(obj)
+    raise TypeError(
+        f"config value {obj!r} of type {type(obj).__name__} cannot be hashed into a cache key; "
+        "use numbers, strings, booleans, None, lists or dicts of those."
+    )
+
+
+def cache_key(name: str, config: dict) -> str:
+    """The hex key of ``(name, config, package version)``: SHA-256 of a canonical JSON form."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    payload = json.dumps(
+        {"name": name, "config": _canonical(config), "version": __version__}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def entry_path(name: str, config: dict) -> Path:
+    """Where the entry for ``(name, config)`` lives (it may not exist yet)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return cache_dir() / f"{safe}-{cache_key(name, config)}.npz"
+
+
+def _flatten(result: dict, prefix: str, arrays: dict, meta: dict) -> None:
+    for key, value in result.items():
+        if not isinstance(key, str) or "/" in key or key == _META:
+            raise TypeError(f"result keys must be strings without '/', got {key!r}")
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            meta[path] = {"kind": "dict"}
+            _flatten(value, path + "/", arrays, meta)
+        elif isinstance(value, torch.Tensor):
+            arrays[path] = value.detach().cpu().numpy()
+            meta[path] = {"kind": "tensor"}
+        elif isinstance(value, np.ndarray):
+            if value.dtype == object:
+                raise TypeError(f"result[{path!r}] is an object array; store numbers only")
+            arrays[path] = value
+            meta[path] = {"kind": "array"}
+        elif isinstance(value, (np.integer, np.floating, np.bool_)):
+            meta[path] = {"kind": "value", "value": value.item()}
+        elif isinstance(value, (bool, int, float, str)) or value is None:
+            meta[path] = {"kind": "value", "value": value}
+        elif isinstance(value, (list, tuple)):
+            try:
+                json.dumps(value)
+            except TypeError as err:
+                raise TypeError(f"result[{path!r}] is a list that is not plain numbers/strings") from err
+            meta[path] = {"kind": "value", "value": list(value)}
+        else:
+            raise TypeError(
+                f"result[{path!r}] has type {type(value).__name__}, which the cache cannot store; "
+                "use numbers, strings, arrays, tensors or dicts of those."
+            )
+
+
+def save(path: Path, result: dict) -> None:
+    """Write ``result`` to ``path`` atomically (a temporary file, then a rename)."""
+    arrays: dict = {}
+    meta: dict = {}
+    _flatten(result, "", arrays, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **{_META: np.array(json.dumps(meta))}, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: Path) -> dict:
+    """Read an entry written by :func:`save`. Raises ``ValueError`` if it is corrupt."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz[_META]))
+            arrays = {k: npz[k] for k in npz.files if k != _META}
+    except Exception as err:  # zipfile.BadZipFile, OSError, KeyError, JSONDecodeError, ...
+        raise ValueError(f"cache entry {path} is corrupt ({type(err).__name__}: {err})") from err
+    result: dict = {}
+    for key in sorted(meta, key=lambda k: k.count("/")):
+        *parents, leaf = key.split("/")
+        node = result
+        for part in parents:
+            node = node[part]
+        kind = meta[key]["kind"]
+        if kind == "dict":
+            node[leaf] = {}
+        elif kind == "value":
+            node[leaf] = meta[key]["value"]
+        elif kind in ("array", "tensor"):
+            if key not in arrays:
+                raise ValueError(f"cache entry {path} is corrupt (array {key!r} missing)")
+            node[leaf] = torch.from_numpy(arrays[key]) if kind == "tensor" else arrays[key]
+        else:
+            raise ValueError(f"cache entry {path} is corrupt (unknown kind {kind!r})")
+    return result
+
+
+def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: bool = False) -> dict:
+    """Return the stored result of ``compute()`` for ``(name, config)``, computing it if needed.
+
+    ``compute`` takes no arguments and returns a dict (see the module docstring for what it may hold).
+    ``refresh=True`` recomputes and overwrites. A corrupt entry gives a ``RuntimeWarning`` and is
+    recomputed. Delete the file (:func:`entry_path`) to force a recomputation by hand.
+    """
+    path = entry_path(name, config)
+    if path.exists() and not refresh:
+        try:
+            return load(path)
+        except ValueError as err:
+            warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=2)
+    result = compute()
+    if not isinstance(result, dict):
+        raise TypeError(f"compute() for {name!r} must return a dict, got {type(result).__name__}")
+    save(path, result)
+    return result
