@@ -1,0 +1,130 @@
+"""The book's pages as seen by the tests: listing them from _toc.yml, converting MyST notebooks for nbval,
+and executing one page from the command line.
+
+    python tests/notebooks.py list                 # every page in _toc.yml (docname, source, is_notebook)
+    python tests/notebooks.py to-ipynb DEST        # MyST notebooks -> DEST/<same path>.ipynb for `pytest --nbval-lax`
+    python tests/notebooks.py run PAGE.md [...]    # execute pages with nbclient, report the failing cell and time
+
+The converted notebooks get one extra first cell (tagged ``nbval-test-setup``) that turns
+DeprecationWarning/FutureWarning raised from ``slt_companion`` into errors (STYLE.md, convention 10).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WARNINGS_CELL = (
+    "import warnings\n"
+    "for _category in (DeprecationWarning, FutureWarning):\n"
+    "    warnings.filterwarnings('error', category=_category, module=r'slt_companion(\\..*)?$')"
+)
+
+
+def _walk(entries, out):
+    for entry in entries or []:
+        if "file" in entry:
+            out.append(entry["file"])
+        for key in ("chapters", "sections", "parts"):
+            _walk(entry.get(key), out)
+
+
+def toc_docnames(root: Path = ROOT) -> list[str]:
+    """Docnames (paths without suffix) of every page in _toc.yml, in reading order."""
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    names = [toc["root"]]
+    _walk(toc.get("parts"), names)
+    _walk(toc.get("chapters"), names)
+    return [str(Path(n).with_suffix("")) for n in names]
+
+
+def source_of(docname: str, root: Path = ROOT) -> Path:
+    for suffix in (".md", ".ipynb"):
+        path = root / f"{docname}{suffix}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"_toc.yml lists {docname!r} but no {docname}.md or .ipynb exists")
+
+
+def is_notebook(path: Path) -> bool:
+    """A MyST Markdown notebook has a YAML header with a jupytext or kernelspec section."""
+    if path.suffix == ".ipynb":
+        return True
+    head = path.read_text(encoding="utf-8")[:2000]
+    return head.startswith("---") and ("jupytext:" in head or "kernelspec:" in head)
+
+
+def read_notebook(path: Path):
+    import jupytext
+
+    # fmt matters: with a sparse header jupytext may guess plain markdown and run nothing (STACK.md)
+    return jupytext.read(path, fmt="md:myst") if path.suffix == ".md" else jupytext.read(path)
+
+
+def to_ipynb(dest: Path, root: Path = ROOT) -> list[Path]:
+    """Convert every notebook page in _toc.yml into ``dest`` (mirroring paths) for nbval."""
+    import nbformat
+
+    written = []
+    for docname in toc_docnames(root):
+        src = source_of(docname, root)
+        if not is_notebook(src):
+            continue
+        nb = read_notebook(src)
+        setup = nbformat.v4.new_code_cell(WARNINGS_CELL)
+        setup.metadata["tags"] = ["nbval-test-setup"]
+        nb.cells.insert(0, setup)
+        out = dest / f"{docname}.ipynb"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out)
+        written.append(out)
+    if not written:
+        raise SystemExit("to-ipynb: _toc.yml lists no notebook pages")
+    return written
+
+
+def run(path: Path, timeout: int = 1200) -> float:
+    """Execute one page in its own directory; raise with the failing cell's traceback. Returns seconds."""
+    from nbclient import NotebookClient
+
+    nb = read_notebook(path)
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"list", "to-ipynb", "run"}:
+        print(__doc__)
+        return 2
+    cmd, args = argv[0], argv[1:]
+    if cmd == "list":
+        for docname in toc_docnames():
+            src = source_of(docname)
+            print(f"{docname:50s} {src.relative_to(ROOT)}  notebook={is_notebook(src)}")
+    elif cmd == "to-ipynb":
+        if len(args) != 1:
+            print("usage: notebooks.py to-ipynb DEST")
+            return 2
+        for out in to_ipynb(Path(args[0])):
+            print(f"to-ipynb: {out}")
+    else:
+        status = 0
+        for arg in args:
+            try:
+                print(f"run: {arg}: ok in {run(Path(arg).resolve()):.1f} s")
+            except Exception as err:  # report and go on with the next page
+                print(f"run: {arg}: FAILED\n{err}")
+                status = 1
+        return status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,42 @@
+"""The quick build of the whole book: -W passes, every page of _toc.yml is there, nothing leaks."""
+
+from __future__ import annotations
+
+import re
+
+from notebooks import ROOT, toc_docnames
+
+
+def test_quick_build_has_no_warnings(quick_book):
+    log = (quick_book.parents[1] / "build.log").read_text()
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert not warnings, "\n".join(warnings)
+
+
+def test_every_toc_page_is_built(quick_book):
+    for docname in toc_docnames():
+        assert (quick_book / f"{docname}.html").is_file(), f"{docname}.html missing from the build"
+
+
+def test_no_static_folder_and_assets_served_from_book(quick_book):
+    # jupyter-book 1.x injects every .js under a _static/ source folder into every page (STACK.md fix 1)
+    assert not list((ROOT / "book").rglob("_static")), "book/ must not contain a _static/ folder"
+    for rel in ("mathjax/tex-mml-chtml.js", "widgets/embed-amd.js", "widgets/require.js"):
+        assert (quick_book / "_static" / rel).is_file(), f"vendored asset {rel} missing from the build"
+
+
+def test_pages_reference_no_cdn(quick_book):
+    cdn = re.compile(r"""(?:src|href)=["']https?://(?!127\.0\.0\.1)[^"']+\.(?:js|css)""")
+    for docname in toc_docnames():
+        html = (quick_book / f"{docname}.html").read_text(encoding="utf-8")
+        assert not cdn.findall(html), f"{docname}.html loads {cdn.findall(html)}"
+
+
+def test_each_script_is_included_once(quick_book):
+    """The dedupe_js extension: no inline script or file is on a page twice (THEBE_JS_URL error)."""
+    for docname in toc_docnames():
+        html = (quick_book / f"{docname}.html").read_text(encoding="utf-8")
+        srcs = re.findall(r'<script[^>]*src="([^"]+)"', html)
+        dupes = {s for s in srcs if srcs.count(s) > 1}
+        assert not dupes, f"{docname}.html includes {dupes} more than once"
+        assert html.count("THEBE_JS_URL =") <= 1
