@@ -5,11 +5,18 @@ Used in: Part I, chapter "Why deep learning is singular".
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import sympy as sp
 
-__all__ = ["fisher_information", "fisher_rank"]
+__all__ = ["fisher_information", "fisher_rank", "RLCT"]
+
+
+class RLCT(NamedTuple):
+    """A learning coefficient: ``lam`` (:math:`\\lambda`, an exact ``sympy.Rational``) and its ``multiplicity`` m."""
+
+    lam: sp.Rational
+    multiplicity: int
 
 
 def _as_symbols(name: str, items, *, allow_empty: bool = False) -> tuple:

@@ -1,15 +1,29 @@
 r"""Closed forms from the literature.
 
 - :func:`free_energy` -- Watanabe's asymptotic expansion of the Bayes free energy.
+- :func:`bic` -- the Bayesian information criterion (correct for regular models only).
+- :func:`rrr_rlct` -- the learning coefficient of reduced-rank regression (Aoyagi & Watanabe 2005).
+- :func:`dln_rlct` -- the learning coefficient of deep linear networks (Aoyagi 2024).
 
-Used in: Part I, chapter "Why deep learning is singular".
+Both learning-coefficient functions return an :class:`~slt_companion.symbolic.RLCT` named tuple
+``(lam, multiplicity)``: ``lam`` an exact :class:`sympy.Rational`, ``multiplicity`` a Python ``int``
+(the order :math:`m` of the pole of the zeta function, the coefficient of :math:`-\log\log n` plus one).
+Unpack it (``lam, m = rrr_rlct(...)``) or use the fields (``rrr_rlct(...).lam``).
+
+Used in: Part I, chapters "Why deep learning is singular", "Free energy and Bayesian phase transitions",
+"Learning coefficients we know exactly"; Part II, validation chapter.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import numbers
 
-__all__ = ["free_energy", "bic"]
+import numpy as np
+import sympy as sp
+
+from .symbolic import RLCT
+
+__all__ = ["free_energy", "bic", "rrr_rlct", "dln_rlct", "RLCT"]
 
 
 def free_energy(n, loss, lam, multiplicity: int = 1):
@@ -39,3 +53,157 @@ def bic(n, loss, num_params: int):
     """
     n = np.asarray(n, dtype=float)
     return n * loss + num_params / 2 * np.log(n)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reduced-rank regression and deep linear networks
+# ---------------------------------------------------------------------------------------------------
+
+def _check_dim(name: str, value, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < minimum:
+        what = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return value
+
+
+def rrr_rlct(in_dim: int, out_dim: int, hidden: int, true_rank: int) -> RLCT:
+    r"""Learning coefficient and multiplicity of reduced-rank regression (Aoyagi & Watanabe 2005).
+
+    The model is :math:`y = BAx + \varepsilon` with :math:`A \in \mathbb{R}^{H\times M}`, :math:`B \in \mathbb{R}^{N\times H}`
+    (``in_dim`` :math:`=M`, ``hidden`` :math:`=H`, ``out_dim`` :math:`=N`, :math:`d = H(M+N)` parameters), and the
+    truth is a matrix :math:`B_0A_0` of rank ``true_rank`` :math:`=r \le \min(M, N, H)`; the prior is positive at
+    the truth. With the four cases of Aoyagi & Watanabe (2005), Main Theorem:
+
+    1. :math:`N+r \le M+H`, :math:`M+r \le N+H`, :math:`H+r \le M+N`:
+
+       - :math:`M+H+N+r` even: :math:`\lambda = \frac{2(H+r)(M+N) - (M-N)^2 - (H+r)^2}{8}`, :math:`m = 1`;
+       - :math:`M+H+N+r` odd: :math:`\lambda = \frac{2(H+r)(M+N) - (M-N)^2 - (H+r)^2 + 1}{8}`, :math:`m = 2`;
+    2. :math:`M+H < N+r`: :math:`\lambda = \frac{HM - Hr + Nr}{2}`, :math:`m = 1`;
+    3. :math:`N+H < M+r`: :math:`\lambda = \frac{HN - Hr + Mr}{2}`, :math:`m = 1`;
+    4. :math:`M+N < H+r`: :math:`\lambda = \frac{MN}{2}`, :math:`m = 1`.
+
+    Returns
+    -------
+    RLCT
+        named tuple ``(lam, multiplicity)``: ``lam`` a :class:`sympy.Rational`, ``multiplicity`` an ``int``.
+
+    Raises
+    ------
+    ValueError
+        if a dimension is not a positive integer, or ``true_rank`` is negative or exceeds
+        ``min(in_dim, out_dim, hidden)`` (the truth would not be realisable).
+
+    Examples
+    --------
+    >>> rrr_rlct(3, 3, 3, 0)
+    RLCT(lam=7/2, multiplicity=2)
+
+    Used in: Part I, "Learning coefficients we know exactly"; Part II, validation.
+    """
+    M = _check_dim("in_dim", in_dim)
+    N = _check_dim("out_dim", out_dim)
+    H = _check_dim("hidden", hidden)
+    r = _check_dim("true_rank", true_rank, minimum=0)
+    if r > min(M, N, H):
+        raise ValueError(
+            f"true_rank={r} exceeds min(in_dim, out_dim, hidden) = min({M}, {N}, {H}) = {min(M, N, H)}: "
+            "a rank-r truth needs at least r hidden units and r input/output dimensions"
+        )
+    if M + H < N + r:                       # case 2
+        lam, mult = sp.Rational(H * M - H * r + N * r, 2), 1
+    elif N + H < M + r:                     # case 3
+        lam, mult = sp.Rational(H * N - H * r + M * r, 2), 1
+    elif M + N < H + r:                     # case 4
+        lam, mult = sp.Rational(M * N, 2), 1
+    else:                                   # case 1: all three inequalities hold
+        num = 2 * (H + r) * (M + N) - (M - N) ** 2 - (H + r) ** 2
+        if (M + H + N + r) % 2 == 0:
+            lam, mult = sp.Rational(num, 8), 1
+        else:
+            lam, mult = sp.Rational(num + 1, 8), 2
+    return RLCT(lam, mult)
+
+
+def _dln_subset(ms: list[int]) -> list[int]:
+    """Aoyagi's subset S: the shortest prefix (|S| = l+1, l >= 1) of the sorted M_j meeting (i)-(iii)."""
+    order = sorted(ms)
+    for size in range(2, len(order) + 1):
+        sub, rest = order[:size], order[size:]
+        ell = size - 1
+        if rest and not max(sub) < min(rest):                 # (i): never splits ties
+            continue
+        if not sum(sub) >= ell * max(sub):                    # (ii)
+            continue
+        if rest and not sum(sub) < ell * min(rest):           # (iii)
+            continue
+        return sub
+    raise RuntimeError(f"no subset satisfies Aoyagi's conditions for M = {ms}; please report this")  # pragma: no cover
+
+
+def dln_rlct(widths, true_rank: int) -> RLCT:
+    r"""Learning coefficient and multiplicity of a deep linear network (Aoyagi 2024, Theorem 1).
+
+    The model is :math:`y = W_L\cdots W_1 x + \varepsilon` with :math:`W_s \in \mathbb{R}^{H^{(s+1)}\times H^{(s)}}`;
+    ``widths`` :math:`= [H^{(1)}, \dots, H^{(L+1)}]` lists the input width, the hidden widths and the output
+    width (so ``len(widths) = L + 1``, :math:`d = \sum_s H^{(s)}H^{(s+1)}`). The truth is a product matrix of rank
+    ``true_rank`` :math:`= r \le \min_s H^{(s)}`. Let :math:`M_j = H^{(j)} - r` and let :math:`S` be the set of
+    :math:`\ell+1` indices (:math:`\ell\ge1`) with
+
+    (i) :math:`\max_{j\in S} M_j < \min_{k\notin S} M_k`, (ii) :math:`\sum_S M_j \ge \ell\max_S M_j`,
+    (iii) :math:`\sum_S M_j < \ell\min_{k\notin S} M_k` (conditions on :math:`S^c` are void if :math:`S` is everything).
+
+    With :math:`\Sigma = \sum_S M_j`, :math:`\bar M = \lceil \Sigma/\ell\rceil` and :math:`a = \Sigma - (\bar M-1)\ell`,
+
+    .. math::
+        \lambda = \frac{-r^2 + r(H^{(1)} + H^{(L+1)})}{2} + \frac{a(\ell-a)}{4\ell}
+                  - \frac{\ell(\ell-1)}{4}\Big(\frac{\Sigma}{\ell}\Big)^2 + \frac12\sum_{i<j\in S} M_iM_j,
+        \qquad m = a(\ell-a) + 1 .
+
+    With one hidden layer this is :func:`rrr_rlct` (tested on a grid); with no hidden layer
+    (``widths = [M, N]``) the model is regular and :math:`\lambda = MN/2`.
+
+    Returns
+    -------
+    RLCT
+        named tuple ``(lam, multiplicity)``: ``lam`` a :class:`sympy.Rational`, ``multiplicity`` an ``int``.
+
+    Raises
+    ------
+    ValueError
+        if ``widths`` has fewer than two entries or a non-positive / non-integer width, or ``true_rank``
+        is negative or exceeds ``min(widths)``.
+
+    Examples
+    --------
+    >>> dln_rlct([5, 4, 3, 4, 5], 2)
+    RLCT(lam=9, multiplicity=2)
+
+    Used in: Part I, "Learning coefficients we know exactly"; Part II, validation.
+    """
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise ValueError(f"widths must be a list of layer widths [input, hidden..., output], got {widths!r}")
+    widths = list(widths)
+    if len(widths) < 2:
+        raise ValueError(f"widths must list at least an input and an output width, got {widths!r}")
+    widths = [_check_dim(f"widths[{i}]", w) for i, w in enumerate(widths)]
+    r = _check_dim("true_rank", true_rank, minimum=0)
+    if r > min(widths):
+        raise ValueError(
+            f"true_rank={r} exceeds the narrowest width min(widths) = {min(widths)}: a product of matrices "
+            "has rank at most its narrowest layer"
+        )
+    ms = [w - r for w in widths]
+    sub = _dln_subset(ms)
+    ell = len(sub) - 1
+    total = sum(sub)
+    m_bar = -(-total // ell)                 # ceil(total / ell) in integers
+    a = total - (m_bar - 1) * ell
+    pairs = sum(sub[i] * sub[j] for i in range(len(sub)) for j in range(i + 1, len(sub)))
+    lam = (sp.Rational(-r * r + r * (widths[0] + widths[-1]), 2)
+           + sp.Rational(a * (ell - a), 4 * ell)
+           - sp.Rational(ell * (ell - 1), 4) * sp.Rational(total, ell) ** 2
+           + sp.Rational(pairs, 2))
+    return RLCT(sp.Rational(lam), int(a * (ell - a) + 1))
