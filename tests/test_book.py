@@ -9,7 +9,9 @@ from notebooks import ROOT, toc_docnames
 
 def test_quick_build_has_no_warnings(quick_book):
     log = (quick_book.parents[1] / "build.log").read_text()
-    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    # ipykernel 7.4 prints this on every kernel start; it is not a Sphinx warning and -W ignores it (STACK.md)
+    harmless = "[IPKernelApp] WARNING | Kernel is running over TCP without encryption"
+    warnings = [line for line in log.splitlines() if "WARNING" in line and harmless not in line]
     assert not warnings, "\n".join(warnings)
 
 
