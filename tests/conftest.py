@@ -51,27 +51,65 @@ def pytest_sessionfinish(session, exitstatus):
 
 QUICK_OUT = ROOT / "_build" / "quick"
 
+# The quick build executes every notebook again, so it runs in the background *while* pytest runs the unit
+# tests and nbval: one thread each (two cores, two streams) roughly halves the wall time of `make test`.
+# Notebook kernels started by nbval inherit this process's environment.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+_build_proc: subprocess.Popen | None = None
+
+
+def _start_quick_build() -> None:
+    global _build_proc
+    if _build_proc is not None:
+        return
+    shutil.rmtree(QUICK_OUT, ignore_errors=True)
+    QUICK_OUT.mkdir(parents=True)
+    env = dict(os.environ, SLT_CACHE_DIR=str(QUICK_OUT / "slt_cache"))
+    jb = Path(sys.executable).with_name("jupyter-book")
+    log = open(QUICK_OUT / "build.log", "w")
+    _build_proc = subprocess.Popen([str(jb), "build", "-W", "--keep-going", "--path-output", str(QUICK_OUT), "."],
+                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    log.close()
+
+
+def _quick_mode() -> bool:
+    return os.environ.get("SLT_QUICK") in {"1", "true", "yes", "on"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the tests of the built book last, so the background build overlaps everything else."""
+    items.sort(key=lambda item: "quick_book" in getattr(item, "fixturenames", ()))  # stable sort
+
+
+def pytest_collection_finish(session):
+    """Start the quick book build as soon as we know a collected test needs it."""
+    if _quick_mode() and any("quick_book" in getattr(item, "fixturenames", ()) for item in session.items):
+        _start_quick_build()
+
+
+def pytest_unconfigure(config):
+    if _build_proc is not None and _build_proc.poll() is None:
+        _build_proc.kill()
+
 
 @pytest.fixture(scope="session")
 def quick_book() -> Path:
-    """Build the whole book with ``-W`` in quick mode into _build/quick; return the HTML folder.
+    """The whole book built with ``-W`` in quick mode into _build/quick (started in the background at
+    collection); return the HTML folder once the build has finished.
 
     A fresh forced build every session (its execution cache is thrown away), so quick results never
     mix with the full-size cache in _build/.jupyter_cache.
     """
-    if os.environ.get("SLT_QUICK") not in {"1", "true", "yes", "on"}:
+    if not _quick_mode():
         pytest.fail("the book tests need SLT_QUICK=1 (run them through `make test`)")
-    shutil.rmtree(QUICK_OUT, ignore_errors=True)
-    env = dict(os.environ, SLT_CACHE_DIR=str(QUICK_OUT / "slt_cache"))
-    jb = Path(sys.executable).with_name("jupyter-book")
-    proc = subprocess.run([str(jb), "build", "-W", "--keep-going", "--path-output", str(QUICK_OUT), "."],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    (QUICK_OUT / "build.log").parent.mkdir(parents=True, exist_ok=True)
-    (QUICK_OUT / "build.log").write_text(log)
+    _start_quick_build()
+    returncode = _build_proc.wait()
+    log = (QUICK_OUT / "build.log").read_text()
     html = QUICK_OUT / "_build" / "html"
-    if proc.returncode != 0:
+    if returncode != 0:
         reports = "".join(f"\n--- {p}\n{p.read_text()[-4000:]}" for p in sorted((html / "reports").glob("*")))
-        pytest.fail(f"quick book build failed (exit {proc.returncode}); full log in {QUICK_OUT / 'build.log'}\n"
+        pytest.fail(f"quick book build failed (exit {returncode}); full log in {QUICK_OUT / 'build.log'}\n"
                     f"{log[-6000:]}{reports}")
     return html

@@ -42,3 +42,14 @@ def test_each_script_is_included_once(quick_book):
         dupes = {s for s in srcs if srcs.count(s) > 1}
         assert not dupes, f"{docname}.html includes {dupes} more than once"
         assert html.count("THEBE_JS_URL =") <= 1
+
+
+def test_no_page_shows_a_traceback(quick_book):
+    """A figure that fails to draw (e.g. bad mathtext) does not fail the cell: IPython prints the traceback as
+    output and the build passes. The reader must never see one."""
+    for docname in toc_docnames():
+        html = (quick_book / f"{docname}.html").read_text(encoding="utf-8")
+        assert 'class="output traceback' not in html, f"{docname}.html shows a traceback in a cell output"
+        for stderr in re.findall(r'class="output stderr[^"]*".*?</pre>', html, flags=re.S):
+            assert not re.search(r"\b\w*(Error|Exception)\b", stderr), \
+                f"{docname}.html prints an error on stderr: {stderr[:300]}"
