@@ -31,8 +31,9 @@ from .config import size
 __all__ = ["volume", "fit_volume_scaling", "log_partition", "free_energy_quadrature"]
 
 
-def _grid(K, variables, prior, bound, center, points, depth):
-    """Values of K and log-weights (prior density times the Jacobian of the log substitution) on the grid."""
+def _grid(K, variables, prior, bound, center, points, depth, *, slopes: bool = False):
+    """Values of K and log-weights (prior density times the Jacobian of the log substitution) on the grid;
+    with ``slopes``, also the cell width in log K, h * |grad_s log K| (for the smoothed indicator)."""
     if isinstance(variables, sp.Symbol):
         variables = [variables]
     variables = list(variables)
@@ -48,7 +49,7 @@ def _grid(K, variables, prior, bound, center, points, depth):
     if not depth > 0:
         raise ValueError(f"depth must be positive, got {depth!r}")
     if points is None:
-        points = size({1: 200_000, 2: 1500, 3: 160}.get(d, 40), {1: 20_000, 2: 400, 3: 60}.get(d, 16))
+        points = size({1: 20_000, 2: 600, 3: 100}.get(d, 30), {1: 2_000, 2: 200, 3: 40}.get(d, 12))
     points = int(points)
     if points < 10:
         raise ValueError(f"points must be at least 10 per axis, got {points}")
@@ -58,6 +59,9 @@ def _grid(K, variables, prior, bound, center, points, depth):
     if c.shape != (d,):
         raise ValueError(f"center must have one coordinate per variable ({d}), got shape {c.shape}")
     f = sp.lambdify(variables, expr, "numpy")
+    # d(log K)/d s_j = -(w_j - c_j) dK/dw_j / K for w_j = c_j + sigma_j B exp(-s_j)
+    shifted = [v - ci for v, ci in zip(variables, (sp.nsimplify(x) for x in c))]
+    grads = [sp.lambdify(variables, sp.expand(dv * sp.diff(expr, v)), "numpy") for v, dv in zip(variables, shifted)]
     pr = sp.sympify(prior)
     g = sp.lambdify(variables, sp.Abs(pr), "numpy") if pr != 1 else None
     h = depth / points
@@ -65,21 +69,30 @@ def _grid(K, variables, prior, bound, center, points, depth):
     mesh = np.meshgrid(*([s] * d), indexing="ij")
     local = [bound * np.exp(-m) for m in mesh]
     logw = sum(np.log(bound * h) - m for m in mesh) - d * math.log(2 * bound)   # prior uniform on the box
-    Ks, Ws = [], []
+    Ks, Ws, Ss = [], [], []
     for signs in itertools.product((1.0, -1.0), repeat=d):
         loc = [sg * l for sg, l in zip(signs, local)]
-        vals = np.broadcast_to(np.asarray(f(*[ci + li for ci, li in zip(c, loc)]), dtype=float), loc[0].shape)
+        pts = [ci + li for ci, li in zip(c, loc)]
+        shape = loc[0].shape
+        vals = np.broadcast_to(np.asarray(f(*pts), dtype=float), shape)
         lw = logw
         if g is not None:
             with np.errstate(divide="ignore"):
-                lw = logw + np.log(np.broadcast_to(np.asarray(g(*loc), dtype=float), loc[0].shape))
+                lw = logw + np.log(np.broadcast_to(np.asarray(g(*loc), dtype=float), shape))
         Ks.append(vals.ravel())
-        Ws.append(np.broadcast_to(lw, loc[0].shape).ravel())
+        Ws.append(np.broadcast_to(lw, shape).ravel())
+        if slopes:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                sq = sum(np.broadcast_to(np.asarray(gr(*pts), dtype=float), shape) ** 2 for gr in grads)
+                width = h * np.sqrt(sq) / vals
+            Ss.append(np.where(np.isfinite(width), width, 0.0).ravel())
     Kv, Wv = np.concatenate(Ks), np.concatenate(Ws)
     if np.any(~np.isfinite(Kv)):
         raise ValueError("K is not finite everywhere on the prior box")
     if np.min(Kv) < -1e-12 * max(1.0, float(np.max(np.abs(Kv)))):
         raise ValueError(f"K takes negative values on the prior box (min {np.min(Kv):.3g}); K must be >= 0")
+    if slopes:
+        return Kv, Wv, np.concatenate(Ss)
     return Kv, Wv
 
 
@@ -89,18 +102,25 @@ def volume(K, variables, eps, *, prior=1, bound: float = 1.0, center=None, point
 
     The prior :math:`\varphi` is uniform on the box :math:`\prod_j [c_j - B, c_j + B]` (``center`` :math:`c`,
     ``bound`` :math:`B`), times :math:`|{\rm prior}(w - c)|` if a (monomial) ``prior`` is given. ``points`` grid
-    points per axis in log coordinates (default from :func:`slt_companion.config.size`); accuracy about 1%
-    relative for the default grids, uniformly in ``eps`` down to :math:`10^{-14}`.
+    points per axis in log coordinates (default from :func:`slt_companion.config.size`). The indicator of
+    :math:`\{K<\varepsilon\}` is averaged over each grid cell by linearising :math:`\log K` across the cell (a plain
+    midpoint rule would alias where the level set is parallel to the grid); accuracy about 1% relative for the
+    default grids, uniformly in ``eps`` down to :math:`10^{-14}`.
     """
     eps = np.atleast_1d(np.asarray(eps, dtype=float))
     if np.any(~(eps > 0)):
         raise ValueError("eps must be positive")
-    Kv, Wv = _grid(K, variables, prior, bound, center, points, depth)
-    order = np.argsort(Kv)
-    Ks = Kv[order]
-    W = np.exp(Wv[order])
-    cum = np.concatenate([[0.0], np.cumsum(W)])
-    return cum[np.searchsorted(Ks, eps, side="left")]
+    Kv, Wv, widths = _grid(K, variables, prior, bound, center, points, depth, slopes=True)
+    W = np.exp(Wv)
+    with np.errstate(divide="ignore"):
+        logK = np.log(Kv)
+    safe = np.maximum(widths, 1e-300)
+    out = np.empty(len(eps))
+    for i, e in enumerate(np.log(eps)):
+        frac = np.clip((e - logK) / safe + 0.5, 0.0, 1.0)
+        frac = np.where(widths > 0, frac, (logK < e).astype(float))
+        out[i] = float(np.dot(frac, W))
+    return out
 
 
 def fit_volume_scaling(eps, V, *, multiplicity: int | None = None) -> dict:
