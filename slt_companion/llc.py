@@ -1,0 +1,293 @@
+r"""The local learning coefficient (LLC) estimator of Lau, Furman, Wang, Murfet & Wei (2025).
+
+.. math::
+    \hat\lambda(w^*) = n\beta\,\Big(\E_{w\sim p_{\beta,\gamma}}[L_n(w)] - L_n(w^*)\Big),\qquad
+    p_{\beta,\gamma}(w) \propto \exp\Big\{-n\beta L_n(w) - \frac\gamma2\|w-w^*\|^2\Big\},
+
+with :math:`n\beta = n/\log n` by default (the WBIC temperature :math:`\beta^* = 1/\log n`, Watanabe 2013)
+and the expectation taken over SGLD draws (:mod:`slt_companion.sampling`) after burn-in.
+
+**The paired estimate.** Each draw's minibatch loss :math:`L_{B_t}(w_t)` is paired with the centre's loss on
+the *same* minibatch, :math:`L_{B_t}(w^*)`, and :math:`\hat\lambda = n\beta\cdot\overline{L_{B_t}(w_t) - L_{B_t}(w^*)}`.
+Both terms are unbiased for their full-data values, so the estimate targets the same quantity, but the
+minibatch-to-minibatch noise (which is large: the loss of a batch of 500 fluctuates by far more than
+:math:`\lambda/n\beta`) cancels. ``baseline="full"`` uses :math:`L_n(w^*)` on the full data instead, and
+``baseline="batch"`` the centre's loss on a single minibatch (the choice that makes other tools' estimates
+swing); both exist to show the difference (Part II, "Estimating λ"). ``init_loss`` always reports :math:`L_n(w^*)`
+on the full data.
+
+**step_size="auto"**: see :func:`auto_step_size` (a pilot run; documented there).
+
+Used in: Part II (all chapters), Part III (LLC curves over training).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import config as _config
+from .diagnostics import ess as _ess, rhat as _rhat
+from .sampling import SamplerConfig, SGLDResult, _Problem, sgld
+
+__all__ = ["estimate_llc", "LLCEstimate", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR"]
+
+#: ε·h_max for the automatic step size (see :func:`auto_step_size`)
+AUTO_STEP_FACTOR = 0.1
+
+
+def default_nbeta(n: int) -> float:
+    r""":math:`n\beta = n/\log n`, the WBIC inverse temperature times the sample size (Watanabe 2013)."""
+    if n < 2:
+        raise ValueError(f"n must be at least 2 for n/log n, got {n}")
+    return n / math.log(n)
+
+
+@dataclass
+class LLCEstimate:
+    r"""The result of :func:`estimate_llc`.
+
+    - ``mean``: :math:`\hat\lambda`, the average over all chains and draws;
+    - ``std``: the standard deviation of the per-chain estimates across chains (the spread a reader sees
+      between independent runs of one chain); ``sem``: the Monte Carlo standard error of ``mean``,
+      :math:`\mathrm{sd}(\text{draws})/\sqrt{\mathrm{ESS}}`;
+    - ``per_chain``: per-chain estimates ``(chains,)``; ``llc_trace``: per-draw values
+      :math:`n\beta(L_{B_t}(w_t) - L_{B_t}(w^*))` ``(chains, draws)``;
+    - ``trace``: the minibatch loss :math:`L_{B_t}(w_t)` ``(chains, burn-in + draws)``;
+    - ``init_loss``: :math:`L_n(w^*)` on the full data; ``ess``, ``rhat``: bulk ESS and rank-normalised split
+      :math:`\hat R` of ``llc_trace`` (:mod:`slt_companion.diagnostics`); ``config``: the :class:`SamplerConfig` used
+      (with the step size actually chosen); ``seconds``: sampling wall time.
+    """
+
+    mean: float
+    std: float
+    sem: float
+    per_chain: np.ndarray
+    llc_trace: np.ndarray
+    trace: np.ndarray
+    init_loss: float
+    ess: float
+    rhat: float
+    config: SamplerConfig
+    baseline: str = "paired"
+    seconds: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"LLCEstimate(mean={self.mean:.4g}, std={self.std:.3g}, sem={self.sem:.3g}, ess={self.ess:.0f}, "
+                f"rhat={self.rhat:.3f}, chains={self.config.num_chains}, draws={self.config.num_draws}, "
+                f"step_size={self.config.step_size!r:.10}, nbeta={self.config.nbeta:.4g}, "
+                f"localization={self.config.localization:g})")
+
+    def to_dict(self) -> dict:
+        """Numbers and arrays only (for :func:`slt_companion.cache.cached`)."""
+        cfg = self.config.to_dict()
+        if isinstance(cfg["step_size"], tuple):
+            cfg["step_size"] = list(cfg["step_size"])
+        return {"mean": self.mean, "std": self.std, "sem": self.sem, "per_chain": self.per_chain,
+                "llc_trace": self.llc_trace, "trace": self.trace, "init_loss": self.init_loss,
+                "ess": self.ess, "rhat": self.rhat, "baseline": self.baseline, "seconds": self.seconds,
+                "config": {k: v for k, v in cfg.items() if v is not None}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LLCEstimate":
+        cfg = dict(d["config"])
+        if isinstance(cfg.get("step_size"), list):
+            cfg["step_size"] = tuple(cfg["step_size"])
+        return cls(mean=float(d["mean"]), std=float(d["std"]), sem=float(d["sem"]),
+                   per_chain=np.asarray(d["per_chain"]), llc_trace=np.asarray(d["llc_trace"]),
+                   trace=np.asarray(d["trace"]), init_loss=float(d["init_loss"]), ess=float(d["ess"]),
+                   rhat=float(d["rhat"]), config=SamplerConfig(**cfg), baseline=str(d["baseline"]),
+                   seconds=float(d["seconds"]))
+
+    def plot(self, ax=None, *, theory: float | None = None, title: str | None = None):
+        """Per-chain running λ̂ over draws (burn-in excluded), the overall estimate, and ``theory`` if given."""
+        from . import plot as slt_plot
+
+        if ax is None:
+            _, ax = slt_plot.new_figure(width=6.0, height=3.6)
+        draws = np.arange(1, self.llc_trace.shape[1] + 1)
+        running = np.cumsum(self.llc_trace, axis=1) / draws
+        for c, row in enumerate(running):
+            ax.plot(draws, row, lw=1.0, alpha=0.8, color=slt_plot.COLORS["muted"] if c else slt_plot.COLORS["estimate"],
+                    label="running mean, per chain" if c == 0 else None)
+        ax.axhline(self.mean, color=slt_plot.COLORS["estimate"], lw=1.2,
+                   label=rf"$\hat\lambda = {self.mean:.3g} \pm {self.std:.2g}$")
+        if theory is not None:
+            slt_plot.theory_line(ax, float(theory), rf"theory $\lambda = {float(theory):.4g}$")
+        ax.set_xlabel("draw (after burn-in)")
+        ax.set_ylabel(r"running $\hat\lambda$")
+        ax.set_title(title or f"LLC estimate: ESS {self.ess:.0f}, $\\hat R$ {self.rhat:.3f}")
+        ax.legend(fontsize=8.5)
+        return ax
+
+
+def _hessian_top_eig(prob: _Problem, W: torch.Tensor, xb, yb, nbeta: float, gamma: float,
+                     iters: int = 30, seed: int = 0) -> torch.Tensor:
+    r"""Largest |eigenvalue| of the Hessian of :math:`n\beta L_B(w) + \frac\gamma2\|w-w^*\|^2` at each row of ``W``.
+
+    Power iteration with Hessian-vector products (double backward through the batched loss; the Hessian of
+    the sum over chains is block-diagonal, so one product serves every chain).
+    """
+    C, D = W.shape
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(C, D, generator=gen, dtype=torch.float64).to(W)
+    v = v / v.norm(dim=1, keepdim=True)
+    Wg = W.detach().requires_grad_(True)
+    with torch.enable_grad():
+        losses = prob.batched_losses(Wg, xb, yb)
+        (g,) = torch.autograd.grad(losses.sum(), Wg, create_graph=True)
+        est = torch.zeros(C, dtype=W.dtype, device=W.device)
+        for _ in range(iters):
+            (hv,) = torch.autograd.grad(g, Wg, grad_outputs=v, retain_graph=True)
+            hv = nbeta * hv.detach() + gamma * v
+            est = (hv * v).sum(1).abs()
+            norm = hv.norm(dim=1, keepdim=True)
+            v = torch.where(norm > 0, hv / norm.clamp_min(1e-30), v)
+    out = torch.nan_to_num(est, nan=float("inf"))
+    return torch.maximum(out, torch.full_like(out, gamma))
+
+
+def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_size: int, seed: int = 0,
+                   factor: float | None = None, pilot_steps: int = 200, rungs: int = 16,
+                   preconditioner: str | None = None) -> tuple[float, dict]:
+    r"""Choose the SGLD step size from a short pilot run, so that :math:`\varepsilon\, h_{\max} = ` ``factor``.
+
+    Why: on a quadratic basin with curvature :math:`h`, SGLD with step :math:`\varepsilon` samples a
+    variance inflated by :math:`1/(1-\varepsilon h/4)`, so :math:`\hat\lambda` is biased up by about
+    :math:`\varepsilon h/4` per direction; it is unstable beyond :math:`\varepsilon h = 4`; and a direction
+    relaxes in about :math:`1/(\varepsilon h)` steps. ``factor = 0.1`` keeps the bias of the stiffest
+    direction near 2.5% while directions 10× softer still relax within a few hundred steps.
+
+    How: (1) :math:`h_0` = the top Hessian eigenvalue of :math:`U(w) = n\beta L(w) + \frac\gamma2\|w-w^*\|^2`
+    at :math:`w^*` (power iteration on a pilot batch of up to 2048 samples). (2) At a singular :math:`w^*` the
+    curvature nearby can be far larger than at :math:`w^*` itself, so a pilot run of ``rungs`` chains with
+    step sizes :math:`\varepsilon_i = 2^{3-i}\cdot` ``factor``:math:`/h_0` (one chain each, all in one batched
+    run, ``pilot_steps`` steps) explores the local posterior; :math:`h` is measured again at each chain's
+    end point. (3) A rung is *consistent* if it did not diverge and :math:`\varepsilon_i h_i \le 0.5`;
+    :math:`h_{\max}` is the largest :math:`h` over :math:`w^*` and the consistent rungs, and
+    :math:`\varepsilon = ` ``factor``:math:`/h_{\max}`. Deterministic for a fixed ``seed``. The same
+    rule is used with ``preconditioner="rmsprop"``, whose normalised preconditioner only shrinks the steps
+    of the stiffest coordinates.
+    """
+    factor = AUTO_STEP_FACTOR if factor is None else float(factor)
+    dev = prob.device
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    m = min(prob.n, 2048)
+    sel = torch.randperm(prob.n, generator=gen)[:m].to(dev)
+    xb, yb = prob.x[sel], prob.y[sel]
+    center = prob.center[None]
+    h0 = float(_hessian_top_eig(prob, center, xb[None], yb[None], nbeta, localization, seed=seed)[0])
+    if not math.isfinite(h0) or h0 <= 0:
+        raise ValueError("the loss has a non-finite Hessian at the centre w*; check the model and loss_fn")
+    ladder = tuple(factor / h0 * 2.0 ** (3 - i) for i in range(rungs))
+    cfg = SamplerConfig(step_size=ladder, nbeta=nbeta, localization=localization, num_chains=rungs,
+                        num_draws=pilot_steps, num_burnin=0, batch_size=batch_size, seed=int(seed) + 1,
+                        preconditioner=preconditioner)
+    res = sgld(prob.model, prob.loss_fn, None, cfg, progress=False, center_loss=False, on_divergence="mark",
+               _problem=prob)
+    ends = res.final.to(device=dev, dtype=prob.dtype)
+    ok = ~torch.tensor(res.extras["diverged"]) & torch.isfinite(ends).all(1).cpu()
+    safe_ends = torch.where(ok.to(dev)[:, None], ends, center.expand_as(ends))
+    h = _hessian_top_eig(prob, safe_ends, xb.expand(rungs, *xb.shape), yb.expand(rungs, *yb.shape),
+                         nbeta, localization, seed=seed + 1).cpu().double()
+    eps = torch.tensor(ladder, dtype=torch.float64)
+    consistent = ok & torch.isfinite(h) & (eps * h <= 0.5)
+    h_max = max([h0] + h[consistent].tolist())
+    info = {"h0": h0, "h_max": h_max, "ladder": list(ladder), "pilot_h": h.tolist(),
+            "consistent": consistent.tolist(), "pilot_seconds": res.seconds}
+    return factor / h_max, info
+
+
+def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains: int = 4,
+                 num_draws: int | None = None, num_burnin: int | None = None, step_size="auto",
+                 localization: float = 1.0, nbeta: float | None = None, batch_size: int = 500, params=None,
+                 seed: int = 0, device=None, progress: bool = True, preconditioner: str | None = None,
+                 baseline: str = "paired") -> LLCEstimate:
+    r"""Estimate the local learning coefficient :math:`\hat\lambda(w^*)` at the model's current parameters.
+
+    Parameters
+    ----------
+    model : nn.Module with a functional forward (:mod:`slt_companion.sampling`); its parameters are :math:`w^*`
+        and are not modified.
+    loss_fn : ``loss_fn(model(x), y)`` -> the *mean* per-sample negative log-likelihood of the batch.
+        The scale matters: :math:`\hat\lambda` is :math:`n\beta` times a loss difference, so a loss that is
+        not the NLL (e.g. MSE without the ½ for unit-variance noise) scales :math:`\hat\lambda` with it.
+    data : ``(x, y)`` tensors, a ``TensorDataset``, or an object with ``.xy``. Passing data other than
+        the training data gives the **data-refined LLC**.
+    num_chains, num_draws, num_burnin : chains run together; draws per chain after ``num_burnin`` steps.
+        Defaults: 1000 draws (200 in ``SLT_QUICK`` mode) and burn-in ``max(200, num_draws // 4)``.
+    step_size : a float :math:`\varepsilon`, or ``"auto"`` (:func:`auto_step_size`, a short pilot run).
+    localization : :math:`\gamma` (default 1: a weak tether that removes drift along flat directions
+        while biasing :math:`\hat\lambda` by only a few percent; large values bias it low).
+    nbeta : :math:`n\beta`; ``None`` means :math:`n/\log n` with ``n = len(data)``.
+    batch_size : minibatch size per chain and step (clipped to ``n``).
+    params : restrict sampling to some parameters (names, a name prefix, or a predicate ``(name, tensor)``):
+        the **weight-refined LLC** of that component.
+    seed : chains use independent generators derived from it; same seed, same result on CPU.
+    device : ``None`` (best available, see :func:`slt_companion.config.resolve_device`), ``"cpu"``, ``"cuda"``.
+    preconditioner : ``None`` or ``"rmsprop"``.
+    baseline : ``"paired"`` (default), ``"full"`` or ``"batch"`` -- see the module docstring.
+
+    Shape, dtype and device problems raise a ``ValueError``/``TypeError`` naming the argument before any
+    sampling; a diverging chain raises :class:`~slt_companion.diagnostics.SGLDDivergenceError`.
+    """
+    if baseline not in ("paired", "full", "batch"):
+        raise ValueError(f"baseline must be 'paired', 'full' or 'batch', got {baseline!r}")
+    if num_draws is None:
+        num_draws = _config.size(1000, 200)
+    if num_burnin is None:
+        num_burnin = max(200, int(num_draws) // 4)
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except (StopIteration, AttributeError):
+            device = None
+    prob = _Problem(model, loss_fn, data, params, device)
+    if nbeta is None:
+        nbeta = default_nbeta(prob.n)
+    # validate everything but the step size before any computation
+    SamplerConfig(step_size=1.0, nbeta=nbeta, localization=localization, num_chains=num_chains,
+                  num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed,
+                  preconditioner=preconditioner)
+    prob.check(batch_size)
+    extras: dict = {}
+    if isinstance(step_size, str):
+        if step_size != "auto":
+            raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
+        step_size, extras["auto_step"] = auto_step_size(prob, nbeta=nbeta, localization=localization,
+                                                        batch_size=batch_size, seed=seed,
+                                                        preconditioner=preconditioner)
+    cfg = SamplerConfig(step_size=step_size, nbeta=float(nbeta), localization=float(localization),
+                        num_chains=int(num_chains), num_draws=int(num_draws), num_burnin=int(num_burnin),
+                        batch_size=int(batch_size), seed=int(seed), preconditioner=preconditioner)
+    init_loss = prob.full_loss(prob.center)
+    res: SGLDResult = sgld(model, loss_fn, None, cfg, progress=progress, center_loss=(baseline == "paired"),
+                           _problem=prob)
+    draws = res.draws.numpy()
+    if baseline == "paired":
+        base = res.center_loss[:, cfg.num_burnin:].numpy()
+    elif baseline == "full":
+        base = init_loss
+    else:  # one minibatch, as a single-batch initial loss would give
+        gen = torch.Generator().manual_seed(int(seed) + 104729)
+        sel = torch.randperm(prob.n, generator=gen)[:min(batch_size, prob.n)].to(prob.device)
+        with torch.no_grad():
+            base = float(loss_fn(model(prob.x[sel]), prob.y[sel]))
+        extras["batch_init_loss"] = base
+    llc_trace = cfg.nbeta * (draws - base)
+    per_chain = llc_trace.mean(axis=1)
+    mean = float(llc_trace.mean())
+    std = float(per_chain.std(ddof=1)) if cfg.num_chains > 1 else float("nan")
+    if llc_trace.shape[1] >= 4 and np.ptp(llc_trace) > 0:
+        e, r = _ess(llc_trace), _rhat(llc_trace)
+    else:
+        e, r = float("nan"), float("nan")
+    sem = float(llc_trace.std(ddof=1) / math.sqrt(e)) if e == e and e > 0 else float("nan")
+    return LLCEstimate(mean=mean, std=std, sem=sem, per_chain=per_chain, llc_trace=llc_trace,
+                       trace=res.loss.numpy(), init_loss=init_loss, ess=e, rhat=r, config=cfg,
+                       baseline=baseline, seconds=res.seconds, extras=extras)

@@ -1,0 +1,515 @@
+r"""Stochastic-gradient Langevin dynamics (SGLD) over many chains at once.
+
+All chains live in one tensor ``W`` of shape ``(num_chains, D)`` (the sampled parameters, flattened). Each
+step runs **one** batched forward and backward for every chain together: the model is called through
+:func:`torch.func.functional_call` under :func:`torch.func.vmap` over the chain dimension, the per-chain
+mean losses are summed, and one ``torch.autograd.grad`` gives every chain's gradient (the chains do not
+interact, so the gradient of the sum is the stack of the per-chain gradients).
+
+**Update convention** (Welling & Teh 2011; the localised, tempered form of Lau et al. 2025). With
+:math:`\varepsilon` the step size, :math:`n\beta` the inverse temperature times the sample size,
+:math:`\gamma` the localisation strength, :math:`w^*` the centre and :math:`L_B` the mean loss on the
+chain's current minibatch :math:`B_t`,
+
+.. math::
+    \Delta w_t = -\frac{\varepsilon}{2}\Big[n\beta\,\nabla L_{B_t}(w_t) + \gamma\,(w_t - w^*)\Big]
+                 + \sqrt{\varepsilon}\,\xi_t,\qquad \xi_t\sim\mathcal N(0, I),
+
+a discretisation of the Langevin diffusion whose stationary law is the *local tempered posterior*
+:math:`p(w)\propto\exp\{-n\beta L_n(w) - \tfrac\gamma2\|w-w^*\|^2\}`. This is the convention of devinterp's
+``SGLD`` optimiser (with ``noise_level = 1``), so step sizes carry over.
+With ``preconditioner="rmsprop"`` (pSGLD, Li et al. 2016, without the :math:`\Gamma` correction term) the
+drift and the noise are scaled per coordinate, :math:`\Delta w = -\frac\varepsilon2 G\odot[\dots] + \sqrt{\varepsilon G}\odot\xi`,
+by :math:`G_i = \sqrt{\bar V_t / \max(V_{t,i}, \delta\bar V_t)}`, with :math:`V_t` an exponential moving average
+(rate ``rmsprop_alpha``) of the squared drift and :math:`\bar V_t` its mean over coordinates: normalised so
+that ε keeps its plain-SGLD meaning, and bounded by :math:`1/\sqrt\delta`.
+
+**Randomness.** Chain ``c`` owns a ``torch.Generator`` seeded from ``numpy.random.SeedSequence(seed).spawn``;
+it draws the chain's minibatches (a fresh permutation of the data each epoch, sampling without replacement)
+and its noise, in blocks of steps. Chain ``c``'s random numbers therefore do not depend on how many other
+chains run, and the same ``seed`` gives identical results on the CPU.
+
+**What the model must satisfy.** Its forward must be *functional*: it reads the parameters through the
+registered ``nn.Parameter`` attributes, modifies no state in place (no BatchNorm running statistics in
+training mode -- call ``model.eval()``), and has no data-dependent Python control flow (``.item()``,
+``if tensor:``). Any plain stack of ``nn.Linear``/activations/attention qualifies. A model that cannot run
+under ``vmap`` raises :class:`NonFunctionalModelError` before sampling starts.
+
+Used in: Part II, "SGLD and the local posterior" and every LLC estimate in the book.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .config import resolve_device
+from .diagnostics import SGLDDivergenceError
+
+__all__ = ["SamplerConfig", "SGLDResult", "sgld", "NonFunctionalModelError", "select_params",
+           "chain_generators"]
+
+#: steps whose minibatches and noise are drawn together (per chain); part of the RNG contract
+BLOCK = 64
+
+
+class NonFunctionalModelError(TypeError):
+    """The model's forward cannot be run under ``torch.func.functional_call`` + ``vmap``."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Everything that defines an SGLD run (see the module docstring for the update rule).
+
+    ``nbeta`` is :math:`n\\beta` (required here; :func:`slt_companion.llc.estimate_llc` fills in ``n/log n``).
+    ``num_burnin`` steps are run and recorded but excluded from estimates; ``num_draws`` steps follow.
+    ``batch_size`` is clipped to the data size (then every step uses the full data). ``step_size`` may be
+    a tuple with one value per chain (an ε sweep in a single run).
+    """
+
+    step_size: float | tuple
+    nbeta: float
+    localization: float = 1.0
+    num_chains: int = 4
+    num_draws: int = 1000
+    num_burnin: int = 200
+    batch_size: int = 500
+    preconditioner: str | None = None
+    rmsprop_alpha: float = 0.99
+    rmsprop_delta: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        def positive(name, allow_zero=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (v == 0 and not allow_zero):
+                bound = "≥ 0" if allow_zero else "> 0"
+                raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
+
+        def count(name, minimum):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name} must be an integer ≥ {minimum}, got {v!r}")
+
+        if isinstance(self.step_size, (tuple, list)):
+            if len(self.step_size) != self.num_chains:
+                raise ValueError(f"step_size has {len(self.step_size)} values but num_chains={self.num_chains}; "
+                                 "give one step size, or one per chain")
+            for v in self.step_size:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    raise ValueError(f"every step_size must be a finite number > 0, got {v!r}")
+            object.__setattr__(self, "step_size", tuple(float(v) for v in self.step_size))
+        else:
+            positive("step_size")
+        positive("nbeta")
+        positive("localization", allow_zero=True)
+        count("num_chains", 1)
+        count("num_draws", 1)
+        count("num_burnin", 0)
+        count("batch_size", 1)
+        count("seed", 0)
+        if self.preconditioner not in (None, "rmsprop"):
+            raise ValueError(f"preconditioner must be None or 'rmsprop', got {self.preconditioner!r}")
+        if not 0 < self.rmsprop_alpha < 1:
+            raise ValueError(f"rmsprop_alpha must lie in (0, 1), got {self.rmsprop_alpha!r}")
+        positive("rmsprop_delta")
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_burnin + self.num_draws
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SGLDResult:
+    """What :func:`sgld` returns. Tensors are float64 on the CPU.
+
+    ``loss[c, t]`` is chain ``c``'s minibatch loss :math:`L_{B_t}(w_t)` at step ``t`` (before the update),
+    ``center_loss[c, t]`` the loss of the centre :math:`w^*` on the *same* minibatch (``None`` if not
+    requested); steps ``t < config.num_burnin`` are burn-in. ``final`` is the last state ``(chains, D)``;
+    ``params`` the states ``(chains, steps, D)`` if ``record_params=True``; ``param_names``/``param_shapes``
+    describe the flattening.
+    """
+
+    loss: torch.Tensor
+    center_loss: torch.Tensor | None
+    config: SamplerConfig
+    param_names: list[str]
+    param_shapes: list[tuple[int, ...]]
+    final: torch.Tensor
+    params: torch.Tensor | None = None
+    seconds: float = 0.0
+    device: str = "cpu"
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def draws(self) -> torch.Tensor:
+        """The loss trace after burn-in, ``(chains, num_draws)``."""
+        return self.loss[:, self.config.num_burnin:]
+
+
+def select_params(model: nn.Module, params=None) -> list[str]:
+    """Names of the parameters to sample: all trainable ones (``params=None``), a list of names, a single
+    name prefix string (e.g. ``"layers.0"``), or a predicate ``params(name, tensor) -> bool``.
+    """
+    named = dict(model.named_parameters())
+    if not named:
+        raise ValueError("the model has no parameters to sample")
+    if params is None:
+        names = [k for k, p in named.items() if p.requires_grad]
+    elif callable(params):
+        names = [k for k, p in named.items() if params(k, p)]
+    elif isinstance(params, str):
+        names = [k for k in named if k == params or k.startswith(params + ".")]
+    else:
+        try:
+            names = list(params)
+        except TypeError as err:
+            raise TypeError("params must be None, a list of parameter names, a name prefix or a predicate "
+                            f"(name, tensor) -> bool; got {type(params).__name__}") from err
+        unknown = [k for k in names if k not in named]
+        if unknown:
+            raise ValueError(f"params names {unknown} are not parameters of the model; "
+                             f"its parameters are {list(named)}")
+    if not names:
+        raise ValueError(f"params={params!r} selects no parameters; the model's parameters are {list(named)}")
+    return names
+
+
+def chain_generators(seed: int, num_chains: int) -> list[torch.Generator]:
+    """One independent CPU ``torch.Generator`` per chain, from ``numpy.random.SeedSequence(seed).spawn``."""
+    children = np.random.SeedSequence(int(seed)).spawn(num_chains)
+    return [torch.Generator().manual_seed(int(ch.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+            for ch in children]
+
+
+class _BatchStream:
+    """Minibatch indices for one chain: successive random permutations of range(n), cut into batches."""
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator):
+        self.n, self.b, self.gen = n, min(batch_size, n), gen
+        self.buf = torch.empty(0, dtype=torch.long)
+
+    def take(self, steps: int) -> torch.Tensor:
+        if self.b == self.n:
+            return torch.arange(self.n).expand(steps, self.n)
+        need = steps * self.b
+        parts = [self.buf]
+        have = self.buf.numel()
+        while have < need:
+            parts.append(torch.randperm(self.n, generator=self.gen))
+            have += self.n
+        allidx = torch.cat(parts)
+        self.buf = allidx[need:]
+        return allidx[:need].view(steps, self.b)
+
+
+def _as_xy(data, device):
+    if isinstance(data, torch.utils.data.TensorDataset):
+        data = data.tensors
+    elif hasattr(data, "xy"):
+        data = data.xy
+    elif isinstance(data, torch.utils.data.Dataset) and not isinstance(data, (tuple, list)):
+        try:
+            items = [data[i] for i in range(len(data))]
+            data = (torch.stack([torch.as_tensor(a) for a, _ in items]),
+                    torch.stack([torch.as_tensor(b) for _, b in items]))
+        except Exception as err:
+            raise TypeError("data must be (x, y) tensors or a Dataset whose items are (x, y) pairs") from err
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"data must be a pair (x, y) of tensors (or a TensorDataset of two); got {type(data).__name__}"
+                        + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
+    x, y = data
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"data=(x, y) must hold torch tensors, got ({type(x).__name__}, {type(y).__name__}); "
+                        "convert with torch.as_tensor")
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"data: x and y must have the same number of rows (samples); got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"data has {x.shape[0]} sample; need at least 2")
+    return x.to(device), y.to(device)
+
+
+class _Problem:
+    """The model made functional over a flat parameter vector, with the data on the device."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, data, params, device):
+        self.device = resolve_device(device)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(model(x), y), got {type(loss_fn).__name__}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.x, self.y = _as_xy(data, self.device)
+        self.n = int(self.x.shape[0])
+        named = dict(model.named_parameters())
+        self.names = select_params(model, params)
+        dtypes = {named[k].dtype for k in self.names}
+        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+            raise TypeError(f"sampled parameters must share one floating dtype, got {sorted(map(str, dtypes))}")
+        self.dtype = next(iter(dtypes))
+        devices = {named[k].device for k in named}
+        if any(d.type != self.device.type for d in devices):
+            raise ValueError(f"the model's parameters are on {sorted(map(str, devices))} but device={str(self.device)!r}; "
+                             f"move the model with model.to({str(self.device)!r}) or pass the model's device")
+        if self.x.is_floating_point() and self.x.dtype != self.dtype:
+            raise TypeError(f"data x has dtype {self.x.dtype} but the model's parameters are {self.dtype}; "
+                            f"convert with x.to({self.dtype}) (or model.to({self.x.dtype}))")
+        self.shapes = [tuple(named[k].shape) for k in self.names]
+        self.sizes = [int(np.prod(s)) if s else 1 for s in self.shapes]
+        self.D = sum(self.sizes)
+        self.frozen = {k: v.detach() for k, v in named.items() if k not in self.names}
+        self.frozen.update({k: v for k, v in model.named_buffers()})
+        self.center = torch.cat([named[k].detach().reshape(-1) for k in self.names]).to(self.device)
+
+    def views(self, W: torch.Tensor) -> dict:
+        out, off = {}, 0
+        C = W.shape[0]
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[name] = W[:, off:off + size].view(C, *shape)
+            off += size
+        return out
+
+    def _forward_one(self, p: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, {**self.frozen, **p}, (x,))
+
+    def batched_losses(self, W: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Per-chain mean loss ``(C,)`` for chain states ``W (C, D)`` on minibatches ``xb (C, B, ...)``."""
+        out = vmap(self._forward_one)(self.views(W), xb)
+        return vmap(self.loss_fn)(out, yb)
+
+    def losses_and_grads(self, W, xb, yb):
+        Wg = W.detach().requires_grad_(True)
+        with torch.enable_grad():
+            losses = self.batched_losses(Wg, xb, yb)
+            (grad,) = torch.autograd.grad(losses.sum(), Wg)
+        return losses.detach(), grad
+
+    @torch.no_grad()
+    def full_loss(self, w: torch.Tensor, chunk: int = 65536) -> float:
+        """L(w) on the full data (chunked, weighted by chunk size)."""
+        p = {k: v[0] for k, v in self.views(w[None]).items()}
+        total = 0.0
+        for s in range(0, self.n, chunk):
+            xs, ys = self.x[s:s + chunk], self.y[s:s + chunk]
+            total += float(self.loss_fn(self._forward_one(p, xs), ys)) * xs.shape[0]
+        return total / self.n
+
+    @torch.no_grad()
+    def per_sample_losses(self, w: torch.Tensor, chunk: int = 8192) -> torch.Tensor | None:
+        """The loss of each sample at ``w`` if ``loss_fn`` is a mean over samples, else ``None``."""
+        p = {k: v[0] for k, v in self.views(w[None]).items()}
+
+        def one(x1, y1):
+            return self.loss_fn(self._forward_one(p, x1[None]), y1[None])
+
+        try:
+            vals = torch.cat([vmap(one)(self.x[s:s + chunk], self.y[s:s + chunk]) for s in range(0, self.n, chunk)])
+        except Exception:
+            return None
+        m = min(self.n, 257)
+        direct = float(self.loss_fn(self._forward_one(p, self.x[:m]), self.y[:m]))
+        mean = float(vals[:m].double().mean())
+        if not math.isclose(direct, mean, rel_tol=1e-4, abs_tol=1e-6):
+            return None
+        return vals.double()
+
+    def check(self, batch_size: int):
+        """Run one vmapped forward/backward on two chains; translate failures into clear errors."""
+        buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
+        b = min(batch_size, self.n, 8)
+        W = self.center.expand(2, self.D).clone()
+        xb = self.x[:b].expand(2, *self.x[:b].shape)
+        yb = self.y[:b].expand(2, *self.y[:b].shape)
+        try:
+            with torch.no_grad():
+                out = self.model(self.x[:b])
+        except Exception as err:
+            raise ValueError(f"model(x) failed on the first {b} rows of data x (shape {tuple(self.x.shape)}): "
+                             f"{type(err).__name__}: {err}. Check that x's trailing shape matches the model's input.") from err
+        try:
+            loss = self.loss_fn(out, self.y[:b])
+        except Exception as err:
+            raise ValueError(f"loss_fn(model(x), y) failed with output shape {tuple(out.shape)} and y shape "
+                             f"{tuple(self.y[:b].shape)}: {type(err).__name__}: {err}") from err
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError("loss_fn(model(x), y) must return a scalar tensor (the mean loss over the batch); "
+                             f"got {type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}")
+        try:
+            losses, grad = self.losses_and_grads(W, xb, yb)
+            changed = [k for k, v in self.model.named_buffers() if not torch.equal(v, buffers[k])]
+            if changed:
+                raise RuntimeError(f"the forward modified the buffers {changed} in place")
+        except Exception as err:
+            raise NonFunctionalModelError(
+                f"{type(self.model).__name__}.forward could not run under torch.func.functional_call + vmap "
+                f"({type(err).__name__}: {err}). SGLD here needs a functional forward: parameters read only "
+                "through registered nn.Parameters, no in-place state updates (call model.eval() for BatchNorm), "
+                "no .item() or data-dependent Python branches, and a loss_fn made of torch operations."
+            ) from err
+        finally:
+            with torch.no_grad():
+                for k, v in self.model.named_buffers():
+                    v.copy_(buffers[k])
+        if not torch.allclose(losses[0], loss.to(losses.dtype), rtol=1e-4, atol=1e-6):
+            raise NonFunctionalModelError(
+                f"the vmapped forward gives loss {float(losses[0]):.6g} but model(x) gives {float(loss):.6g}: "
+                f"{type(self.model).__name__}.forward depends on something other than its parameters and input "
+                "(random state, dropout in training mode?); call model.eval() or make it deterministic.")
+
+
+def _rms_preconditioner(V: torch.Tensor, delta: float) -> torch.Tensor:
+    """G_i = sqrt(mean V) / sqrt(max(V_i, delta·mean V)), per chain; G = 1 where a chain's V is all zero.
+
+    Normalised by the mean so that ε keeps its plain-SGLD meaning (a coordinate with average drift gets
+    step ε); coordinates whose drift is tiny get at most 1/sqrt(delta) times larger steps.
+    """
+    mean = V.mean(dim=1, keepdim=True)
+    G = (mean / torch.maximum(V, delta * mean)).sqrt()
+    return torch.where(mean > 0, G, torch.ones_like(G))
+
+
+def _check_divergence(block_loss, block_center, block_params_ok, start, cfg, D, eps_of):
+    """Raise SGLDDivergenceError at the first bad step of this block."""
+    finite = torch.isfinite(block_loss) & block_params_ok
+    excess = cfg.nbeta * (block_loss - block_center) if block_center is not None else None
+    # a healthy chain has nbeta*(L - L*) of order lambda <= D/2; 1000x that is an explosion
+    limit = 1000.0 * max(D, 1) + 1e4
+    bad = ~finite if excess is None else (~finite | (excess > limit))
+    if bool(bad.any()):
+        k, c = [int(v) for v in torch.nonzero(bad)[0]]
+        step = start + k
+        val = float(block_loss[k, c])
+        what = "a non-finite loss" if not math.isfinite(val) or not bool(finite[k, c]) else \
+            f"an exploding loss (nβ·(L − L*) = {float(excess[k, c]):.3g} > {limit:.3g})"
+        raise SGLDDivergenceError(step=step, chain=c, loss=val, step_size=eps_of(c), what=what)
+
+
+def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, params=None, device=None,
+         progress: bool = True, record_params: bool = False, center_loss: bool = True,
+         on_divergence: str = "raise", _problem: _Problem | None = None) -> SGLDResult:
+    r"""Run ``config.num_chains`` SGLD chains at once from the model's current parameters :math:`w^*`.
+
+    ``loss_fn(model(x), y)`` must return the mean per-sample loss of the batch (a scalar tensor); ``data`` is
+    ``(x, y)`` (or a ``TensorDataset``/object with ``.xy``); ``params`` restricts sampling to some parameters
+    (see :func:`select_params`; the others stay at their values). The model itself is not modified.
+    Raises :class:`~slt_companion.diagnostics.SGLDDivergenceError` when a chain's loss becomes non-finite or
+    explodes, naming the step and suggesting a smaller step size; with ``on_divergence="mark"`` it instead
+    lets the bad chains run on as NaN and lists them in ``result.extras["diverged"]`` (used by pilot runs).
+    """
+    if on_divergence not in ("raise", "mark"):
+        raise ValueError(f"on_divergence must be 'raise' or 'mark', got {on_divergence!r}")
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
+    prob = _problem or _Problem(model, loss_fn, data, params, device)
+    if _problem is None:
+        prob.check(config.batch_size)
+    cfg = config
+    C, D, dev = cfg.num_chains, prob.D, prob.device
+    T = cfg.num_steps
+    gens = chain_generators(cfg.seed, C)
+    streams = [_BatchStream(prob.n, cfg.batch_size, g) for g in gens]
+    psl = prob.per_sample_losses(prob.center) if center_loss else None
+
+    W = prob.center.expand(C, D).clone()
+    center = prob.center
+    nbeta, gamma = float(cfg.nbeta), float(cfg.localization)
+    if isinstance(cfg.step_size, tuple):
+        eps_t = torch.tensor(cfg.step_size, dtype=prob.dtype, device=dev)[:, None]
+        half_eps, sqrt_eps = -eps_t / 2, eps_t.sqrt()
+        eps_of = lambda c: cfg.step_size[c]  # noqa: E731
+    else:
+        half_eps, sqrt_eps = -float(cfg.step_size) / 2, math.sqrt(float(cfg.step_size))
+        eps_of = lambda c: float(cfg.step_size)  # noqa: E731
+    per_chain = isinstance(cfg.step_size, tuple)
+    diverged = torch.zeros(C, dtype=torch.bool)
+    rms = cfg.preconditioner == "rmsprop"
+    V = torch.zeros_like(W) if rms else None
+
+    loss_trace = torch.empty(T, C, dtype=torch.float64)
+    center_trace = torch.empty(T, C, dtype=torch.float64) if center_loss else None
+    param_trace = torch.empty(T, C, D, dtype=torch.float64) if record_params else None
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=T, desc=f"SGLD {C} chains", unit="step", leave=False)
+    start_time = time.perf_counter()
+    try:
+        for start in range(0, T, BLOCK):
+            K = min(BLOCK, T - start)
+            idx = torch.stack([s.take(K) for s in streams], dim=1).to(dev)           # (K, C, B)
+            noise = torch.stack([torch.randn(K, D, generator=g, dtype=torch.float64) for g in gens], dim=1)
+            noise = noise.to(device=dev, dtype=prob.dtype)                          # (K, C, D)
+            xb_all, yb_all = prob.x[idx], prob.y[idx]
+            block_loss = torch.empty(K, C, dtype=prob.dtype, device=dev)
+            params_ok = torch.ones(K, C, dtype=torch.bool)
+            if center_loss and psl is None:
+                block_center = torch.empty(K, C, dtype=prob.dtype, device=dev)
+                cW = center.expand(C, D)
+            for k in range(K):
+                if record_params:
+                    param_trace[start + k] = W.double().cpu()
+                losses, grad = prob.losses_and_grads(W, xb_all[k], yb_all[k])
+                block_loss[k] = losses
+                if center_loss and psl is None:
+                    with torch.no_grad():
+                        block_center[k] = prob.batched_losses(cW, xb_all[k], yb_all[k])
+                with torch.no_grad():
+                    drift = grad.mul_(nbeta)
+                    if gamma:
+                        drift.add_(W - center, alpha=gamma)
+                    if rms:
+                        sq = drift * drift
+                        if start + k == 0:
+                            V.copy_(sq)
+                        else:
+                            V.mul_(cfg.rmsprop_alpha).add_(sq, alpha=1 - cfg.rmsprop_alpha)
+                        G = _rms_preconditioner(V, cfg.rmsprop_delta)
+                        if per_chain:
+                            W.add_(half_eps * G * drift).add_(sqrt_eps * G.sqrt() * noise[k])
+                        else:
+                            W.addcmul_(G, drift, value=half_eps).addcmul_(G.sqrt(), noise[k], value=sqrt_eps)
+                    elif per_chain:
+                        W.add_(half_eps * drift).add_(sqrt_eps * noise[k])
+                    else:
+                        W.add_(drift, alpha=half_eps).add_(noise[k], alpha=sqrt_eps)
+            bl = block_loss.double().cpu()
+            if center_loss:
+                bc = (psl[idx.to(psl.device)].mean(-1) if psl is not None else block_center.double()).cpu()
+                center_trace[start:start + K] = bc
+            else:
+                bc = None
+            if not bool(torch.isfinite(W).all()):
+                params_ok[-1] = torch.isfinite(W).all(dim=1).cpu()
+            if on_divergence == "raise":
+                _check_divergence(bl, bc, params_ok, start, cfg, D, eps_of)
+            else:
+                diverged |= ~(torch.isfinite(bl).all(0) & params_ok.all(0))
+            loss_trace[start:start + K] = bl
+            if bar is not None:
+                bar.update(K)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start_time
+    return SGLDResult(
+        loss=loss_trace.T.contiguous(),
+        center_loss=center_trace.T.contiguous() if center_loss else None,
+        config=cfg, param_names=list(prob.names), param_shapes=list(prob.shapes),
+        final=W.detach().double().cpu(),
+        params=param_trace.transpose(0, 1).contiguous() if record_params else None,
+        seconds=seconds, device=str(dev), extras={"diverged": diverged.tolist()},
+    )

@@ -1,0 +1,64 @@
+"""DeepLinearNetwork and MonomialModel."""
+
+import pytest
+import torch
+
+from slt_companion.data import random_low_rank, teacher_student
+from slt_companion.models import DeepLinearNetwork, MonomialModel, rank_constrained_least_squares
+
+
+def test_dln_shapes_and_product():
+    m = DeepLinearNetwork([5, 4, 3, 4, 5], seed=0)
+    assert m.depth == 4 and sum(p.numel() for p in m.parameters()) == 20 + 12 + 12 + 20
+    x = torch.randn(7, 5)
+    assert torch.allclose(m(x), x @ m.product().T, atol=1e-5)
+
+
+def test_set_product_is_exact_and_balanced():
+    W = random_low_rank(5, 5, 2, seed=3)
+    m = DeepLinearNetwork([5, 4, 3, 4, 5]).set_product(W)
+    assert torch.allclose(m.product(), W, atol=1e-5)
+    Ws = [layer.weight.double() for layer in m.layers]
+    for lower, upper in zip(Ws[:-1], Ws[1:]):
+        assert torch.allclose(upper.T @ upper, lower @ lower.T, atol=1e-5)
+
+
+def test_set_product_rejects_too_high_rank():
+    W = random_low_rank(5, 5, 4, seed=0)
+    with pytest.raises(ValueError, match="narrowest width 3"):
+        DeepLinearNetwork([5, 3, 5]).set_product(W)
+    with pytest.raises(ValueError, match="shape"):
+        DeepLinearNetwork([5, 3, 5]).set_product(torch.zeros(4, 5))
+
+
+def test_fit_least_squares_is_the_minimiser():
+    d = teacher_student(2000, 5, 5, 2, seed=0)
+    m = DeepLinearNetwork([5, 4, 5]).fit_least_squares(d.x, d.y)
+    W = m.product().double()
+    Wr = rank_constrained_least_squares(d.x, d.y, 4)
+    assert torch.linalg.matrix_rank(W, atol=1e-4) == 4
+    assert torch.allclose(W, Wr, atol=1e-4)
+    # the gradient of the loss vanishes there
+    loss = 0.5 * ((m(d.x) - d.y) ** 2).sum(-1).mean()
+    grads = torch.autograd.grad(loss, list(m.parameters()))
+    assert max(float(g.abs().max()) for g in grads) < 1e-4
+    # and a random rank-4 perturbation is worse
+    W2 = Wr + 1e-2 * random_low_rank(5, 5, 1, seed=9).double()
+    f = lambda M: 0.5 * ((d.x.double() @ M.T - d.y.double()) ** 2).sum(-1).mean()  # noqa: E731
+    assert f(W2) > f(Wr)
+
+
+def test_bad_widths():
+    with pytest.raises(ValueError, match="widths"):
+        DeepLinearNetwork([5])
+    with pytest.raises(ValueError, match="widths"):
+        DeepLinearNetwork([5, 0, 5])
+
+
+def test_monomial_model():
+    m = MonomialModel([1, 2], init=[2.0, 3.0])
+    x = torch.tensor([[1.0], [-2.0]])
+    assert torch.allclose(m(x), x * 18.0)
+    assert torch.equal(MonomialModel([3])(x), torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="init"):
+        MonomialModel([1, 2], init=[1.0])

@@ -1,0 +1,177 @@
+"""The batched SGLD engine: exactness on a Gaussian, determinism, per-chain RNG, errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from slt_companion.data import teacher_student
+from slt_companion.diagnostics import SGLDDivergenceError
+from slt_companion.models import DeepLinearNetwork
+from slt_companion.sampling import NonFunctionalModelError, SamplerConfig, select_params, sgld
+
+
+def mse(out, y):
+    return 0.5 * ((out - y) ** 2).sum(-1).mean()
+
+
+class Point(nn.Module):
+    """f(x; w) = w for every x: with y = 0 the loss is ½‖w‖², a Gaussian posterior."""
+
+    def __init__(self, d=3):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        return self.w.expand(x.shape[0], -1)
+
+
+def point_data(n=1000, d=3):
+    return torch.zeros(n, 1), torch.zeros(n, d)
+
+
+def test_gaussian_posterior_variance_matches_the_discretised_langevin_law():
+    # target exp(-(nβ + γ)‖w‖²/2); SGLD's stationary variance per coordinate is 1/(h (1 - εh/4)), h = nβ + γ
+    nbeta, gamma, eps = 100.0, 1.0, 6e-3
+    h = nbeta + gamma
+    cfg = SamplerConfig(step_size=eps, nbeta=nbeta, localization=gamma, num_chains=4, num_draws=2500,
+                        num_burnin=100, batch_size=50, seed=0)
+    res = sgld(Point(), mse, point_data(), cfg, progress=False, record_params=True)
+    w = res.params[:, cfg.num_burnin:].reshape(-1, 3).numpy()
+    expected = 1.0 / (h * (1 - eps * h / 4))
+    assert np.allclose(w.var(axis=0), expected, rtol=0.08)
+    assert abs(w.mean()) < 0.01
+    # the regular model's LLC: nβ E[½‖w‖²] = (d/2) nβ/h (1 - εh/4)^-1
+    llc = nbeta * (res.draws - res.center_loss[:, cfg.num_burnin:]).mean().item()
+    assert llc == pytest.approx(1.5 * nbeta / h / (1 - eps * h / 4), rel=0.08)
+
+
+def test_same_seed_same_trace_and_different_seed_different_trace():
+    d = teacher_student(1000, 3, 3, 1, seed=0)
+    m = DeepLinearNetwork([3, 2, 3]).fit_least_squares(d.x, d.y)
+    cfg = SamplerConfig(step_size=1e-4, nbeta=100.0, num_chains=3, num_draws=50, num_burnin=10, batch_size=100)
+    a = sgld(m, mse, d.xy, cfg, progress=False)
+    b = sgld(m, mse, d.xy, cfg, progress=False)
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.final, b.final)
+    c = sgld(m, mse, d.xy, SamplerConfig(**{**cfg.to_dict(), "seed": 1}), progress=False)
+    assert not torch.equal(a.loss, c.loss)
+    # chains have their own streams: chain 0 does not depend on how many chains run beside it
+    one = sgld(m, mse, d.xy, SamplerConfig(**{**cfg.to_dict(), "num_chains": 1}), progress=False)
+    assert torch.allclose(one.loss[0], a.loss[0], rtol=1e-5, atol=1e-6)
+    # ... and the chains differ from each other
+    assert not torch.allclose(a.loss[0], a.loss[1])
+
+
+def test_model_is_not_modified_and_centre_loss_is_the_same_batch():
+    d = teacher_student(500, 3, 3, 1, seed=0)
+    m = DeepLinearNetwork([3, 2, 3]).fit_least_squares(d.x, d.y)
+    before = [p.detach().clone() for p in m.parameters()]
+    cfg = SamplerConfig(step_size=1e-4, nbeta=50.0, num_chains=2, num_draws=20, num_burnin=0, batch_size=500)
+    res = sgld(m, mse, d.xy, cfg, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(before, m.parameters()))
+    # full batch: every centre loss is L_n(w*)
+    with torch.no_grad():
+        full = float(mse(m(d.x), d.y))
+    assert torch.allclose(res.center_loss, torch.full_like(res.center_loss, full), rtol=1e-5)
+    assert res.loss[:, 0].sub(full).abs().max() < 1e-5      # step 0 is evaluated at w*
+
+
+def test_params_restricts_sampling():
+    d = teacher_student(500, 3, 3, 1, seed=0)
+    m = DeepLinearNetwork([3, 2, 3]).fit_least_squares(d.x, d.y)
+    assert select_params(m, "layers.1") == ["layers.1.weight"]
+    assert select_params(m, lambda name, p: name.startswith("layers.0")) == ["layers.0.weight"]
+    cfg = SamplerConfig(step_size=1e-4, nbeta=50.0, num_chains=2, num_draws=10, num_burnin=0, batch_size=100)
+    res = sgld(m, mse, d.xy, cfg, params=["layers.1.weight"], progress=False)
+    assert res.param_names == ["layers.1.weight"] and res.final.shape == (2, 6)
+    with pytest.raises(ValueError, match="not parameters of the model"):
+        sgld(m, mse, d.xy, cfg, params=["nope"], progress=False)
+    with pytest.raises(ValueError, match="selects no parameters"):
+        sgld(m, mse, d.xy, cfg, params=lambda name, p: False, progress=False)
+
+
+def test_per_chain_step_sizes_and_rmsprop_run():
+    x, y = point_data()
+    cfg = SamplerConfig(step_size=(1e-4, 1e-3, 1e-2), nbeta=100.0, num_chains=3, num_draws=300,
+                        num_burnin=50, batch_size=50)
+    res = sgld(Point(), mse, (x, y), cfg, progress=False, record_params=True)
+    spread = res.params[:, :20].std(dim=(1, 2))      # early on, larger steps have moved further
+    assert spread[0] < spread[1] < spread[2]
+    cfg2 = SamplerConfig(step_size=1e-3, nbeta=100.0, num_chains=2, num_draws=200, num_burnin=50,
+                         batch_size=50, preconditioner="rmsprop")
+    assert torch.isfinite(sgld(Point(), mse, (x, y), cfg2, progress=False).loss).all()
+
+
+def test_divergence_raises_with_the_step_and_a_smaller_step_size():
+    d = teacher_student(1000, 3, 3, 1, seed=0)
+    m = DeepLinearNetwork([3, 2, 3]).fit_least_squares(d.x, d.y)
+    cfg = SamplerConfig(step_size=0.5, nbeta=1000.0, num_chains=2, num_draws=100, num_burnin=0, batch_size=100)
+    with pytest.raises(SGLDDivergenceError, match=r"diverged at step \d+ .*step_size=0\.05") as info:
+        sgld(m, mse, d.xy, cfg, progress=False)
+    assert info.value.step < 100
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        if self.w.sum() > 0:         # data-dependent Python control flow: not vmappable
+            return x * self.w
+        return x
+
+
+class Stateful(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(2))
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1             # in-place state update
+        return x * self.w
+
+
+@pytest.mark.parametrize("model", [Branchy(), Stateful()])
+def test_non_functional_models_get_a_clear_error(model):
+    x, y = torch.randn(50, 2), torch.randn(50, 2)
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=5, num_burnin=0, batch_size=10)
+    with pytest.raises(NonFunctionalModelError, match="functional"):
+        sgld(model, mse, (x, y), cfg, progress=False)
+
+
+def test_config_and_data_errors_name_the_argument():
+    with pytest.raises(ValueError, match="step_size"):
+        SamplerConfig(step_size=-1.0, nbeta=1.0)
+    with pytest.raises(ValueError, match="num_chains"):
+        SamplerConfig(step_size=1e-3, nbeta=1.0, num_chains=0)
+    with pytest.raises(ValueError, match="step_size has 2 values but num_chains=3"):
+        SamplerConfig(step_size=(1e-3, 1e-4), nbeta=1.0, num_chains=3)
+    with pytest.raises(ValueError, match="preconditioner"):
+        SamplerConfig(step_size=1e-3, nbeta=1.0, preconditioner="adam")
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=1, num_draws=5, num_burnin=0)
+    with pytest.raises(ValueError, match="same number of rows"):
+        sgld(Point(), mse, (torch.zeros(10, 1), torch.zeros(9, 3)), cfg, progress=False)
+    with pytest.raises(TypeError, match="pair"):
+        sgld(Point(), mse, torch.zeros(10, 1), cfg, progress=False)
+    with pytest.raises(TypeError, match="SamplerConfig"):
+        sgld(Point(), mse, point_data(), {"step_size": 1e-3}, progress=False)
+
+
+def test_tensor_dataset_is_accepted():
+    ds = torch.utils.data.TensorDataset(*point_data(100))
+    cfg = SamplerConfig(step_size=1e-3, nbeta=10.0, num_chains=2, num_draws=10, num_burnin=0, batch_size=20)
+    assert sgld(Point(), mse, ds, cfg, progress=False).loss.shape == (2, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sgld_on_cuda_matches_the_cpu_in_distribution():
+    x, y = point_data()
+    cfg = SamplerConfig(step_size=1e-3, nbeta=100.0, num_chains=4, num_draws=2000, num_burnin=100, batch_size=50)
+    cpu = sgld(Point(), mse, (x, y), cfg, progress=False)
+    gpu = sgld(Point().cuda(), mse, (x.cuda(), y.cuda()), cfg, device="cuda", progress=False)
+    assert gpu.device.startswith("cuda")
+    assert math.isclose(gpu.draws.mean().item(), cpu.draws.mean().item(), rel_tol=0.1)
