@@ -373,7 +373,18 @@ def _minimal_points(points):
     return [p for p in pts if not any(q != p and all(qi <= pi for qi, pi in zip(q, p)) for q in pts)]
 
 
+_MAX_FACET_CANDIDATES = 300_000
+
+
 def _facets(points, d):
+    from math import comb
+
+    work = sum(comb(d, nj) * comb(len(points), d - nj) for nj in range(d))
+    if work > _MAX_FACET_CANDIDATES:
+        raise NotImplementedError(
+            f"the Newton polyhedron has {len(points)} candidate vertices in {d} variables; enumerating its facets "
+            f"exactly would test {work:,} hyperplanes, more than this function allows ({_MAX_FACET_CANDIDATES:,})"
+        )
     facets = set()
     for nj in range(d):                        # nj coordinates j with normal_j = 0 (recession directions)
         for J in combinations(range(d), nj):
