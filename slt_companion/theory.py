@@ -4,6 +4,7 @@ r"""Closed forms from the literature.
 - :func:`bic` -- the Bayesian information criterion (correct for regular models only).
 - :func:`rrr_rlct` -- the learning coefficient of reduced-rank regression (Aoyagi & Watanabe 2005).
 - :func:`dln_rlct` -- the learning coefficient of deep linear networks (Aoyagi 2024).
+- :func:`bayesian_transition_n` -- where two phases' asymptotic free energies cross (internal model selection).
 
 Both learning-coefficient functions return an :class:`~slt_companion.symbolic.RLCT` named tuple
 ``(lam, multiplicity)``: ``lam`` an exact :class:`sympy.Rational`, ``multiplicity`` a Python ``int``
@@ -16,6 +17,7 @@ Used in: Part I, chapters "Why deep learning is singular", "Free energy and Baye
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -23,7 +25,7 @@ import sympy as sp
 
 from .symbolic import RLCT
 
-__all__ = ["free_energy", "bic", "rrr_rlct", "dln_rlct", "RLCT"]
+__all__ = ["free_energy", "bic", "rrr_rlct", "dln_rlct", "bayesian_transition_n", "RLCT"]
 
 
 def free_energy(n, loss, lam, multiplicity: int = 1):
@@ -207,3 +209,62 @@ def dln_rlct(widths, true_rank: int) -> RLCT:
            - sp.Rational(ell * (ell - 1), 4) * sp.Rational(total, ell) ** 2
            + sp.Rational(pairs, 2))
     return RLCT(sp.Rational(lam), int(a * (ell - a) + 1))
+
+
+def bayesian_transition_n(loss_a, lam_a, loss_b, lam_b, *, multiplicity_a: int = 1, multiplicity_b: int = 1,
+                          const_a: float = 0.0, const_b: float = 0.0) -> float:
+    r"""The sample size at which the posterior switches from phase *a* to phase *b* (internal model selection).
+
+    Each phase (a region of parameter space around a critical point) has local free energy
+    :math:`F_\alpha(n) = nL_\alpha + \lambda_\alpha\log n - (m_\alpha-1)\log\log n + c_\alpha` (Watanabe 2009;
+    Chen et al. 2023, "Dynamical versus Bayesian phase transitions"). With :math:`L_b < L_a` and
+    :math:`\lambda_b > \lambda_a` the simpler phase *a* wins at small :math:`n` and the more accurate phase *b* at
+    large :math:`n`; this returns the crossing :math:`n_c > e` of :math:`F_a = F_b` after which *b* wins for good
+    (solved by bisection in :math:`\log n`, relative accuracy 1e-12). ``const_*`` are the :math:`O(1)` terms.
+
+    Example (Chen et al. 2023, TMS with c = 6, 5-gon -> 6-gon): ``bayesian_transition_n(0.06874, 7, 0.04819, 8.5,
+    const_b=2.7535)`` is about 601 (445 without the constant).
+
+    Used in: Part I, "Free energy and Bayesian phase transitions".
+    """
+    for name, val in (("loss_a", loss_a), ("lam_a", lam_a), ("loss_b", loss_b), ("lam_b", lam_b),
+                      ("const_a", const_a), ("const_b", const_b)):
+        if not np.isfinite(float(val)):
+            raise ValueError(f"{name} must be a finite number, got {val!r}")
+    for name, m in (("multiplicity_a", multiplicity_a), ("multiplicity_b", multiplicity_b)):
+        if int(m) != m or m < 1:
+            raise ValueError(f"{name} must be a positive integer, got {m!r}")
+    dl, dlam = float(loss_a) - float(loss_b), float(lam_b) - float(lam_a)
+    if not dl > 0:
+        raise ValueError(f"phase b must have the lower loss (loss_b < loss_a), got loss_a={loss_a}, loss_b={loss_b}; "
+                         "otherwise b never overtakes a")
+    if not dlam > 0:
+        raise ValueError(f"phase b must have the larger learning coefficient (lam_b > lam_a), got lam_a={lam_a}, "
+                         f"lam_b={lam_b}; otherwise b wins at every n and there is no transition")
+
+    def gap(logn):   # F_a - F_b; positive means b is preferred
+        n = math.exp(logn)
+        llog = math.log(logn)
+        return (n * dl - dlam * logn - ((multiplicity_a - 1) - (multiplicity_b - 1)) * llog
+                + (float(const_a) - float(const_b)))
+
+    lo = 1.0 + 1e-9
+    hi = 2.0
+    while gap(hi) <= 0:
+        hi *= 2.0
+        if hi > 700:
+            raise ValueError("no transition below n = e^700; check the inputs")
+    # the last sign change below hi: scan down on a fine grid, then bisect
+    grid = np.linspace(lo, hi, 4000)
+    vals = np.array([gap(g) for g in grid])
+    neg = np.nonzero(vals <= 0)[0]
+    if len(neg) == 0:
+        raise ValueError("phase b is preferred at every n > e (the constants dominate); there is no transition")
+    a, b = grid[neg[-1]], grid[neg[-1] + 1]
+    for _ in range(200):
+        mid = 0.5 * (a + b)
+        if gap(mid) <= 0:
+            a = mid
+        else:
+            b = mid
+    return math.exp(0.5 * (a + b))

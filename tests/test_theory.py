@@ -13,7 +13,7 @@ import pytest
 import sympy as sp
 
 from slt_companion.symbolic import RLCT
-from slt_companion.theory import bic, dln_rlct, free_energy, rrr_rlct
+from slt_companion.theory import bayesian_transition_n, bic, dln_rlct, free_energy, rrr_rlct
 
 R = sp.Rational
 
@@ -206,3 +206,32 @@ def test_free_energy_errors():
         free_energy(10, 0.0, 0.5, multiplicity=0)
     with pytest.raises(ValueError, match="multiplicity"):
         free_energy(10, 0.0, 0.5, multiplicity=1.5)
+
+
+# ---- Bayesian phase transitions ---------------------------------------------------------------------------
+
+def test_transition_reproduces_the_tms_five_to_six_gon_numbers():
+    # Chen et al. (2023), c = 6: L5 = 0.06874, L6 = 0.04819, lambda 7 -> 8.5, delta c = 2.7535 (PAPERS.md §6)
+    assert abs(bayesian_transition_n(0.06874, 7, 0.04819, 8.5, const_b=2.7535) - 601) < 1
+    assert abs(bayesian_transition_n(0.06874, 7, 0.04819, 8.5) - 445) < 1
+
+
+def test_transition_solves_the_free_energy_equation():
+    n = bayesian_transition_n(0.01, 0.25, 0.0, 1.0, multiplicity_a=2, const_a=0.3, const_b=-0.2)
+    fa = free_energy(n, 0.01, 0.25, multiplicity=2) + 0.3
+    fb = free_energy(n, 0.0, 1.0) - 0.2
+    assert abs(fa - fb) < 1e-8
+    # after the crossing the accurate phase b has the lower free energy, before it the simple phase a
+    assert free_energy(2 * n, 0.01, 0.25, 2) + 0.3 > free_energy(2 * n, 0.0, 1.0) - 0.2
+    assert free_energy(n / 2, 0.01, 0.25, 2) + 0.3 < free_energy(n / 2, 0.0, 1.0) - 0.2
+
+
+def test_transition_errors():
+    with pytest.raises(ValueError, match="lower loss"):
+        bayesian_transition_n(0.0, 0.5, 0.1, 1.0)
+    with pytest.raises(ValueError, match="larger learning coefficient"):
+        bayesian_transition_n(0.1, 1.0, 0.0, 0.5)
+    with pytest.raises(ValueError, match="multiplicity_a"):
+        bayesian_transition_n(0.1, 0.5, 0.0, 1.0, multiplicity_a=0)
+    with pytest.raises(ValueError, match="finite"):
+        bayesian_transition_n(float("nan"), 0.5, 0.0, 1.0)
