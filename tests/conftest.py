@@ -50,13 +50,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 QUICK_OUT = ROOT / "_build" / "quick"
+#: the quick build is killed and the book tests fail after this long (seconds)
+QUICK_BUILD_TIMEOUT_S = float(os.environ.get("SLT_QUICK_BUILD_TIMEOUT_S", "900"))
 
-# The quick build executes every notebook again, so it runs in the background *while* pytest runs the unit
-# tests and nbval: one thread each (two cores, two streams) roughly halves the wall time of `make test`.
-# Notebook kernels started by nbval inherit this process's environment.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
+# The quick build executes every notebook again. It is NOT run in the background beside nbval: two kernels
+# starting at the same moment in two processes can race for the same ZMQ ports (jupyter_client picks free
+# ports, then the kernel binds them) and one notebook then waits forever for replies; seen here.
 _build_proc: subprocess.Popen | None = None
 
 
@@ -79,14 +78,8 @@ def _quick_mode() -> bool:
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Run the tests of the built book last, so the background build overlaps everything else."""
+    """Run the tests of the built book last, after the unit tests and the notebooks (failures there come first)."""
     items.sort(key=lambda item: "quick_book" in getattr(item, "fixturenames", ()))  # stable sort
-
-
-def pytest_collection_finish(session):
-    """Start the quick book build as soon as we know a collected test needs it."""
-    if _quick_mode() and any("quick_book" in getattr(item, "fixturenames", ()) for item in session.items):
-        _start_quick_build()
 
 
 def pytest_unconfigure(config):
@@ -96,8 +89,7 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def quick_book() -> Path:
-    """The whole book built with ``-W`` in quick mode into _build/quick (started in the background at
-    collection); return the HTML folder once the build has finished.
+    """The whole book built with ``-W`` in quick mode into _build/quick; return the HTML folder.
 
     A fresh forced build every session (its execution cache is thrown away), so quick results never
     mix with the full-size cache in _build/.jupyter_cache.
@@ -105,7 +97,12 @@ def quick_book() -> Path:
     if not _quick_mode():
         pytest.fail("the book tests need SLT_QUICK=1 (run them through `make test`)")
     _start_quick_build()
-    returncode = _build_proc.wait()
+    try:
+        returncode = _build_proc.wait(timeout=QUICK_BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _build_proc.kill()
+        pytest.fail(f"quick book build still running after {QUICK_BUILD_TIMEOUT_S:.0f} s (a hung kernel?); "
+                    f"see {QUICK_OUT / 'build.log'}; raise SLT_QUICK_BUILD_TIMEOUT_S if it is just slow")
     log = (QUICK_OUT / "build.log").read_text()
     html = QUICK_OUT / "_build" / "html"
     if returncode != 0:
