@@ -178,12 +178,15 @@ class Facet(NamedTuple):
 
 
 class Face(NamedTuple):
-    """A compact face: its ``vertices``, its ``dim``, the support ``points`` of K on it and the face ``polynomial``."""
+    """A compact face: its ``vertices``, its ``dim``, the support ``points`` of K on it, the face ``polynomial``, and a
+    strictly positive ``normal`` with ``offset`` such that the face is ``{alpha in P : <normal, alpha> = offset}``."""
 
     vertices: tuple
     dim: int
     points: tuple
     polynomial: sp.Expr
+    normal: tuple
+    offset: int
 
 
 class NewtonPolyhedron(NamedTuple):
@@ -448,15 +451,15 @@ def newton_polyhedron(K, variables, prior=1) -> NewtonPolyhedron:
         support = tuple(sorted(a for a in terms if _dot(normal, a) == offset))
         pts = sorted(s)
         dim = _rank([tuple(x - y for x, y in zip(p, pts[0])) for p in pts[1:]]) if len(pts) > 1 else 0
-        faces.append((dim, tuple(pts), support))
+        faces.append((dim, tuple(pts), support, normal, offset))
         if dim == 0:
             vertices.add(pts[0])
     face_objs = []
-    for dim, pts, support in sorted(faces):
+    for dim, pts, support, normal, offset in sorted(faces):
         verts = tuple(p for p in pts if p in vertices)
         fpoly = sp.Add(*[sp.Rational(terms[a].numerator, terms[a].denominator)
                          * sp.Mul(*[v**e for v, e in zip(variables, a)]) for a in support])
-        face_objs.append(Face(verts, dim, support, fpoly))
+        face_objs.append(Face(verts, dim, support, fpoly, normal, offset))
     # the ray s*v, v = h + 1
     v = tuple(sp.Rational(x) + 1 for x in h)
     ratios = [(sp.Rational(f.offset) / _dot(f.normal, v), f) for f in facets if f.offset > 0]
@@ -509,8 +512,9 @@ def _face_sign(face: Face, variables, structural_terms, rng_seed: int = 0):
         gens = [sp.Poly(tm, *variables) for tm in structural_terms]
         parts = []
         for g_ in gens:
+            # each summand's part on the face (its support may include points that cancel in K itself)
             gd = g_.as_dict()
-            sel = [(a, c) for a, c in gd.items() if a in set(face.points)]
+            sel = [(a, c) for a, c in gd.items() if _dot(face.normal, a) == face.offset]
             if sel:
                 parts.append(sp.Add(*[c * sp.Mul(*[v**e for v, e in zip(variables, a)]) for a, c in sel]))
         if _no_torus_zero(parts, variables):

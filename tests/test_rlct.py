@@ -258,3 +258,14 @@ def test_blow_up_errors():
         blow_up(x * y, [x, y], center=[x], chart=x)
     with pytest.raises(ValueError, match="not in variables"):
         blow_up(x * y, [x, y], center=[x, z], chart=x)
+
+
+def test_summands_that_cancel_on_a_face_are_still_used_correctly():
+    # (x^2 - yz)^2 + 2x^2yz + y^4 + z^4 = x^4 + y^2z^2 + y^4 + z^4: the x^2yz terms cancel in K but not in the
+    # summands; the face polynomial (all even, positive) decides it
+    K = (x**2 - y * z)**2 + 2 * x**2 * y * z + y**4 + z**4
+    assert rlct(K, [x, y, z]) == rlct(x**4 + y**2 * z**2 + y**4 + z**4, [x, y, z]) == (R(3, 4), 1)
+    P = newton_polyhedron(K, [x, y, z])
+    top = next(f for f in P.faces if f.dim == 2)
+    assert top.normal == (1, 1, 1) and top.offset == 4
+    assert all(sum(a) == 4 for a in top.points)
