@@ -99,3 +99,28 @@ def monomial_data(n: int, *, noise_std: float = 0.0, seed: int = 0, dtype: torch
     x = torch.randn(n, 1, generator=gen, dtype=torch.float64)
     y = noise_std * torch.randn(n, 1, generator=gen, dtype=torch.float64)
     return RegressionData(x.to(dtype), y.to(dtype), None, float(noise_std))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Toy model of superposition (Part III; issue 6). The exact population loss is slt_companion.tms.population_loss.
+# ---------------------------------------------------------------------------------------------------------
+
+def tms_data(n: int, n_features: int = 6, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> RegressionData:
+    r"""Inputs of the TMS in the high-sparsity limit: :math:`x = \mu e_a`, :math:`a\sim U\{1..c\}`, :math:`\mu\sim U[0,1]`.
+
+    Chen et al. (2023), eq. (2). The target is the input itself (``y = x``: the model reconstructs it); with
+    the loss :func:`slt_companion.tms.tms_loss` the population loss is :func:`slt_companion.tms.population_loss`.
+    Deterministic for a fixed ``seed``. Used in: Part III, the TMS chapters.
+    """
+    n = _check_int("n", n, 1)
+    c = _check_int("n_features", n_features, 1)
+    gen = torch.Generator().manual_seed(int(seed))
+    a = torch.randint(0, c, (n,), generator=gen)
+    mu = torch.rand(n, generator=gen, dtype=torch.float64)
+    x = torch.zeros(n, c, dtype=torch.float64)
+    x[torch.arange(n), a] = mu
+    x = x.to(dtype)
+    return RegressionData(x, x.clone(), None, 0.0)
+
+
+__all__ += ["tms_data"]

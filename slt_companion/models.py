@@ -166,3 +166,67 @@ class MonomialModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"exponents={self.exponents}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Toy model of superposition (Part III; issue 6). Owned by the TMS chapters: see slt_companion/tms.py.
+# ---------------------------------------------------------------------------------------------------------
+
+class ToyModelOfSuperposition(nn.Module):
+    r"""The toy model of superposition :math:`f(x) = \mathrm{ReLU}(W^\top W x + b)`, :math:`W\in\mathbb R^{r\times c}`.
+
+    ``n_features`` = :math:`c` (default 6), ``n_hidden`` = :math:`r` (default 2, the paper's case); parameters
+    ``W`` (``n_hidden × n_features``) and ``b`` (``n_features``). Initialisation: :math:`W_{ij}\sim\mathcal N(0,
+    \text{init\_scale}^2)` from ``seed``, :math:`b = 0`. Elhage et al. (2022); Chen et al. (2023), whose k-gon
+    critical points, exact population loss and classifier live in :mod:`slt_companion.tms`.
+    Used in: Part III, the TMS chapters.
+    """
+
+    def __init__(self, n_features: int = 6, n_hidden: int = 2, *, seed: int | None = 0, init_scale: float = 0.5,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        for name, val in (("n_features", n_features), ("n_hidden", n_hidden)):
+            if isinstance(val, bool) or int(val) != val or int(val) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {val!r}")
+        if not init_scale >= 0:
+            raise ValueError(f"init_scale must be ≥ 0, got {init_scale!r}")
+        self.n_features, self.n_hidden = int(n_features), int(n_hidden)
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        W = torch.randn(self.n_hidden, self.n_features, generator=gen, dtype=torch.float64) * init_scale
+        self.W = nn.Parameter(W.to(dtype))
+        self.b = nn.Parameter(torch.zeros(self.n_features, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.n_features:
+            raise ValueError(f"x must have n_features = {self.n_features} columns, got shape {tuple(x.shape)}")
+        return torch.relu((x @ self.W.T) @ self.W + self.b)
+
+    @torch.no_grad()
+    def set_params(self, W, b) -> "ToyModelOfSuperposition":
+        """Copy ``W`` (``n_hidden × n_features``) and ``b`` (``n_features``) in, e.g. from :func:`slt_companion.tms.k_gon`."""
+        W, b = torch.as_tensor(W), torch.as_tensor(b)
+        if tuple(W.shape) != tuple(self.W.shape):
+            raise ValueError(f"W must have shape {tuple(self.W.shape)}, got {tuple(W.shape)}")
+        if tuple(b.shape) != tuple(self.b.shape):
+            raise ValueError(f"b must have shape {tuple(self.b.shape)}, got {tuple(b.shape)}")
+        self.W.copy_(W.to(self.W))
+        self.b.copy_(b.to(self.b))
+        return self
+
+    @classmethod
+    def from_params(cls, W, b, *, dtype: torch.dtype = torch.float32) -> "ToyModelOfSuperposition":
+        """A model holding the given ``(W, b)``."""
+        W = torch.as_tensor(W)
+        if W.ndim != 2:
+            raise ValueError(f"W must have shape (n_hidden, n_features), got {tuple(W.shape)}")
+        return cls(W.shape[1], W.shape[0], seed=None, init_scale=0.0, dtype=dtype).set_params(W, b)
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detached copies of ``(W, b)``."""
+        return self.W.detach().clone(), self.b.detach().clone()
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, n_hidden={self.n_hidden}"
+
+
+__all__ += ["ToyModelOfSuperposition"]
