@@ -34,9 +34,15 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    tr = terminalreporter
+    if _build_proc is not None and _build_proc.poll() == 0:
+        from notebooks import exec_table
+
+        tr.section("quick book build: execution time per page")
+        for line in exec_table(QUICK_OUT / "_build").splitlines():
+            tr.write_line(line)
     if not _page_seconds:
         return
-    tr = terminalreporter
     tr.section(f"notebook pages: wall time (budget {PAGE_BUDGET_S:.0f} s each, SLT_QUICK=1)")
     for path, secs in sorted(_page_seconds.items(), key=lambda kv: -kv[1]):
         flag = "  OVER BUDGET" if secs > PAGE_BUDGET_S else ""

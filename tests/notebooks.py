@@ -4,6 +4,8 @@ and executing one page from the command line.
     python tests/notebooks.py list                 # every page in _toc.yml (docname, source, is_notebook)
     python tests/notebooks.py to-ipynb DEST        # MyST notebooks -> DEST/<same path>.ipynb for `pytest --nbval-lax`
     python tests/notebooks.py run PAGE.md [...]    # execute pages with nbclient, report the failing cell and time
+    python tests/notebooks.py exec-table BUILD     # per-chapter execution times of the last build in BUILD
+                                                   # (e.g. _build), read from its jupyter-cache
 
 The converted notebooks get one extra first cell (tagged ``nbval-test-setup``) that turns
 DeprecationWarning/FutureWarning raised from ``slt_companion`` into errors (STYLE.md, convention 10).
@@ -99,8 +101,35 @@ def run(path: Path, timeout: int = 1200) -> float:
     return time.perf_counter() - start
 
 
+def execution_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, float | None]]:
+    """``(docname, seconds)`` for every notebook page of _toc.yml, from the build's jupyter-cache
+    (``None`` when a page has no cached execution, e.g. it failed)."""
+    from jupyter_cache import get_cache
+
+    cache_path = build_dir / ".jupyter_cache"
+    records = {}
+    if cache_path.exists():
+        for rec in get_cache(str(cache_path)).list_cache_records():
+            try:
+                key = str(Path(rec.uri).resolve().relative_to(root.resolve()).with_suffix(""))
+            except ValueError:
+                continue
+            if rec.data.get("execution_seconds") is not None and (key not in records or rec.created > records[key][1]):
+                records[key] = (float(rec.data["execution_seconds"]), rec.created)
+    return [(d, records.get(d, (None,))[0]) for d in toc_docnames(root) if is_notebook(source_of(d, root))]
+
+
+def exec_table(build_dir: Path, root: Path = ROOT) -> str:
+    rows = execution_times(build_dir, root)
+    lines = ["seconds  page (execution time of the last build that ran it)"]
+    lines += [f"{'-' if s is None else f'{s:7.1f}'}  {d}" for d, s in rows]
+    total = sum(s for _, s in rows if s is not None)
+    lines.append(f"{total:7.1f}  total ({total / 60:.1f} min)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"list", "to-ipynb", "run"}:
+    if not argv or argv[0] not in {"list", "to-ipynb", "run", "exec-table"}:
         print(__doc__)
         return 2
     cmd, args = argv[0], argv[1:]
@@ -108,6 +137,11 @@ def main(argv: list[str]) -> int:
         for docname in toc_docnames():
             src = source_of(docname)
             print(f"{docname:50s} {src.relative_to(ROOT)}  notebook={is_notebook(src)}")
+    elif cmd == "exec-table":
+        if len(args) != 1:
+            print("usage: notebooks.py exec-table BUILD_DIR")
+            return 2
+        print(exec_table(Path(args[0])))
     elif cmd == "to-ipynb":
         if len(args) != 1:
             print("usage: notebooks.py to-ipynb DEST")
