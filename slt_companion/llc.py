@@ -32,9 +32,10 @@ import torch
 
 from . import config as _config
 from .diagnostics import ess as _ess, rhat as _rhat
-from .sampling import SamplerConfig, SGLDResult, _Problem, sgld
+from .sampling import SamplerConfig, SGLDResult, _Problem, auto_threads, cpu_threads, sgld
 
-__all__ = ["estimate_llc", "LLCEstimate", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR"]
+__all__ = ["estimate_llc", "LLCEstimate", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
+           "GROUND_TRUTH", "ground_truth_problem", "run_ground_truth"]
 
 #: ε·h_max for the automatic step size (see :func:`auto_step_size`)
 AUTO_STEP_FACTOR = 0.1
@@ -153,7 +154,7 @@ def _hessian_top_eig(prob: _Problem, W: torch.Tensor, xb, yb, nbeta: float, gamm
 
 
 def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_size: int, seed: int = 0,
-                   factor: float | None = None, pilot_steps: int = 200, rungs: int = 16,
+                   factor: float | None = None, pilot_steps: int = 200, rungs: int = 12,
                    preconditioner: str | None = None) -> tuple[float, dict]:
     r"""Choose the SGLD step size from a short pilot run, so that :math:`\varepsilon\, h_{\max} = ` ``factor``.
 
@@ -189,7 +190,7 @@ def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_s
                         num_draws=pilot_steps, num_burnin=0, batch_size=batch_size, seed=int(seed) + 1,
                         preconditioner=preconditioner)
     res = sgld(prob.model, prob.loss_fn, None, cfg, progress=False, center_loss=False, on_divergence="mark",
-               _problem=prob)
+               num_threads=None, _problem=prob)
     ends = res.final.to(device=dev, dtype=prob.dtype)
     ok = ~torch.tensor(res.extras["diverged"]) & torch.isfinite(ends).all(1).cpu()
     safe_ends = torch.where(ok.to(dev)[:, None], ends, center.expand_as(ends))
@@ -220,7 +221,8 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     data : ``(x, y)`` tensors, a ``TensorDataset``, or an object with ``.xy``. Passing data other than
         the training data gives the **data-refined LLC**.
     num_chains, num_draws, num_burnin : chains run together; draws per chain after ``num_burnin`` steps.
-        Defaults: 1000 draws (200 in ``SLT_QUICK`` mode) and burn-in ``max(200, num_draws // 4)``.
+        Defaults: 1000 draws (200 in ``SLT_QUICK`` mode) and burn-in ``max(500, num_draws // 2)``: the
+        soft, singular directions of the posterior relax slowly from :math:`w^*` (Part II, "Estimating λ").
     step_size : a float :math:`\varepsilon`, or ``"auto"`` (:func:`auto_step_size`, a short pilot run).
     localization : :math:`\gamma` (default 1: a weak tether that removes drift along flat directions
         while biasing :math:`\hat\lambda` by only a few percent; large values bias it low).
@@ -232,7 +234,6 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     device : ``None`` (best available, see :func:`slt_companion.config.resolve_device`), ``"cpu"``, ``"cuda"``.
     preconditioner : ``None`` or ``"rmsprop"``.
     baseline : ``"paired"`` (default), ``"full"`` or ``"batch"`` -- see the module docstring.
-
     Shape, dtype and device problems raise a ``ValueError``/``TypeError`` naming the argument before any
     sampling; a diverging chain raises :class:`~slt_companion.diagnostics.SGLDDivergenceError`.
     """
@@ -241,7 +242,7 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     if num_draws is None:
         num_draws = _config.size(1000, 200)
     if num_burnin is None:
-        num_burnin = max(200, int(num_draws) // 4)
+        num_burnin = max(500, int(num_draws) // 2)
     if device is None:
         try:
             device = next(model.parameters()).device
@@ -254,6 +255,14 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     SamplerConfig(step_size=1.0, nbeta=nbeta, localization=localization, num_chains=num_chains,
                   num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed,
                   preconditioner=preconditioner)
+    with cpu_threads(auto_threads(prob.device, num_chains * min(batch_size, prob.n) * prob.D)):
+        return _estimate(prob, model, loss_fn, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
+                         step_size=step_size, localization=localization, nbeta=nbeta, batch_size=batch_size,
+                         seed=seed, progress=progress, preconditioner=preconditioner, baseline=baseline)
+
+
+def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_size, localization, nbeta,
+              batch_size, seed, progress, preconditioner, baseline) -> LLCEstimate:
     prob.check(batch_size)
     extras: dict = {}
     if isinstance(step_size, str):
@@ -267,7 +276,7 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
                         batch_size=int(batch_size), seed=int(seed), preconditioner=preconditioner)
     init_loss = prob.full_loss(prob.center)
     res: SGLDResult = sgld(model, loss_fn, None, cfg, progress=progress, center_loss=(baseline == "paired"),
-                           _problem=prob)
+                           num_threads=None, _problem=prob)
     draws = res.draws.numpy()
     if baseline == "paired":
         base = res.center_loss[:, cfg.num_burnin:].numpy()
@@ -291,3 +300,83 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     return LLCEstimate(mean=mean, std=std, sem=sem, per_chain=per_chain, llc_trace=llc_trace,
                        trace=res.loss.numpy(), init_loss=init_loss, ess=e, rhat=r, config=cfg,
                        baseline=baseline, seconds=res.seconds, extras=extras)
+
+
+# --------------------------------------------------------------------------------------------------
+# The ground-truth suite: models whose learning coefficient is known exactly
+# --------------------------------------------------------------------------------------------------
+
+#: name -> definition. "monomial": f(x; w) = x·∏ w_j^{k_j} on noise-free data (L_n is the normal-crossing
+#: potential itself), λ from :func:`slt_companion.symbolic.rlct`; "dln": teacher-student regression with
+#: n = 10,000 and unit noise, centred at the empirical minimiser, λ from :func:`slt_companion.theory.dln_rlct`
+#: (= :func:`~slt_companion.theory.rrr_rlct` for two layers).
+GROUND_TRUTH = {
+    "normal crossing w²": {"kind": "monomial", "exponents": (2,), "n": 100_000},
+    "normal crossing w₁w₂²": {"kind": "monomial", "exponents": (1, 2), "n": 100_000},
+    "RRR 4-3-4, rank 1": {"kind": "dln", "widths": (4, 3, 4), "rank": 1, "n": 10_000},
+    "RRR 5-4-5, rank 2": {"kind": "dln", "widths": (5, 4, 5), "rank": 2, "n": 10_000},
+    "DLN 5-4-3-4-5, rank 2": {"kind": "dln", "widths": (5, 4, 3, 4, 5), "rank": 2, "n": 10_000},
+    "DLN 6-4-2-4-6, rank 1": {"kind": "dln", "widths": (6, 4, 2, 4, 6), "rank": 1, "n": 10_000},
+}
+
+
+def half_mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""The per-sample Gaussian negative log-likelihood with unit variance, up to a constant:
+    :math:`\tfrac12\|y - f(x)\|^2`, averaged over the batch (the loss of every regression in Part II)."""
+    return 0.5 * ((out - y) ** 2).sum(-1).mean()
+
+
+def ground_truth_problem(name: str, *, seed: int = 0):
+    """``(model, data, lam, multiplicity)`` for a case of :data:`GROUND_TRUTH`; ``lam`` an exact ``sympy.Rational``."""
+    from .data import monomial_data, teacher_student
+    from .models import DeepLinearNetwork, MonomialModel
+
+    if name not in GROUND_TRUTH:
+        raise ValueError(f"unknown ground-truth case {name!r}; the cases are {list(GROUND_TRUTH)}")
+    case = GROUND_TRUTH[name]
+    if case["kind"] == "monomial":
+        import sympy as sp
+
+        from .symbolic import rlct
+
+        ws = sp.symbols(f"w1:{len(case['exponents']) + 1}", real=True)
+        K = sp.Mul(*[w ** (2 * k) for w, k in zip(ws, case["exponents"])])
+        lam, mult = rlct(K, list(ws))
+        return MonomialModel(case["exponents"]), monomial_data(case["n"], seed=seed), lam, mult
+    from .theory import dln_rlct
+
+    d = teacher_student(case["n"], case["widths"][0], case["widths"][-1], case["rank"], seed=seed)
+    model = DeepLinearNetwork(case["widths"]).fit_least_squares(d.x, d.y)
+    lam, mult = dln_rlct(list(case["widths"]), case["rank"])
+    return model, d, lam, mult
+
+
+def run_ground_truth(names=None, *, num_chains: int | None = None, num_draws: int | None = None, seed: int = 0,
+                     progress: bool = True) -> list[dict]:
+    """Estimate λ with the defaults of :func:`estimate_llc` on every case of :data:`GROUND_TRUTH` (cached).
+
+    Only the number of chains (8; 4 in ``SLT_QUICK`` mode) and draws (4000; 200) are set. Returns one dict
+    per case: ``name``, ``theory``, ``mean``, ``std``, ``sem``, ``ess``, ``rhat``, ``rel_error``,
+    ``step_size``, ``seconds``. Used in: Part II, "Validation against known λ".
+    """
+    from . import cache
+
+    names = list(GROUND_TRUTH) if names is None else list(names)
+    num_chains = _config.size(8, 4) if num_chains is None else int(num_chains)
+    num_draws = _config.size(4000, 200) if num_draws is None else int(num_draws)
+    rows = []
+    for name in names:
+        def compute(name=name):
+            model, data, lam, mult = ground_truth_problem(name, seed=seed)
+            est = estimate_llc(model, half_mse, data.xy, num_chains=num_chains, num_draws=num_draws, seed=seed,
+                               progress=progress)
+            return {"name": name, "theory": float(lam), "theory_str": str(lam), "multiplicity": int(mult),
+                    "mean": est.mean, "std": est.std, "sem": est.sem, "ess": est.ess, "rhat": est.rhat,
+                    "rel_error": est.mean / float(lam) - 1, "step_size": float(est.config.step_size),
+                    "num_chains": num_chains, "num_draws": num_draws, "num_burnin": est.config.num_burnin,
+                    "seconds": est.seconds}
+        cfg = {"case": name, "definition": {k: list(v) if isinstance(v, tuple) else v
+                                            for k, v in GROUND_TRUTH[name].items()},
+               "num_chains": num_chains, "num_draws": num_draws, "seed": seed}
+        rows.append(cache.cached("llc-ground-truth", cfg, compute))
+    return rows

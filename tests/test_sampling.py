@@ -175,3 +175,15 @@ def test_sgld_on_cuda_matches_the_cpu_in_distribution():
     gpu = sgld(Point().cuda(), mse, (x.cuda(), y.cuda()), cfg, device="cuda", progress=False)
     assert gpu.device.startswith("cuda")
     assert math.isclose(gpu.draws.mean().item(), cpu.draws.mean().item(), rel_tol=0.1)
+
+
+def test_local_posterior_grid_is_a_normalised_density_peaked_near_the_centre():
+    from slt_companion.sampling import local_posterior_grid
+
+    d = teacher_student(500, 1, 1, 1, seed=0)
+    m = DeepLinearNetwork([1, 1, 1]).fit_least_squares(d.x, d.y)
+    g1, g2, dens = local_posterior_grid(m, mse, d.xy, nbeta=50.0, localization=1.0, extent=1.0, points=41)
+    assert dens.shape == (41, 41)
+    assert (dens.sum() * (g1[1] - g1[0]) * (g2[1] - g2[0])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="exactly 2 sampled parameters"):
+        local_posterior_grid(DeepLinearNetwork([2, 1]), mse, (torch.zeros(5, 2), torch.zeros(5, 1)), nbeta=1.0)

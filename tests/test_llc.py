@@ -1,0 +1,151 @@
+"""The LLC estimator: accuracy on a reduced-rank regression, determinism, the paired baseline, errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from slt_companion import cache
+from slt_companion.data import teacher_student
+from slt_companion.llc import LLCEstimate, default_nbeta, estimate_llc
+from slt_companion.models import DeepLinearNetwork
+from slt_companion.theory import rrr_rlct
+
+
+def mse(out, y):
+    return 0.5 * ((out - y) ** 2).sum(-1).mean()
+
+
+@pytest.fixture(scope="module")
+def rrr():
+    d = teacher_student(10_000, 4, 4, 1, seed=0)
+    m = DeepLinearNetwork([4, 3, 4]).fit_least_squares(d.x, d.y)
+    return m, d
+
+
+@pytest.fixture(scope="module")
+def rrr_estimate(rrr):
+    m, d = rrr
+    return estimate_llc(m, mse, d.xy, num_chains=4, num_draws=800, seed=0, progress=False)
+
+
+def test_rrr_estimate_is_within_ten_percent_of_aoyagi_watanabe(rrr_estimate):
+    lam = float(rrr_rlct(4, 4, 3, 1).lam)          # Aoyagi-Watanabe case 1, (M, H, N, r) = (4, 3, 4, 1)
+    assert lam == 6.0
+    est = rrr_estimate
+    assert abs(est.mean - lam) < 0.10 * lam, est
+    assert est.rhat < 1.05 and est.ess > 200
+    assert est.trace.shape == (4, est.config.num_burnin + 800) and est.llc_trace.shape == (4, 800)
+    assert est.per_chain.shape == (4,) and math.isclose(est.per_chain.mean(), est.mean, rel_tol=1e-9)
+    assert est.config.nbeta == pytest.approx(10_000 / math.log(10_000))
+
+
+def test_init_loss_is_the_full_data_loss(rrr, rrr_estimate):
+    m, d = rrr
+    with torch.no_grad():
+        assert rrr_estimate.init_loss == pytest.approx(float(mse(m(d.x), d.y)), rel=1e-5)
+
+
+def test_same_seed_identical_estimate(rrr):
+    m, d = rrr
+    kw = dict(num_chains=2, num_draws=100, num_burnin=20, step_size=1e-4, progress=False)
+    a = estimate_llc(m, mse, d.xy, seed=3, **kw)
+    b = estimate_llc(m, mse, d.xy, seed=3, **kw)
+    c = estimate_llc(m, mse, d.xy, seed=4, **kw)
+    assert a.mean == b.mean and np.array_equal(a.trace, b.trace)
+    assert a.mean != c.mean
+
+
+def test_auto_step_size_is_deterministic_and_recorded(rrr, rrr_estimate):
+    info = rrr_estimate.extras["auto_step"]
+    assert rrr_estimate.config.step_size == pytest.approx(0.1 / info["h_max"])
+    assert info["h_max"] >= info["h0"] > 0
+
+
+def test_paired_baseline_beats_full_and_one_batch(rrr):
+    m, d = rrr
+    kw = dict(num_chains=4, num_draws=200, num_burnin=50, step_size=2e-5, seed=1, progress=False)
+    paired = estimate_llc(m, mse, d.xy, baseline="paired", **kw)
+    full = estimate_llc(m, mse, d.xy, baseline="full", **kw)
+    batch = estimate_llc(m, mse, d.xy, baseline="batch", **kw)
+    # same chains, so the same draws: the means agree, the chain-to-chain spread does not
+    assert paired.mean == pytest.approx(full.mean, abs=3 * full.std)
+    assert paired.llc_trace.std() < full.llc_trace.std() / 3   # per-draw minibatch noise cancels
+    assert paired.sem < full.sem / 2
+    # one batch's loss differs from L_n(w*) by O(1/sqrt(batch)), times nβ ~ 1000: far off
+    assert abs(batch.extras["batch_init_loss"] - paired.init_loss) * paired.config.nbeta > 5
+    assert abs(batch.mean - paired.mean) > 5
+
+
+def test_refined_llc_of_one_layer_is_smaller(rrr, rrr_estimate):
+    m, d = rrr
+    est = estimate_llc(m, mse, d.xy, params="layers.0", num_chains=2, num_draws=200, num_burnin=100,
+                       step_size=rrr_estimate.config.step_size, seed=0, progress=False)
+    assert est.trace.shape == (2, 300)
+    assert 0 < est.mean < rrr_estimate.mean
+
+
+def test_nbeta_and_cache_roundtrip(rrr_estimate, tmp_path, monkeypatch):
+    assert default_nbeta(100) == pytest.approx(100 / math.log(100))
+    with pytest.raises(ValueError, match="n must be at least 2"):
+        default_nbeta(1)
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    stored = cache.cached("llc-test", {"k": 1}, rrr_estimate.to_dict)
+    again = LLCEstimate.from_dict(cache.cached("llc-test", {"k": 1}, lambda: {}))
+    assert again.mean == rrr_estimate.mean and again.config == rrr_estimate.config
+    assert np.array_equal(again.llc_trace, stored["llc_trace"])
+
+
+def test_plot_draws_theory_beside_estimate(rrr_estimate):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = rrr_estimate.plot(theory=6.0)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("theory" in s for s in labels) and ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_errors_name_the_argument(rrr):
+    m, d = rrr
+    with pytest.raises(ValueError, match="first 8 rows of data x"):
+        estimate_llc(m, mse, (torch.randn(100, 5), torch.randn(100, 4)), progress=False)
+    with pytest.raises(TypeError, match="dtype"):
+        estimate_llc(m, mse, (d.x.double(), d.y.double()), progress=False)
+    with pytest.raises(ValueError, match="step_size"):
+        estimate_llc(m, mse, d.xy, step_size="fast", progress=False)
+    with pytest.raises(ValueError, match="baseline"):
+        estimate_llc(m, mse, d.xy, baseline="median", progress=False)
+    with pytest.raises(ValueError, match="num_draws"):
+        estimate_llc(m, mse, d.xy, num_draws=0, progress=False)
+    with pytest.raises(ValueError, match="scalar"):
+        estimate_llc(m, lambda out, y: (out - y) ** 2, d.xy, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            estimate_llc(m, mse, d.xy, device="cuda", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_estimate_on_cuda(rrr, rrr_estimate):
+    import copy
+
+    m, d = rrr
+    gm = copy.deepcopy(m).cuda()
+    est = estimate_llc(gm, mse, (d.x.cuda(), d.y.cuda()), num_chains=4, num_draws=800, seed=0,
+                       device="cuda", progress=False)
+    assert abs(est.mean - 6.0) < 0.6
+    assert abs(est.mean - rrr_estimate.mean) < 4 * max(est.std, rrr_estimate.std)
+
+
+def test_ground_truth_cases_are_defined_with_exact_theory():
+    from slt_companion.llc import GROUND_TRUTH, ground_truth_problem
+
+    expected = {"normal crossing w²": 0.25, "normal crossing w₁w₂²": 0.25, "RRR 4-3-4, rank 1": 6.0,
+                "RRR 5-4-5, rank 2": 10.5, "DLN 5-4-3-4-5, rank 2": 9.0, "DLN 6-4-2-4-6, rank 1": 7.0}
+    assert set(GROUND_TRUTH) == set(expected)
+    for name in ("normal crossing w₁w₂²", "DLN 5-4-3-4-5, rank 2"):
+        model, data, lam, mult = ground_truth_problem(name)
+        assert float(lam) == expected[name]
+    assert sum(len(w) >= 4 for w in (c.get("widths", ()) for c in GROUND_TRUTH.values())) >= 2  # ≥ 3 layers
+    with pytest.raises(ValueError, match="unknown ground-truth case"):
+        ground_truth_problem("nope")
