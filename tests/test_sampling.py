@@ -186,4 +186,4 @@ def test_local_posterior_grid_is_a_normalised_density_peaked_near_the_centre():
     assert dens.shape == (41, 41)
     assert (dens.sum() * (g1[1] - g1[0]) * (g2[1] - g2[0])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="exactly 2 sampled parameters"):
-        local_posterior_grid(DeepLinearNetwork([2, 1]), mse, (torch.zeros(5, 2), torch.zeros(5, 1)), nbeta=1.0)
+        local_posterior_grid(DeepLinearNetwork([3, 1]), mse, (torch.zeros(5, 3), torch.zeros(5, 1)), nbeta=1.0)
