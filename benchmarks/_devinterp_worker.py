@@ -32,6 +32,8 @@ def main(problem_path: str, out_path: str) -> None:
     model = nn.Sequential(*layers)
     x, y = p["x"], p["y"]
     s = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in p["settings"].items()}
+    if s.get("threads"):
+        torch.set_num_threads(int(s["threads"]))
     torch.manual_seed(int(s["seed"]))
     loader = DataLoader(TensorDataset(x, y), batch_size=int(s["batch_size"]), shuffle=True)
 
@@ -53,6 +55,7 @@ def main(problem_path: str, out_path: str) -> None:
     result = {
         "devinterp_version": importlib.metadata.version("devinterp"),
         "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "seconds": seconds,
         "llc_mean": float(out["llc/mean"]),
         "llc_std": float(out["llc/std"]),

@@ -35,7 +35,7 @@ from .diagnostics import ess as _ess, rhat as _rhat
 from .sampling import SamplerConfig, SGLDResult, _Problem, auto_threads, cpu_threads, sgld
 
 __all__ = ["estimate_llc", "LLCEstimate", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
-           "GROUND_TRUTH", "ground_truth_problem", "run_ground_truth"]
+           "GROUND_TRUTH", "ground_truth_problem", "run_ground_truth", "calibration_sweep"]
 
 #: ε·h_max for the automatic step size (see :func:`auto_step_size`)
 AUTO_STEP_FACTOR = 0.1
@@ -46,6 +46,10 @@ def default_nbeta(n: int) -> float:
     if n < 2:
         raise ValueError(f"n must be at least 2 for n/log n, got {n}")
     return n / math.log(n)
+
+
+def _fmt_eps(eps) -> str:
+    return "(" + ", ".join(f"{e:.3g}" for e in eps) + ")" if isinstance(eps, tuple) else f"{eps:.3g}"
 
 
 @dataclass
@@ -81,7 +85,7 @@ class LLCEstimate:
     def __repr__(self) -> str:
         return (f"LLCEstimate(mean={self.mean:.4g}, std={self.std:.3g}, sem={self.sem:.3g}, ess={self.ess:.0f}, "
                 f"rhat={self.rhat:.3f}, chains={self.config.num_chains}, draws={self.config.num_draws}, "
-                f"step_size={self.config.step_size!r:.10}, nbeta={self.config.nbeta:.4g}, "
+                f"step_size={_fmt_eps(self.config.step_size)}, nbeta={self.config.nbeta:.4g}, "
                 f"localization={self.config.localization:g})")
 
     def to_dict(self) -> dict:
@@ -221,7 +225,8 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     data : ``(x, y)`` tensors, a ``TensorDataset``, or an object with ``.xy``. Passing data other than
         the training data gives the **data-refined LLC**.
     num_chains, num_draws, num_burnin : chains run together; draws per chain after ``num_burnin`` steps.
-        Defaults: 1000 draws (200 in ``SLT_QUICK`` mode) and burn-in ``max(500, num_draws // 2)``: the
+        Defaults: 1000 draws (200 in ``SLT_QUICK`` mode) and burn-in ``max(500, num_draws // 2)`` (100
+        instead of 500 in quick mode): the
         soft, singular directions of the posterior relax slowly from :math:`w^*` (Part II, "Estimating λ").
     step_size : a float :math:`\varepsilon`, or ``"auto"`` (:func:`auto_step_size`, a short pilot run).
     localization : :math:`\gamma` (default 1: a weak tether that removes drift along flat directions
@@ -242,7 +247,7 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     if num_draws is None:
         num_draws = _config.size(1000, 200)
     if num_burnin is None:
-        num_burnin = max(500, int(num_draws) // 2)
+        num_burnin = max(_config.size(500, 100), int(num_draws) // 2)
     if device is None:
         try:
             device = next(model.parameters()).device
@@ -380,3 +385,39 @@ def run_ground_truth(names=None, *, num_chains: int | None = None, num_draws: in
                "num_chains": num_chains, "num_draws": num_draws, "seed": seed}
         rows.append(cache.cached("llc-ground-truth", cfg, compute))
     return rows
+
+
+def calibration_sweep(model: torch.nn.Module, loss_fn: Callable, data, step_sizes, localizations=(1.0,), *,
+                      chains_per_setting: int = 2, num_draws: int | None = None, num_burnin: int | None = None,
+                      nbeta: float | None = None, batch_size: int = 500, seed: int = 0) -> dict:
+    r"""λ̂ over a grid of step sizes ε and localisations γ: one batched SGLD run per γ, with
+    ``chains_per_setting`` chains for every ε (per-chain step sizes).
+
+    Returns ``{"step_sizes", "localizations", "mean", "std", "diverged"}`` with ``mean``/``std`` of shape
+    ``(len(localizations), len(step_sizes))`` (NaN where a chain diverged). Defaults: 1000 draws (200 in
+    ``SLT_QUICK`` mode), burn-in as in :func:`estimate_llc`. Used in: Part II, "Estimating λ".
+    """
+    num_draws = _config.size(1000, 200) if num_draws is None else int(num_draws)
+    num_burnin = max(_config.size(500, 100), num_draws // 2) if num_burnin is None else int(num_burnin)
+    eps = [float(e) for e in step_sizes]
+    prob = _Problem(model, loss_fn, data, None, next(model.parameters()).device)
+    nbeta = default_nbeta(prob.n) if nbeta is None else float(nbeta)
+    k = int(chains_per_setting)
+    means = np.full((len(localizations), len(eps)), np.nan)
+    stds = np.full_like(means, np.nan)
+    div = np.zeros(means.shape, dtype=bool)
+    with cpu_threads(auto_threads(prob.device, k * len(eps) * min(batch_size, prob.n) * prob.D)):
+        prob.check(batch_size)
+        for i, gamma in enumerate(localizations):
+            cfg = SamplerConfig(step_size=tuple(np.repeat(eps, k)), nbeta=nbeta, localization=float(gamma),
+                                num_chains=k * len(eps), num_draws=num_draws, num_burnin=num_burnin,
+                                batch_size=batch_size, seed=seed)
+            res = sgld(model, loss_fn, None, cfg, progress=False, on_divergence="mark", num_threads=None,
+                       _problem=prob)
+            per_chain = nbeta * (res.draws - res.center_loss[:, num_burnin:]).mean(1).numpy().reshape(len(eps), k)
+            bad = np.asarray(res.extras["diverged"]).reshape(len(eps), k).any(1) | ~np.isfinite(per_chain).all(1)
+            means[i] = np.where(bad, np.nan, per_chain.mean(1))
+            stds[i] = np.where(bad, np.nan, per_chain.std(1, ddof=1) if k > 1 else np.nan)
+            div[i] = bad
+    return {"step_sizes": np.asarray(eps), "localizations": np.asarray(localizations, dtype=float),
+            "mean": means, "std": stds, "diverged": div}
