@@ -35,7 +35,9 @@ import torch
 
 __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSITIONS", "tms_loss",
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
-           "kgon_llc"]
+           "kgon_llc", "log_checkpoints", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
+           "LLC_KGONS", "kgon_llc_table", "classify_trajectory", "plateaus", "count_transitions",
+           "sample_posterior", "draw_configuration"]
 
 #: The paper's (l*, b*) of the k-gon critical points, r = 2 (Chen et al. 2023, Sec. 3; l* = radius, b* = live bias).
 #: For k <= 4 the columns are pairwise non-acute and l* = 1, b* = 0 reconstruct the live features exactly.
@@ -330,3 +332,317 @@ def kgon_llc(k: int, c: int, positive: int = 0) -> float | None:
     if c == 6:
         return PAPER_LLC.get(kgon_name(k, positive, (c - k - positive) if k == 5 and not positive else 0))
     return None
+
+
+def _batched_forward(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """f(x) for R models at once: W (R, r, c), b (R, c), x (R, m, c) -> (R, m, c)."""
+    h = x @ W.transpose(-1, -2)
+    return torch.relu(h @ W + b[:, None, :])
+
+
+def _check_pos_int(name, val, lo=1):
+    if isinstance(val, bool) or int(val) != val or int(val) < lo:
+        raise ValueError(f"{name} must be an integer ≥ {lo}, got {val!r}")
+    return int(val)
+
+
+def log_checkpoints(steps: int, num: int) -> np.ndarray:
+    """About ``num`` distinct log-spaced step numbers in ``[0, steps]`` (0 and ``steps`` included)."""
+    steps, num = _check_pos_int("steps", steps), _check_pos_int("num", num, 2)
+    pts = np.unique(np.round(np.geomspace(1, steps, num - 1)).astype(int))
+    return np.concatenate([[0], pts])
+
+
+def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int = 20_000, lr: float = 0.05,
+              batch_size: int = 100, init_scale: float = 0.5, num_checkpoints: int = 80, seed: int = 0,
+              progress: bool = True) -> dict:
+    r"""Train ``num_runs`` TMS models (``n_hidden = 2``) with plain SGD at once, each on its own data set.
+
+    Run ``j`` draws its ``n`` training inputs with :func:`slt_companion.data.tms_data` (seed ``seed + j``), its
+    initial :math:`W_{ij}\sim\mathcal N(0,\text{init\_scale}^2)` (bias 0) from ``seed``, and takes ``steps`` SGD
+    steps of size ``lr`` on minibatches of ``batch_size`` (sampled with replacement) of :func:`tms_loss`.
+    Float64, CPU; the same ``seed`` gives identical results. Returns a dict of arrays: ``steps`` (T,) the
+    log-spaced checkpoints, ``W`` (R, T, 2, c), ``b`` (R, T, c), ``train_loss`` (R, T) on each run's data,
+    ``pop_loss`` (R, T) the exact :func:`population_loss`.
+    """
+    from .data import tms_data
+
+    R = _check_pos_int("num_runs", num_runs)
+    n, c = _check_pos_int("n", n), _check_pos_int("n_features", n_features)
+    steps = _check_pos_int("steps", steps)
+    batch_size = _check_pos_int("batch_size", batch_size)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not init_scale > 0:
+        raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    X = torch.stack([tms_data(n, c, seed=int(seed) + j, dtype=torch.float64).x for j in range(R)])  # (R, n, c)
+    W = (torch.randn(R, 2, c, generator=gen, dtype=torch.float64) * init_scale).requires_grad_(True)
+    b = torch.zeros(R, c, dtype=torch.float64, requires_grad=True)
+    ckpts = log_checkpoints(steps, num_checkpoints)
+    Ws, bs, train = [], [], []
+    ar = torch.arange(R)[:, None]
+
+    def record():
+        with torch.no_grad():
+            Ws.append(W.detach().clone())
+            bs.append(b.detach().clone())
+            train.append(((_batched_forward(W, b, X) - X) ** 2).sum(-1).mean(-1))
+
+    it = range(1, steps + 1)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=f"SGD, {R} runs", mininterval=1.0)
+    record()
+    ck = set(int(s) for s in ckpts[1:])
+    for t in it:
+        idx = torch.randint(0, n, (R, batch_size), generator=gen)
+        xb = X[ar, idx]
+        loss = ((_batched_forward(W, b, xb) - xb) ** 2).sum(-1).mean(-1).sum()
+        gW, gb = torch.autograd.grad(loss, (W, b))
+        with torch.no_grad():
+            W -= lr * gW
+            b -= lr * gb
+        if t in ck:
+            record()
+    Wt, bt = torch.stack(Ws, 1), torch.stack(bs, 1)
+    return {"steps": ckpts, "W": Wt.numpy(), "b": bt.numpy(), "train_loss": torch.stack(train, 1).numpy(),
+            "pop_loss": population_loss(Wt, bt).numpy()}
+
+
+def empirical_minimum(W, b, x: torch.Tensor, *, steps: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The nearest local minimum of the *empirical* loss :math:`L_n` on inputs ``x``, from ``(W, b)`` (float64).
+
+    A k-gon is a critical point of the population loss; on a finite sample of size :math:`n` the gradient of
+    :math:`L_n` there is :math:`O(n^{-1/2})` and the LLC estimator, which measures the loss *above* the
+    centre, would see the descent to the nearby minimum as negative complexity. Moving the centre to that
+    minimum first (a distance :math:`O(n^{-1/2})`) removes it. Newton steps with the pseudo-inverse of the
+    Hessian (the flat directions -- rotations, dead features -- are left alone), each accepted only if it
+    lowers :math:`L_n`. Returns float64 ``(W, b)``.
+    """
+    W, b = _as_params(W, b)
+    x = torch.as_tensor(x).double()
+    if x.ndim != 2 or x.shape[1] != W.shape[-1]:
+        raise ValueError(f"x must have shape (n, {W.shape[-1]}), got {tuple(x.shape)}")
+    r, c = W.shape
+
+    def loss(z):
+        Wz = z[:r * c].reshape(r, c)
+        return ((torch.relu(x @ Wz.T @ Wz + z[r * c:]) - x) ** 2).sum(1).mean()
+
+    z = torch.cat([W.detach().double().flatten(), b.detach().double()])
+    cur = float(loss(z))
+    for _ in range(int(steps)):
+        g = torch.func.grad(loss)(z)
+        H = torch.func.hessian(loss)(z)
+        step = torch.linalg.pinv(H, rtol=1e-6, hermitian=True) @ g
+        for scale in (1.0, 0.5, 0.25, 0.1):
+            trial = z - scale * step
+            new = float(loss(trial))
+            if new <= cur:
+                break
+        else:
+            break
+        z, done = trial, cur - new < 1e-15
+        cur = new
+        if done:
+            break
+    return z[:r * c].reshape(r, c).clone(), z[r * c:].clone()
+
+
+def hessian_eigenvalues(W, b) -> np.ndarray:
+    """Eigenvalues (ascending) of the Hessian of :func:`population_loss` in the flattened ``(W, b)`` (float64)."""
+    W, b = _as_params(W, b)
+    W, b = W.detach().double(), b.detach().double()
+    r, c = W.shape
+    z = torch.cat([W.flatten(), b])
+    H = torch.autograd.functional.hessian(lambda z: population_loss(z[:r * c].reshape(r, c), z[r * c:]), z)
+    return torch.linalg.eigvalsh(H).numpy()
+
+
+def _llc_settings() -> dict:
+    n = 20_000
+    nbeta = n / math.log(n)
+    return {"n": n, "nbeta": nbeta, "localization": 20.0, "step_size": 0.04 / nbeta, "batch_size": 500,
+            "data_seed": 0}
+
+
+#: The LLC settings of the k-gon table (Part III): n = 20,000, nβ = n/log n,
+#: localization γ = 20, SGLD step ε = 0.04/(nβ) (ε·h_max ≈ 0.1: the top Hessian eigenvalue of L is about 2.5),
+#: minibatch 500, data seed 0.
+LLC_SETTINGS = _llc_settings()
+
+#: The k-gons whose LLC the book estimates: name -> (c, k, positive, negative).
+LLC_KGONS = {"6": (6, 6, 0, 0), "5+": (6, 5, 1, 0), "5-": (6, 5, 0, 1), "5 (c=5)": (5, 5, 0, 0)}
+
+
+def kgon_llc_table(*, num_chains: int | None = None, num_draws: int | None = None, num_burnin: int | None = None,
+                   seed: int = 0, progress: bool = True) -> dict:
+    r"""Estimate :math:`\hat\lambda` at each k-gon of :data:`LLC_KGONS` with :func:`slt_companion.llc.estimate_llc`.
+
+    For each: ``n`` = ``LLC_SETTINGS["n"]`` inputs from :func:`slt_companion.data.tms_data`, the k-gon moved to the
+    nearby minimum of :math:`L_n` (:func:`empirical_minimum`), then SGLD with :math:`n\beta = n/\log n`,
+    :math:`\gamma` = ``localization``, step ``step_size`` (:data:`LLC_SETTINGS`), loss :func:`tms_loss`. Sizes
+    default to 8 chains × 4000 draws after 2000 burn-in (4 × 400 after 400 with ``SLT_QUICK=1``). Results
+    are cached (:func:`slt_companion.cache.cached`). Returns ``{name: {"estimate": LLCEstimate.to_dict(),
+    "theory": λ, "loss": L_n at the centre, "pop_loss": population loss of the ideal k-gon, "c": c}}``.
+    """
+    from . import cache, config
+    from .data import tms_data
+    from .llc import estimate_llc
+    from .models import ToyModelOfSuperposition
+
+    num_chains = config.size(8, 4) if num_chains is None else num_chains
+    num_draws = config.size(4000, 400) if num_draws is None else num_draws
+    num_burnin = config.size(2000, 400) if num_burnin is None else num_burnin
+    out = {}
+    for name, (c, k, pos, neg) in LLC_KGONS.items():
+        cfg = dict(LLC_SETTINGS, c=c, k=k, positive=pos, negative=neg, num_chains=num_chains, num_draws=num_draws,
+                   num_burnin=num_burnin, seed=seed, negative_bias=-1.0)
+
+        def compute(c=c, k=k, pos=pos, neg=neg):
+            data = tms_data(LLC_SETTINGS["n"], c, seed=LLC_SETTINGS["data_seed"])
+            W, b = k_gon(k, c, positive=pos, negative=neg, negative_bias=-1.0)
+            W1, b1 = empirical_minimum(W, b, data.x)
+            model = ToyModelOfSuperposition.from_params(W1, b1)
+            est = estimate_llc(model, tms_loss, data.xy, num_chains=num_chains, num_draws=num_draws,
+                               num_burnin=num_burnin, step_size=LLC_SETTINGS["step_size"], nbeta=LLC_SETTINGS["nbeta"],
+                               localization=LLC_SETTINGS["localization"], batch_size=LLC_SETTINGS["batch_size"],
+                               seed=seed, device="cpu", progress=progress)
+            return {"estimate": est.to_dict(), "moved": float(torch.sqrt(((W1 - W) ** 2).sum() + ((b1 - b) ** 2).sum())),
+                    "pop_loss": float(population_loss(W, b))}
+
+        res = cache.cached("tms_kgon_llc", cfg, compute)
+        res["theory"] = kgon_llc(k, c, pos)
+        res["c"] = c
+        out[name] = res
+    return out
+
+
+def classify_trajectory(W, b, **kwargs) -> list:
+    """:func:`classify_kgon` at every checkpoint: ``W`` (T, 2, c), ``b`` (T, c) -> list of :class:`KGonMatch`."""
+    W, b = np.asarray(W), np.asarray(b)
+    if W.ndim != 3 or b.ndim != 2 or W.shape[0] != b.shape[0]:
+        raise ValueError(f"W must be (T, 2, c) and b (T, c) with the same T; got {W.shape} and {b.shape}")
+    return [classify_kgon(torch.from_numpy(W[t]), torch.from_numpy(b[t]), **kwargs) for t in range(W.shape[0])]
+
+
+def plateaus(matches, *, tol: float = 0.15, min_stay: int = 2) -> list[str]:
+    r"""The k-gons a trajectory *rests at*, in order: runs of at least ``min_stay`` consecutive checkpoints whose
+    :class:`KGonMatch` has ``distance < tol`` and the same name (a run of another name in between ends it).
+
+    Consecutive visits to the same k-gon are merged. The transitions of a run are the consecutive pairs
+    (:func:`count_transitions`).
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    min_stay = _check_pos_int("min_stay", min_stay)
+    out: list[str] = []
+    run_name, run_len = None, 0
+    for m in list(matches) + [None]:
+        name = m.name if (m is not None and m.distance < tol) else None
+        if name == run_name and name is not None:
+            run_len += 1
+            continue
+        if run_name is not None and run_len >= min_stay and (not out or out[-1] != run_name):
+            out.append(run_name)
+        run_name, run_len = name, 1
+    return out
+
+
+def count_transitions(plateau_lists) -> dict:
+    """Count the transitions ``"A->B"`` between consecutive plateaus over many runs (:func:`plateaus`)."""
+    counts: dict = {}
+    for seq in plateau_lists:
+        for a, b_ in zip(seq[:-1], seq[1:]):
+            counts[f"{a}->{b_}"] = counts.get(f"{a}->{b_}", 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps: int = 20_000,
+                     step_scale: float = 0.1, prior_std: float = 1.0, num_samples: int = 10, seed: int = 0,
+                     progress: bool = True) -> dict:
+    r"""Sample the TMS posterior :math:`p(w\mid D_n)\propto\varphi(w)\,e^{-nL_n(w)}` with many Langevin chains.
+
+    Chain ``j`` has its own data set :math:`D_n` (:func:`slt_companion.data.tms_data`, seed ``seed + j``) and
+    starts from the prior :math:`\varphi = \mathcal N(0, \text{prior\_std}^2 I)` on all :math:`3c` parameters.
+    Unadjusted Langevin, full batch: :math:`w \leftarrow w - \frac\varepsilon2\nabla U(w) + \sqrt\varepsilon\,\xi`,
+    :math:`U = nL_n(w) + \|w\|^2/(2\,\text{prior\_std}^2)`, :math:`\varepsilon = ` ``step_scale``:math:`/n`.
+    ``num_samples`` states are kept, evenly spaced over the last half of the ``steps``. Float64, CPU,
+    deterministic for a fixed ``seed``. Returns ``W`` (chains, samples, 2, c), ``b`` (chains, samples, c),
+    ``U_final`` (chains,). Used in: Part III, "Bayesian phase transitions in the TMS".
+    """
+    from .data import tms_data
+
+    n, R, c = _check_pos_int("n", n), _check_pos_int("num_chains", num_chains), _check_pos_int("n_features", n_features)
+    steps, num_samples = _check_pos_int("steps", steps), _check_pos_int("num_samples", num_samples)
+    if not step_scale > 0 or not prior_std > 0:
+        raise ValueError(f"step_scale and prior_std must be > 0, got {step_scale!r}, {prior_std!r}")
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + n)
+    X = torch.stack([tms_data(n, c, seed=int(seed) * 100_003 + 7919 * n + j, dtype=torch.float64).x
+                     for j in range(R)])
+    W = torch.randn(R, 2, c, generator=gen, dtype=torch.float64) * prior_std
+    b = torch.randn(R, c, generator=gen, dtype=torch.float64) * prior_std
+    eps = float(step_scale) / n
+    keep = set(np.linspace(steps // 2, steps, num_samples).round().astype(int).tolist())
+    Ws, bs = [], []
+    it = range(1, steps + 1)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=f"Langevin, n={n}, {R} chains", mininterval=1.0)
+    for t in it:
+        W.requires_grad_(True)
+        b.requires_grad_(True)
+        U = n * ((_batched_forward(W, b, X) - X) ** 2).sum(-1).mean(-1) \
+            + ((W ** 2).sum((-1, -2)) + (b ** 2).sum(-1)) / (2 * prior_std ** 2)
+        gW, gb = torch.autograd.grad(U.sum(), (W, b))
+        with torch.no_grad():
+            W = W - 0.5 * eps * gW + math.sqrt(eps) * torch.randn(W.shape, generator=gen, dtype=torch.float64)
+            b = b - 0.5 * eps * gb + math.sqrt(eps) * torch.randn(b.shape, generator=gen, dtype=torch.float64)
+        if not torch.isfinite(W).all():
+            raise FloatingPointError(f"Langevin diverged at step {t} (n={n}); lower step_scale (now {step_scale})")
+        if t in keep:
+            Ws.append(W.clone())
+            bs.append(b.clone())
+    return {"W": torch.stack(Ws, 1).numpy(), "b": torch.stack(bs, 1).numpy(), "U_final": U.detach().numpy()}
+
+
+def draw_configuration(W, b, ax=None, *, title: str | None = None, annotate: bool = True):
+    """Draw the columns of ``W`` (``2 × c``) as arrows from the origin, coloured by the sign of their bias.
+
+    Live features with negative bias in blue, positive in vermillion, zero in grey; dead features (norm < 0.5)
+    as dots at the origin, listed with their bias in the corner. The title defaults to :func:`classify_kgon`'s
+    name and distance. Returns the axes.
+    """
+    from . import plot as slt_plot
+
+    W, b = _as_params(W, b)
+    W, b = W.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
+    if ax is None:
+        _, ax = slt_plot.new_figure(width=3.4, height=3.4)
+    match = classify_kgon(torch.from_numpy(W), torch.from_numpy(b))
+    lim = max(1.8, float(np.abs(W).max()) * 1.25)
+    theta = np.linspace(0, 2 * np.pi, 200)
+    for i in range(W.shape[1]):
+        col = slt_plot.COLORS["estimate"] if b[i] < -0.02 else (slt_plot.COLORS["theory"] if b[i] > 0.02
+                                                                 else slt_plot.COLORS["muted"])
+        if np.linalg.norm(W[:, i]) >= 0.5:
+            ax.annotate("", xy=(W[0, i], W[1, i]), xytext=(0, 0),
+                        arrowprops=dict(arrowstyle="-|>", color=col, lw=1.6))
+            if annotate:
+                ax.text(W[0, i] * 1.12, W[1, i] * 1.12, f"{i + 1}", ha="center", va="center", fontsize=9)
+        else:
+            ax.plot(W[0, i], W[1, i], "o", color=col, ms=4)
+    if match.k >= 2 and match.k <= 8:
+        ax.plot(_radius_bias(match.k)[0] * np.cos(theta), _radius_bias(match.k)[0] * np.sin(theta),
+                color=slt_plot.COLORS["muted"], lw=0.6, ls=":")
+    dead = [f"{i + 1}: b={b[i]:+.2f}" for i in range(W.shape[1]) if i not in match.live]
+    if dead and annotate:
+        ax.text(0.02, 0.02, "dead " + ", ".join(dead), transform=ax.transAxes, fontsize=7.5, va="bottom")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("hidden dim 1")
+    ax.set_ylabel("hidden dim 2")
+    ax.set_title(title if title is not None else f"{match.pretty}-gon (distance {match.distance:.2f})")
+    return ax
