@@ -26,11 +26,22 @@ PAGE_BUDGET_S = float(os.environ.get("SLT_PAGE_BUDGET_S", "90"))
 _page_seconds: dict[str, float] = defaultdict(float)
 
 
-def pytest_runtest_logreport(report):
-    """Sum the time nbval spends on each notebook (setup + call + teardown of each cell)."""
-    path = report.nodeid.split("::", 1)[0]
-    if path.endswith(".ipynb"):
-        _page_seconds[path] += report.duration
+class _PageTimer:
+    """Sums the time nbval spends on each notebook (setup + call + teardown of each cell).
+
+    Registered as a plugin rather than written as a conftest hook: a hook in tests/conftest.py only sees
+    items under tests/, and the notebooks live in _build/nbval/."""
+
+    @staticmethod
+    def pytest_runtest_logreport(report):
+        path = report.nodeid.split("::", 1)[0]  # relative to the repository (make test runs from there)
+        if path.endswith(".ipynb"):
+            _page_seconds[path] += report.duration
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("slt-page-timer"):
+        config.pluginmanager.register(_PageTimer(), "slt-page-timer")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
