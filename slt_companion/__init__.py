@@ -5,8 +5,16 @@ Every number in the book is computed by a function in this package. Modules, one
 - :mod:`slt_companion.config`   -- ``QUICK`` (from ``SLT_QUICK``), ``default_device()``, ``size()``
 - :mod:`slt_companion.cache`    -- results on disk keyed by config + package version
 - :mod:`slt_companion.plot`     -- the book's figure style and reusable plots
-- :mod:`slt_companion.symbolic` -- exact computations with SymPy (Fisher information, ...)
+- :mod:`slt_companion.symbolic` -- exact computations with SymPy: Fisher information, ``rlct``, Newton polyhedra, blow-ups
+- :mod:`slt_companion.theory`   -- closed forms from the literature: free energy, ``rrr_rlct``, ``dln_rlct``
+- :mod:`slt_companion.volume`   -- volume scaling V(eps) and free energies by quadrature
 - :mod:`slt_companion.bayes`    -- exact Bayesian posteriors and free energies of low-dimensional models
+- :mod:`slt_companion.sampling` -- SGLD over many chains at once (vmap over a stacked chain dimension)
+- :mod:`slt_companion.llc`      -- ``estimate_llc``: the local learning coefficient and its diagnostics
+- :mod:`slt_companion.diagnostics` -- ESS, R-hat, divergence detection
+- :mod:`slt_companion.models`   -- the book's models (deep linear networks, the toy model of superposition, ...)
+- :mod:`slt_companion.tms`      -- the toy model of superposition's k-gon critical points
+- :mod:`slt_companion.data`     -- data generators for every experiment
 """
 
 __version__ = "0.1.0"
