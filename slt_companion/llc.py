@@ -158,7 +158,7 @@ def _hessian_top_eig(prob: _Problem, W: torch.Tensor, xb, yb, nbeta: float, gamm
 
 
 def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_size: int, seed: int = 0,
-                   factor: float | None = None, pilot_steps: int = 200, rungs: int = 12,
+                   factor: float | None = None, pilot_steps: int | None = None, rungs: int = 12,
                    preconditioner: str | None = None) -> tuple[float, dict]:
     r"""Choose the SGLD step size from a short pilot run, so that :math:`\varepsilon\, h_{\max} = ` ``factor``.
 
@@ -172,7 +172,7 @@ def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_s
     at :math:`w^*` (power iteration on a pilot batch of up to 2048 samples). (2) At a singular :math:`w^*` the
     curvature nearby can be far larger than at :math:`w^*` itself, so a pilot run of ``rungs`` chains with
     step sizes :math:`\varepsilon_i = 2^{3-i}\cdot` ``factor``:math:`/h_0` (one chain each, all in one batched
-    run, ``pilot_steps`` steps) explores the local posterior; :math:`h` is measured again at each chain's
+    run, ``pilot_steps`` steps, 200 or 100 in ``SLT_QUICK`` mode) explores the local posterior; :math:`h` is measured again at each chain's
     end point. (3) A rung is *consistent* if it did not diverge and :math:`\varepsilon_i h_i \le 0.5`;
     :math:`h_{\max}` is the largest :math:`h` over :math:`w^*` and the consistent rungs, and
     :math:`\varepsilon = ` ``factor``:math:`/h_{\max}`. Deterministic for a fixed ``seed``. The same
@@ -180,6 +180,7 @@ def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_s
     of the stiffest coordinates.
     """
     factor = AUTO_STEP_FACTOR if factor is None else float(factor)
+    pilot_steps = _config.size(200, 100) if pilot_steps is None else int(pilot_steps)
     dev = prob.device
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     m = min(prob.n, 2048)
@@ -360,7 +361,7 @@ def run_ground_truth(names=None, *, num_chains: int | None = None, num_draws: in
                      progress: bool = True) -> list[dict]:
     """Estimate λ with the defaults of :func:`estimate_llc` on every case of :data:`GROUND_TRUTH` (cached).
 
-    Only the number of chains (8; 4 in ``SLT_QUICK`` mode) and draws (4000; 200) are set. Returns one dict
+    Only the number of chains (8; 4 in ``SLT_QUICK`` mode) and draws (4000; 800) are set. Returns one dict
     per case: ``name``, ``theory``, ``mean``, ``std``, ``sem``, ``ess``, ``rhat``, ``rel_error``,
     ``step_size``, ``seconds``. Used in: Part II, "Validation against known λ".
     """
@@ -368,7 +369,7 @@ def run_ground_truth(names=None, *, num_chains: int | None = None, num_draws: in
 
     names = list(GROUND_TRUTH) if names is None else list(names)
     num_chains = _config.size(8, 4) if num_chains is None else int(num_chains)
-    num_draws = _config.size(4000, 200) if num_draws is None else int(num_draws)
+    num_draws = _config.size(4000, 800) if num_draws is None else int(num_draws)
     rows = []
     for name in names:
         def compute(name=name):
