@@ -53,3 +53,53 @@ def test_no_page_shows_a_traceback(quick_book):
         for stderr in re.findall(r'class="output stderr[^"]*".*?</pre>', html, flags=re.S):
             assert not re.search(r"\b\w*(Error|Exception)\b", stderr), \
                 f"{docname}.html prints an error on stderr: {stderr[:300]}"
+
+
+def _internal_links(html_dir):
+    """(page, href) for every relative link and resource on every built page."""
+    from html.parser import HTMLParser
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.found, self.ids = [], set()
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if "id" in a:
+                self.ids.add(a["id"])
+            for key in ("href", "src"):
+                if a.get(key) and tag in {"a", "img", "script", "link"}:
+                    self.found.append(a[key])
+
+    pages = {}
+    for page in html_dir.rglob("*.html"):
+        if page.relative_to(html_dir).parts[0] in {"_static", "_sources"}:
+            continue  # theme template fragments copied verbatim, not pages
+        parser = Links()
+        parser.feed(page.read_text(encoding="utf-8"))
+        pages[page] = parser
+    return pages
+
+
+def test_internal_links_resolve(quick_book):
+    """Every relative link, image and script on every page points at a file that exists, and every
+    ``page.html#anchor`` at an element with that id (external http(s) links are not followed: no network)."""
+    from urllib.parse import unquote, urlsplit
+
+    pages = _internal_links(quick_book)
+    broken = []
+    for page, parser in pages.items():
+        for ref in parser.found:
+            parts = urlsplit(ref)
+            if parts.scheme or ref.startswith(("//", "mailto:", "javascript:", "data:")):
+                continue
+            target = page if not parts.path else (page.parent / unquote(parts.path)).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{page.relative_to(quick_book)} -> {ref}")
+            elif parts.fragment and target.suffix == ".html" and target in pages \
+                    and unquote(parts.fragment) not in pages[target].ids:
+                broken.append(f"{page.relative_to(quick_book)} -> {ref} (no such anchor)")
+    assert not broken, f"{len(broken)} broken internal links:\n" + "\n".join(sorted(set(broken))[:40])

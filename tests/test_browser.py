@@ -127,3 +127,26 @@ def test_widgets_and_math_are_really_there(browser, site):
         page.close()
     assert seen["mathCount"] > 20 and seen["imageCount"] >= 2
     assert len(seen["widgetViews"]) >= 1 and sliders == 2
+
+
+def test_offline_search_finds_a_late_chapter(browser, site):
+    """Sphinx's client-side search works without a network and indexes the later chapters."""
+    page = browser.new_page()
+    try:
+        page.goto(f"{site}/search.html?q=polyhedron", wait_until="networkidle")
+        page.wait_for_selector("#search-results ul.search li", timeout=15000)
+        hrefs = page.eval_on_selector_all("#search-results ul.search li a", "els => els.map(e => e.href)")
+    finally:
+        page.close()
+    assert any("resolving_singularities" in h for h in hrefs), f"search for 'polyhedron' found only {hrefs}"
+
+
+def test_code_cells_have_copy_buttons(browser, site):
+    page = browser.new_page()
+    try:
+        page.goto(f"{site}/book/partI_singular/why_singular.html", wait_until="networkidle")
+        cells = page.locator("div.cell_input div.highlight").count()
+        buttons = page.locator("div.cell_input button.copybtn").count()
+    finally:
+        page.close()
+    assert cells > 5 and buttons == cells, f"{buttons} copy buttons for {cells} code cells"
