@@ -240,8 +240,13 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     device : ``None`` (best available, see :func:`slt_companion.config.resolve_device`), ``"cpu"``, ``"cuda"``.
     preconditioner : ``None`` or ``"rmsprop"``.
     baseline : ``"paired"`` (default), ``"full"`` or ``"batch"`` -- see the module docstring.
-    Shape, dtype and device problems raise a ``ValueError``/``TypeError`` naming the argument before any
-    sampling; a diverging chain raises :class:`~slt_companion.diagnostics.SGLDDivergenceError`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Shape, dtype and device problems, named with the argument, before any sampling starts.
+    SGLDDivergenceError
+        A chain produced NaN/inf or an exploding loss (:class:`~slt_companion.diagnostics.SGLDDivergenceError`).
     """
     if baseline not in ("paired", "full", "batch"):
         raise ValueError(f"baseline must be 'paired', 'full' or 'batch', got {baseline!r}")
