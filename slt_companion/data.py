@@ -124,3 +124,226 @@ def tms_data(n: int, n_features: int = 6, *, seed: int = 0, dtype: torch.dtype =
 
 
 __all__ += ["tms_data"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# In-context linear regression and character corpora (Part III; issue 7). Owned by the ICL / LM chapters.
+# ---------------------------------------------------------------------------------------------------------
+
+import math as _math
+
+
+@dataclass(frozen=True)
+class ICLData:
+    r"""A batch of in-context regression sequences: ``xs`` (B × K × D), ``ys`` (B × K), the ``tasks`` (B × D)
+    that made them (:math:`y_k = t^\top x_k + \sigma\xi_k`) and ``noise_var`` :math:`\sigma^2`.
+
+    ``tokens`` is ``(B, K, D + 1)``, each row ``(x_k, y_k)``: the input of
+    :class:`slt_companion.models.ICLTransformer`; ``xy = (tokens, ys)`` is what :func:`slt_companion.llc.estimate_llc`
+    and :func:`slt_companion.train.train` take.
+    """
+
+    xs: torch.Tensor
+    ys: torch.Tensor
+    tasks: torch.Tensor
+    noise_var: float
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return torch.cat([self.xs, self.ys[..., None]], dim=-1)
+
+    @property
+    def xy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens, self.ys
+
+    def __len__(self) -> int:
+        return int(self.xs.shape[0])
+
+
+class ICLTaskSampler:
+    r"""Sequences for in-context linear regression (Garg et al. 2022; Raventós et al. 2023; Hoogland et al. 2025).
+
+    Tasks :math:`t\sim\mathcal N(0, I_D)`, inputs :math:`x_k\sim\mathcal N(0, I_D)`, targets
+    :math:`y_k = t^\top x_k + \varepsilon_k`, :math:`\varepsilon_k\sim\mathcal N(0,\sigma^2)`. ``num_tasks``
+    is the task diversity :math:`M`: ``None`` (:math:`M=\infty`) draws a fresh task per sequence; an integer
+    fixes a bank of :math:`M` tasks (drawn from ``task_seed``) and each sequence picks one uniformly.
+    The paper's defaults: D = 4, K = 16, σ² = 0.125.
+
+    :meth:`sample` ``(batch, generator)`` is deterministic given the generator state. Predicting zero has
+    expected loss :math:`E[y^2] = D + \sigma^2` per token (4.125 for the defaults).
+    """
+
+    def __init__(self, task_dim: int = 4, num_examples: int = 16, *, noise_var: float = 0.125,
+                 num_tasks: int | None = None, task_seed: int = 0, dtype: torch.dtype = torch.float32):
+        self.task_dim = _check_int("task_dim", task_dim, 1)
+        self.num_examples = _check_int("num_examples", num_examples, 1)
+        if not (isinstance(noise_var, (int, float)) and _math.isfinite(noise_var) and noise_var >= 0):
+            raise ValueError(f"noise_var must be a finite number ≥ 0, got {noise_var!r}")
+        self.noise_var = float(noise_var)
+        self.num_tasks = None if num_tasks is None else _check_int("num_tasks", num_tasks, 1)
+        self.dtype = dtype
+        self.task_bank = None
+        if self.num_tasks is not None:
+            g = torch.Generator().manual_seed(int(task_seed))
+            self.task_bank = torch.randn(self.num_tasks, self.task_dim, generator=g, dtype=torch.float64).to(dtype)
+
+    @property
+    def predict_zero_loss(self) -> float:
+        """:math:`E[y^2] = D + \\sigma^2`: the per-token MSE of always predicting 0 (the prior mean)."""
+        return self.task_dim + self.noise_var
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ICLData:
+        B = _check_int("batch_size", batch_size, 1)
+        D, K = self.task_dim, self.num_examples
+        g = generator
+        if self.task_bank is None:
+            tasks = torch.randn(B, D, generator=g, dtype=torch.float64)
+        else:
+            tasks = self.task_bank.double()[torch.randint(0, self.num_tasks, (B,), generator=g)]
+        xs = torch.randn(B, K, D, generator=g, dtype=torch.float64)
+        noise = torch.randn(B, K, generator=g, dtype=torch.float64) * _math.sqrt(self.noise_var)
+        ys = (xs @ tasks[:, :, None])[..., 0] + noise
+        return ICLData(xs.to(self.dtype), ys.to(self.dtype), tasks.to(self.dtype), self.noise_var)
+
+    def batch_fn(self, batch_size: int):
+        """A ``batch_fn(generator) -> (tokens, ys)`` for :func:`slt_companion.train.train`."""
+        return lambda gen: self.sample(batch_size, gen).xy
+
+
+def icl_regression(n: int, task_dim: int = 4, num_examples: int = 16, *, noise_var: float = 0.125,
+                   num_tasks: int | None = None, seed: int = 0, task_seed: int = 0) -> ICLData:
+    """``n`` sequences from :class:`ICLTaskSampler` with a generator seeded by ``seed`` (a fixed data set)."""
+    sampler = ICLTaskSampler(task_dim, num_examples, noise_var=noise_var, num_tasks=num_tasks, task_seed=task_seed)
+    return sampler.sample(n, torch.Generator().manual_seed(int(seed)))
+
+
+def bayes_ridge_predictions(xs: torch.Tensor, ys: torch.Tensor, noise_var: float = 0.125,
+                            prior_var: float = 1.0) -> torch.Tensor:
+    r"""The Bayes-optimal in-context predictions for :math:`M=\infty`: at position :math:`k`, the posterior
+    mean :math:`\hat y_k = x_k^\top (X_{<k}^\top X_{<k} + \tfrac{\sigma^2}{s^2} I)^{-1} X_{<k}^\top y_{<k}` (ridge
+    regression on the first :math:`k-1` examples, :math:`s^2` = ``prior_var``). Position 1 predicts 0, the
+    prior mean. ``xs`` (B × K × D), ``ys`` (B × K) → (B × K). Computed in float64.
+    """
+    if xs.ndim != 3 or ys.shape != xs.shape[:2]:
+        raise ValueError(f"xs must be (B, K, D) and ys (B, K); got {tuple(xs.shape)} and {tuple(ys.shape)}")
+    if not noise_var > 0 or not prior_var > 0:
+        raise ValueError(f"noise_var and prior_var must be > 0, got {noise_var!r}, {prior_var!r}")
+    X, Y = xs.double(), ys.double()
+    B, K, D = X.shape
+    out = torch.zeros(B, K, dtype=torch.float64)
+    reg = (noise_var / prior_var) * torch.eye(D, dtype=torch.float64)
+    for k in range(1, K):
+        Xk, Yk = X[:, :k], Y[:, :k]
+        A = Xk.transpose(1, 2) @ Xk + reg
+        w = torch.linalg.solve(A, (Xk.transpose(1, 2) @ Yk[..., None]))[..., 0]
+        out[:, k] = (X[:, k] * w).sum(-1)
+    return out.to(xs.dtype)
+
+
+def bayes_optimal_loss(task_dim: int = 4, num_examples: int = 16, noise_var: float = 0.125, *,
+                       num_samples: int = 100_000, seed: int = 0) -> torch.Tensor:
+    r"""Monte Carlo estimate of the Bayes risk per position, :math:`E[(y_k - \hat y_k)^2]` for
+    :func:`bayes_ridge_predictions` (``num_examples`` values; the first is :math:`D + \sigma^2`)."""
+    d = icl_regression(num_samples, task_dim, num_examples, noise_var=noise_var, seed=seed)
+    pred = bayes_ridge_predictions(d.xs, d.ys, noise_var)
+    return ((pred.double() - d.ys.double()) ** 2).mean(0)
+
+
+__all__ += ["ICLData", "ICLTaskSampler", "icl_regression", "bayes_ridge_predictions", "bayes_optimal_loss"]
+
+
+#: the printable ASCII characters plus newline: the corpora's alphabet; anything else maps to "?" (:func:`char_corpus`)
+CHAR_VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
+
+
+@dataclass(frozen=True)
+class CharCorpus:
+    """A character-level corpus: ``train`` and ``val`` 1-D ``int64`` token tensors over :data:`CHAR_VOCAB`.
+
+    ``kind`` (``"prose"`` or ``"code"``), ``sources`` (what the text came from). :meth:`encode`/:meth:`decode`
+    convert text; :meth:`batch` draws random windows for language modelling.
+    """
+
+    kind: str
+    train: torch.Tensor
+    val: torch.Tensor
+    sources: tuple
+
+    vocab: str = CHAR_VOCAB
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.vocab)}
+        unk = index["?"]
+        return torch.tensor([index.get(c, unk) for c in text], dtype=torch.int64)
+
+    def decode(self, tokens) -> str:
+        return "".join(self.vocab[int(t)] for t in tokens)
+
+    def batch(self, batch_size: int, seq_len: int, generator: torch.Generator | None = None,
+              split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: ``batch_size`` random windows of ``seq_len`` tokens and the same windows shifted by one."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        B, T = _check_int("batch_size", batch_size, 1), _check_int("seq_len", seq_len, 1)
+        data = self.train if split == "train" else self.val
+        if T + 1 > len(data):
+            raise ValueError(f"seq_len={T} is longer than the {split} split ({len(data)} tokens)")
+        start = torch.randint(0, len(data) - T, (B,), generator=generator)
+        idx = start[:, None] + torch.arange(T + 1)
+        w = data[idx]
+        return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+    def batch_fn(self, batch_size: int, seq_len: int):
+        """A ``batch_fn(generator) -> (x, y)`` for :func:`slt_companion.train.train`."""
+        return lambda gen: self.batch(batch_size, seq_len, gen)
+
+
+def _corpus_text(kind: str) -> tuple[str, tuple]:
+    if kind == "prose":
+        from pydoc_data.topics import topics
+        keys = sorted(topics)
+        return "\n\n".join(topics[k] for k in keys), tuple(f"pydoc_data.topics[{k!r}]" for k in keys)
+    if kind == "code":
+        import os
+        import sysconfig
+        root = sysconfig.get_paths()["stdlib"]
+        names = sorted(f for f in os.listdir(root) if f.endswith(".py"))
+        parts = []
+        for name in names:
+            with open(os.path.join(root, name), encoding="utf-8", errors="replace") as fh:
+                parts.append(fh.read())
+        return "\n\n".join(parts), tuple(names)
+    raise ValueError(f"kind must be 'prose' (pydoc topics) or 'code' (stdlib .py sources), got {kind!r}")
+
+
+def char_corpus(kind: str = "prose", *, max_chars: int | None = None, val_fraction: float = 0.1,
+                block: int = 2048) -> CharCorpus:
+    r"""A character-level corpus from text that ships with Python.
+
+    ``kind="prose"``: the language reference topics of ``pydoc_data.topics`` (~0.46M characters), joined in
+    sorted key order. ``kind="code"``: the top-level ``.py`` files of the standard library (~4.7M characters on
+    3.11), in sorted file-name order. The text is cut to ``max_chars``, split into blocks of ``block``
+    characters, and every block whose index ``i`` satisfies ``i % round(1 / val_fraction) == round(1 /
+    val_fraction) - 1`` goes to validation: a deterministic split (the same on every machine with the same
+    Python version) that spreads validation text across the whole corpus. Characters outside
+    :data:`CHAR_VOCAB` (tabs, non-ASCII) become ``"?"``.
+    """
+    text, sources = _corpus_text(kind)
+    if max_chars is not None:
+        text = text[:_check_int("max_chars", max_chars, 2 * block)]
+    if not 0 < val_fraction < 0.5:
+        raise ValueError(f"val_fraction must lie in (0, 0.5), got {val_fraction!r}")
+    block = _check_int("block", block, 16)
+    every = round(1 / val_fraction)
+    tokens = CharCorpus(kind, torch.empty(0), torch.empty(0), sources).encode(text)
+    blocks = list(torch.split(tokens, block))
+    val = [b for i, b in enumerate(blocks) if i % every == every - 1]
+    train = [b for i, b in enumerate(blocks) if i % every != every - 1]
+    return CharCorpus(kind, torch.cat(train), torch.cat(val) if val else tokens[-block:].clone(), sources)
+
+
+__all__ += ["CHAR_VOCAB", "CharCorpus", "char_corpus"]

@@ -83,6 +83,16 @@ class DeepLinearNetwork(nn.Module):
             x = layer(x)
         return x
 
+    def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """All chains at once: ``params[name]`` of shape ``(C, out, in)``, ``x`` of shape ``(C, B, in)``.
+
+        The fast path of :mod:`slt_companion.sampling` (a chain of ``torch.bmm``); equal to ``vmap`` of
+        :meth:`forward`, which the sampler checks before using it.
+        """
+        for j in range(self.depth):
+            x = torch.bmm(x, params[f"layers.{j}.weight"].transpose(1, 2))
+        return x
+
     def product(self) -> torch.Tensor:
         """The end-to-end matrix :math:`W_L \\cdots W_1` (output × input), detached."""
         with torch.no_grad():
@@ -164,6 +174,12 @@ class MonomialModel(nn.Module):
         coef = torch.prod(self.w ** self._k.to(self.w.dtype))
         return x * coef
 
+    def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """All chains at once: ``params["w"]`` of shape ``(C, k)``, ``x`` of shape ``(C, B, 1)``."""
+        w = params["w"]
+        coef = torch.prod(w ** self._k.to(w.dtype), dim=1)
+        return x * coef[:, None, None]
+
     def extra_repr(self) -> str:
         return f"exponents={self.exponents}"
 
@@ -230,3 +246,216 @@ class ToyModelOfSuperposition(nn.Module):
 
 
 __all__ += ["ToyModelOfSuperposition"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transformers for the developmental-landscape chapters (Part III; issue 7). Owned by the ICL / LM chapters.
+# Both forwards are functional (no state changes, no data-dependent Python control flow), so
+# slt_companion.llc.estimate_llc can vmap over chains; attention patterns are returned, never stored.
+# ---------------------------------------------------------------------------------------------------------
+
+import math as _math
+
+import torch.nn.functional as _F
+
+
+def _causal_mask(n: int) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def _check_pos_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int,)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class _CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with fused projections (``qkv``: d → 3d, ``proj``: d → d)."""
+
+    def __init__(self, d_model: int, num_heads: int):
+        super().__init__()
+        self.num_heads, self.d_head = num_heads, d_model // num_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor):
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (t.reshape(B, T, self.num_heads, self.d_head).transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) / _math.sqrt(self.d_head)          # (B, H, T, T)
+        pattern = scores.masked_fill(~mask[:T, :T], float("-inf")).softmax(-1)
+        out = (pattern @ v).transpose(1, 2).reshape(B, T, d)
+        return self.proj(out), pattern
+
+
+class _Block(nn.Module):
+    """Pre-LayerNorm transformer block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))``."""
+
+    def __init__(self, d_model: int, num_heads: int, d_mlp: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = _CausalSelfAttention(d_model, num_heads)
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), nn.GELU(), nn.Linear(d_mlp, d_model))
+
+    def forward(self, x, mask):
+        a, pattern = self.attn(self.ln1(x), mask)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), pattern
+
+
+class ICLTransformer(nn.Module):
+    r"""A pre-LayerNorm decoder-only transformer for in-context linear regression (Hoogland et al. 2025).
+
+    **Input.** ``xy`` of shape ``(batch, K, D + 1)``: row ``k`` is the pair :math:`(x_k, y_k)` (as made by
+    :func:`slt_companion.data.icl_regression`, ``data.tokens``). The model interleaves them into ``2K`` tokens
+    of width ``D + 1``: :math:`x`-tokens :math:`(0, x_k)` and :math:`y`-tokens :math:`(y_k, 0, \dots, 0)`, the
+    paper's encoding. **Output.** ``(batch, K)``: the read-out at the :math:`x_k` token, the prediction of
+    :math:`y_k` from :math:`x_1, y_1, \dots, x_{k-1}, y_{k-1}, x_k` (causal attention; :math:`y_k` comes after
+    :math:`x_k`, so the model never sees it).
+
+    Architecture (the paper's ``L2H4Minf``): linear token embedding, learned positional embedding, ``num_layers``
+    pre-LN blocks (``num_heads`` heads, width ``d_model``, GELU MLP of width ``d_mlp``), final LayerNorm, linear
+    read-out. Defaults D = 4, K = 16, 2 layers, 4 heads, width 64: 53,057 parameters (the paper: "~50k"). Initialisation from ``seed``.
+    ``forward(xy, return_attention=True)`` also returns the attention patterns, a list (one per layer) of
+    ``(batch, heads, 2K, 2K)`` tensors. Used in: Part III, "Stages in in-context linear regression".
+    """
+
+    def __init__(self, task_dim: int = 4, num_examples: int = 16, *, num_layers: int = 2, num_heads: int = 4,
+                 d_model: int = 64, d_mlp: int = 64, seed: int | None = 0):
+        super().__init__()
+        self.task_dim = _check_pos_int("task_dim", task_dim)
+        self.num_examples = _check_pos_int("num_examples", num_examples)
+        self.num_layers = _check_pos_int("num_layers", num_layers)
+        self.num_heads = _check_pos_int("num_heads", num_heads)
+        self.d_model = _check_pos_int("d_model", d_model)
+        self.d_mlp = _check_pos_int("d_mlp", d_mlp)
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        with torch.random.fork_rng(devices=[]):      # PyTorch's default initialisation, from our seed only
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            self.embed = nn.Linear(task_dim + 1, d_model)
+            self.pos = nn.Parameter(torch.randn(2 * num_examples, d_model) * 0.02)
+            self.blocks = nn.ModuleList(_Block(d_model, num_heads, d_mlp) for _ in range(num_layers))
+            self.ln_f = nn.LayerNorm(d_model)
+            self.unembed = nn.Linear(d_model, 1)
+        self.register_buffer("_mask", _causal_mask(2 * num_examples), persistent=False)
+
+    def tokens(self, xy: torch.Tensor) -> torch.Tensor:
+        """The interleaved token sequence ``(batch, 2K, D + 1)`` for input ``xy`` ``(batch, K, D + 1)``."""
+        if xy.ndim != 3 or xy.shape[-1] != self.task_dim + 1 or xy.shape[1] > self.num_examples:
+            raise ValueError(f"xy must have shape (batch, K ≤ {self.num_examples}, D + 1 = {self.task_dim + 1}), "
+                             f"got {tuple(xy.shape)}")
+        x, y = xy[..., :-1], xy[..., -1:]
+        zx, zy = torch.zeros_like(y), torch.zeros_like(x)
+        x_tok = torch.cat([zx, x], dim=-1)                      # (0, x_k)
+        y_tok = torch.cat([y, zy], dim=-1)                      # (y_k, 0, ..., 0)
+        B, K, W = xy.shape
+        return torch.stack([x_tok, y_tok], dim=2).reshape(B, 2 * K, W)
+
+    def forward(self, xy: torch.Tensor, return_attention: bool = False):
+        tok = self.tokens(xy)
+        T = tok.shape[1]
+        h = self.embed(tok) + self.pos[:T]
+        patterns = []
+        for block in self.blocks:
+            h, p = block(h, self._mask)
+            patterns.append(p)
+        pred = self.unembed(self.ln_f(h))[:, 0::2, 0]           # read out at the x-tokens
+        return (pred, patterns) if return_attention else pred
+
+    def extra_repr(self) -> str:
+        return (f"task_dim={self.task_dim}, num_examples={self.num_examples}, num_layers={self.num_layers}, "
+                f"num_heads={self.num_heads}, d_model={self.d_model}, d_mlp={self.d_mlp}")
+
+
+class AttentionHead(nn.Module):
+    r"""One attention head with its own named parameters ``W_Q, W_K, W_V`` (``d_model × d_head``) and ``W_O``
+    (``d_head × d_model``), so that ``params="blocks.0.heads.3."`` selects exactly this head (refined LLC)."""
+
+    def __init__(self, d_model: int, d_head: int, gen: torch.Generator | None):
+        super().__init__()
+        s = 1.0 / _math.sqrt(d_model)
+        self.W_Q = nn.Parameter(torch.randn(d_model, d_head, generator=gen) * s)
+        self.W_K = nn.Parameter(torch.randn(d_model, d_head, generator=gen) * s)
+        self.W_V = nn.Parameter(torch.randn(d_model, d_head, generator=gen) * s)
+        self.W_O = nn.Parameter(torch.randn(d_head, d_model, generator=gen) / _math.sqrt(d_head))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor):
+        T = x.shape[1]
+        q, k, v = x @ self.W_Q, x @ self.W_K, x @ self.W_V
+        scores = (q @ k.transpose(-2, -1)) / _math.sqrt(q.shape[-1])
+        pattern = scores.masked_fill(~mask[:T, :T], float("-inf")).softmax(-1)     # (B, T, T)
+        return (pattern @ v) @ self.W_O, pattern
+
+
+class AttentionOnlyLM(nn.Module):
+    r"""A two-layer attention-only transformer language model (the paper's LM setting, scaled down).
+
+    :math:`h_0 = E[t] + P[\text{pos}]`; each layer adds its heads' outputs, :math:`h_{l+1} = h_l + \sum_j
+    \mathrm{head}_{l,j}(\mathrm{LN}(h_l))`; logits :math:`= U\,\mathrm{LN}(h_L) + b`. No MLPs, so the model's
+    circuits are bigram statistics (the direct path), attention-mediated n-grams, previous-token heads and
+    induction heads (Elhage et al. 2021; Olsson et al. 2022). Every head is an :class:`AttentionHead` named
+    ``blocks.{layer}.heads.{head}`` with its own ``W_Q, W_K, W_V, W_O``.
+
+    ``forward(tokens)`` maps ``(batch, T)`` integer tokens (``T ≤ n_ctx``) to ``(batch, T, vocab_size)``
+    logits; ``forward(tokens, return_attention=True)`` also returns the patterns as one tensor
+    ``(batch, layers, heads, T, T)`` (:meth:`attention_patterns` is a shortcut). Used in: Part III,
+    "Stages in a small language model".
+    """
+
+    def __init__(self, vocab_size: int, *, n_ctx: int = 64, d_model: int = 64, num_heads: int = 4,
+                 d_head: int | None = None, num_layers: int = 2, layer_norm: bool = True, seed: int | None = 0):
+        super().__init__()
+        self.vocab_size = _check_pos_int("vocab_size", vocab_size)
+        self.n_ctx = _check_pos_int("n_ctx", n_ctx)
+        self.d_model = _check_pos_int("d_model", d_model)
+        self.num_heads = _check_pos_int("num_heads", num_heads)
+        self.num_layers = _check_pos_int("num_layers", num_layers)
+        self.d_head = _check_pos_int("d_head", d_head if d_head is not None else max(1, d_model // num_heads))
+        self.layer_norm = bool(layer_norm)
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        self.embed = nn.Parameter(torch.randn(vocab_size, d_model, generator=gen) * 0.02)
+        self.pos = nn.Parameter(torch.randn(n_ctx, d_model, generator=gen) * 0.02)
+        self.blocks = nn.ModuleList()
+        for _ in range(num_layers):
+            layer = nn.Module()
+            layer.ln = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+            layer.heads = nn.ModuleList(AttentionHead(d_model, self.d_head, gen) for _ in range(num_heads))
+            self.blocks.append(layer)
+        self.ln_f = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.unembed = nn.Parameter(torch.randn(d_model, vocab_size, generator=gen) / _math.sqrt(d_model))
+        self.unembed_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.register_buffer("_mask", _causal_mask(n_ctx), persistent=False)
+
+    def head_names(self) -> list[str]:
+        """``["blocks.0.heads.0", ...]``: the parameter prefix of every head (for ``params=`` in estimate_llc)."""
+        return [f"blocks.{l}.heads.{h}" for l in range(self.num_layers) for h in range(self.num_heads)]
+
+    def forward(self, tokens: torch.Tensor, return_attention: bool = False):
+        if tokens.ndim != 2 or tokens.shape[1] > self.n_ctx or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be an integer tensor of shape (batch, T ≤ n_ctx = {self.n_ctx}), got "
+                             f"{tuple(tokens.shape)} of dtype {tokens.dtype}")
+        T = tokens.shape[1]
+        h = self.embed[tokens] + self.pos[:T]
+        patterns = []
+        for layer in self.blocks:
+            x = layer.ln(h)
+            outs = [head(x, self._mask) for head in layer.heads]
+            h = h + sum(o for o, _ in outs)
+            patterns.append(torch.stack([p for _, p in outs], dim=1))      # (B, H, T, T)
+        logits = self.ln_f(h) @ self.unembed + self.unembed_bias
+        return (logits, torch.stack(patterns, dim=1)) if return_attention else logits
+
+    @torch.no_grad()
+    def attention_patterns(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention patterns ``(batch, layers, heads, T, T)`` on ``tokens`` (row = query, column = key)."""
+        return self.forward(tokens, return_attention=True)[1]
+
+    def extra_repr(self) -> str:
+        return (f"vocab_size={self.vocab_size}, n_ctx={self.n_ctx}, d_model={self.d_model}, "
+                f"num_heads={self.num_heads}, d_head={self.d_head}, num_layers={self.num_layers}, "
+                f"layer_norm={self.layer_norm}")
+
+
+__all__ += ["ICLTransformer", "AttentionOnlyLM", "AttentionHead"]
