@@ -29,6 +29,13 @@ it draws the chain's minibatches (a fresh permutation of the data each epoch, sa
 and its noise, in blocks of steps. Chain ``c``'s random numbers therefore do not depend on how many other
 chains run, and the same ``seed`` gives identical results on the CPU.
 
+**Fast paths (optional).** A model may define ``forward_batched(params, x)`` taking the stacked parameters
+(a dict of ``(chains, *shape)`` tensors) and ``x`` of shape ``(chains, batch, ...)``, and a loss may carry a
+``batched(out, y) -> (chains,)`` attribute; when present (and, for the model, when every parameter is sampled)
+they replace ``vmap`` -- :class:`~slt_companion.models.DeepLinearNetwork` and
+:func:`slt_companion.llc.half_mse` do. Before sampling they are checked against the vmapped path on two
+chains, so a wrong fast path is an error, not a wrong number.
+
 **What the model must satisfy.** Its forward must be *functional*: it reads the parameters through the
 registered ``nn.Parameter`` attributes, modifies no state in place (no BatchNorm running statistics in
 training mode -- call ``model.eval()``), and has no data-dependent Python control flow (``.item()``,
@@ -96,9 +103,7 @@ class SamplerConfig:
     ``nbeta`` is :math:`n\\beta` (required here; :func:`slt_companion.llc.estimate_llc` fills in ``n/log n``).
     ``num_burnin`` steps are run and recorded but excluded from estimates; ``num_draws`` steps follow.
     ``batch_size`` is clipped to the data size (then every step uses the full data). ``step_size`` may be
-    a tuple with one value per chain (an ε sweep in a single run). During burn-in the step size is
-    multiplied by ``burnin_step_multiplier`` (≥ 1 speeds up the relaxation of soft directions; the draws
-    then use ``step_size`` itself, and the stiff directions re-equilibrate within a few dozen steps).
+    a tuple with one value per chain (an ε sweep in a single run).
     """
 
     step_size: float | tuple
@@ -111,7 +116,6 @@ class SamplerConfig:
     preconditioner: str | None = None
     rmsprop_alpha: float = 0.99
     rmsprop_delta: float = 1e-4
-    burnin_step_multiplier: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -149,7 +153,6 @@ class SamplerConfig:
         if not 0 < self.rmsprop_alpha < 1:
             raise ValueError(f"rmsprop_alpha must lie in (0, 1), got {self.rmsprop_alpha!r}")
         positive("rmsprop_delta")
-        positive("burnin_step_multiplier")
 
     @property
     def num_steps(self) -> int:
@@ -302,6 +305,12 @@ class _Problem:
         self.frozen = {k: v.detach() for k, v in named.items() if k not in self.names}
         self.frozen.update({k: v for k, v in model.named_buffers()})
         self.center = torch.cat([named[k].detach().reshape(-1) for k in self.names]).to(self.device)
+        # optional fast paths (see the module docstring); used only when every parameter is sampled
+        fwd = getattr(model, "forward_batched", None)
+        self.fast_forward = fwd if callable(fwd) and len(self.names) == len(named) else None
+        fl = getattr(loss_fn, "batched", None)
+        self.fast_loss = fl if callable(fl) else None
+        self._fused = vmap(self._loss_one)
 
     def views(self, W: torch.Tensor) -> dict:
         out, off = {}, 0
@@ -314,10 +323,20 @@ class _Problem:
     def _forward_one(self, p: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, {**self.frozen, **p}, (x,))
 
-    def batched_losses(self, W: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def _loss_one(self, p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self._forward_one(p, x), y)
+
+    def batched_losses(self, W: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, *,
+                       fast: bool = True) -> torch.Tensor:
         """Per-chain mean loss ``(C,)`` for chain states ``W (C, D)`` on minibatches ``xb (C, B, ...)``."""
-        out = vmap(self._forward_one)(self.views(W), xb)
-        return vmap(self.loss_fn)(out, yb)
+        views = self.views(W)
+        if not fast or (self.fast_forward is None and self.fast_loss is None):
+            return self._fused(views, xb, yb)            # one vmap over model and loss together
+        if self.fast_forward is not None:
+            out = self.fast_forward(views, xb)
+        else:
+            out = vmap(self._forward_one)(views, xb)
+        return self.fast_loss(out, yb) if self.fast_loss is not None else vmap(self.loss_fn)(out, yb)
 
     def losses_and_grads(self, W, xb, yb):
         Wg = W.detach().requires_grad_(True)
@@ -392,6 +411,15 @@ class _Problem:
             with torch.no_grad():
                 for k, v in self.model.named_buffers():
                     v.copy_(buffers[k])
+        if self.fast_forward is not None or self.fast_loss is not None:
+            with torch.no_grad():
+                Wr = W + 1e-3 * torch.arange(1, 3, dtype=W.dtype, device=W.device)[:, None]
+                ref = self.batched_losses(Wr, xb, yb, fast=False)
+                got = self.batched_losses(Wr, xb, yb)
+            if not torch.allclose(ref, got, rtol=1e-4, atol=1e-6):
+                raise ValueError(
+                    f"the batched fast path (model.forward_batched / loss_fn.batched) gives {got.tolist()} but "
+                    f"the vmapped model and loss give {ref.tolist()}; fix the fast path or remove it")
         if not torch.allclose(losses[0], loss.to(losses.dtype), rtol=1e-4, atol=1e-6):
             raise NonFunctionalModelError(
                 f"the vmapped forward gives loss {float(losses[0]):.6g} but model(x) gives {float(loss):.6g}: "
@@ -475,6 +503,10 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         eps_of = lambda c: float(cfg.step_size)  # noqa: E731
     per_chain = isinstance(cfg.step_size, tuple)
     h_eps, s_eps = half_eps, sqrt_eps
+    plain = not per_chain and cfg.preconditioner is None
+    if plain:   # W <- (1 - εγ/2) W - (ε nβ/2) grad + [sqrt(ε) ξ + (εγ/2) w*]: three in-place ops per step
+        shrink, gscale = 1.0 + h_eps * gamma, h_eps * nbeta
+        pull = (-h_eps * gamma) * prob.center
     diverged = torch.zeros(C, dtype=torch.bool)
     rms = cfg.preconditioner == "rmsprop"
     V = torch.zeros_like(W) if rms else None
@@ -494,23 +526,27 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             idx = torch.stack([s.take(K) for s in streams], dim=1).to(dev)           # (K, C, B)
             noise = torch.stack([torch.randn(K, D, generator=g, dtype=torch.float64) for g in gens], dim=1)
             noise = noise.to(device=dev, dtype=prob.dtype)                          # (K, C, D)
-            xb_all, yb_all = prob.x[idx], prob.y[idx]
-            block_loss = torch.empty(K, C, dtype=prob.dtype, device=dev)
+            xb_all, yb_all = prob.x[idx].unbind(0), prob.y[idx].unbind(0)
+            if plain:
+                noise = noise.mul_(s_eps).add_(pull)
+            noise = noise.unbind(0)
+            block_loss = []
             params_ok = torch.ones(K, C, dtype=torch.bool)
             if center_loss and psl is None:
                 block_center = torch.empty(K, C, dtype=prob.dtype, device=dev)
                 cW = center.expand(C, D)
             for k in range(K):
-                if start + k == cfg.num_burnin or (start + k == 0 and cfg.num_burnin > 0):
-                    mult = cfg.burnin_step_multiplier if start + k < cfg.num_burnin else 1.0
-                    h_eps, s_eps = half_eps * mult, sqrt_eps * math.sqrt(mult)
                 if record_params:
                     param_trace[start + k] = W.double().cpu()
                 losses, grad = prob.losses_and_grads(W, xb_all[k], yb_all[k])
-                block_loss[k] = losses
+                block_loss.append(losses)
                 if center_loss and psl is None:
                     with torch.no_grad():
                         block_center[k] = prob.batched_losses(cW, xb_all[k], yb_all[k])
+                if plain:
+                    with torch.no_grad():
+                        W.mul_(shrink).add_(grad, alpha=gscale).add_(noise[k])
+                    continue
                 with torch.no_grad():
                     drift = grad.mul_(nbeta)
                     if gamma:
@@ -530,7 +566,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
                         W.add_(h_eps * drift).add_(s_eps * noise[k])
                     else:
                         W.add_(drift, alpha=h_eps).add_(noise[k], alpha=s_eps)
-            bl = block_loss.double().cpu()
+            bl = torch.stack(block_loss).double().cpu()
             if center_loss:
                 bc = (psl[idx.to(psl.device)].mean(-1) if psl is not None else block_center.double()).cpu()
                 center_trace[start:start + K] = bc

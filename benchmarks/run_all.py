@@ -1,0 +1,37 @@
+"""Run every benchmark in this folder (``make bench``): each writes JSON and a plot under benchmarks/results/.
+
+    python benchmarks/run_all.py [--quick]
+
+``--quick`` is passed on to each benchmark (a smoke test of the scripts, not a measurement).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["llc_vs_devinterp.py"]
+
+
+def main(argv: list[str]) -> int:
+    extra = [a for a in argv if a == "--quick"]
+    failed = []
+    for name in BENCHMARKS:
+        print(f"=== {name}", flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(HERE / name), *extra])
+        print(f"=== {name}: {'ok' if proc.returncode == 0 else 'FAILED'} in {time.perf_counter() - start:.0f} s",
+              flush=True)
+        if proc.returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
