@@ -62,6 +62,19 @@ PAPER_TRANSITIONS = {"5->6": {"predicted": 601.0, "predicted_no_const": 445.0, "
 _SUPER = {"+": "\u207a", "-": "\u207b"}
 
 
+class _one_thread:
+    """Run torch on one CPU thread inside the block (restored after). The TMS tensors are tiny: intra-op
+    threading only adds synchronisation, which costs up to 10x on a loaded 2-core machine."""
+
+    def __enter__(self):
+        self._n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self._n)
+        return False
+
+
 def tms_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""The TMS loss :math:`\frac1n\sum_i\|y_i - f(x_i)\|^2` (sum over features, mean over the batch).
 
@@ -395,6 +408,14 @@ def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int =
         it = tqdm(it, desc=f"SGD, {R} runs", mininterval=1.0)
     record()
     ck = set(int(s) for s in ckpts[1:])
+    with _one_thread():
+        _sgd_loop(it, ck, R, n, batch_size, gen, X, W, b, lr, ar, record)
+    Wt, bt = torch.stack(Ws, 1), torch.stack(bs, 1)
+    return {"steps": ckpts, "W": Wt.numpy(), "b": bt.numpy(), "train_loss": torch.stack(train, 1).numpy(),
+            "pop_loss": population_loss(Wt, bt).numpy()}
+
+
+def _sgd_loop(it, ck, R, n, batch_size, gen, X, W, b, lr, ar, record):
     for t in it:
         idx = torch.randint(0, n, (R, batch_size), generator=gen)
         xb = X[ar, idx]
@@ -405,9 +426,6 @@ def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int =
             b -= lr * gb
         if t in ck:
             record()
-    Wt, bt = torch.stack(Ws, 1), torch.stack(bs, 1)
-    return {"steps": ckpts, "W": Wt.numpy(), "b": bt.numpy(), "train_loss": torch.stack(train, 1).numpy(),
-            "pop_loss": population_loss(Wt, bt).numpy()}
 
 
 def empirical_minimum(W, b, x: torch.Tensor, *, steps: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -431,8 +449,14 @@ def empirical_minimum(W, b, x: torch.Tensor, *, steps: int = 8) -> tuple[torch.T
         return ((torch.relu(x @ Wz.T @ Wz + z[r * c:]) - x) ** 2).sum(1).mean()
 
     z = torch.cat([W.detach().double().flatten(), b.detach().double()])
+    with _one_thread():
+        z = _newton(loss, z, int(steps))
+    return z[:r * c].reshape(r, c).clone(), z[r * c:].clone()
+
+
+def _newton(loss, z, steps):
     cur = float(loss(z))
-    for _ in range(int(steps)):
+    for _ in range(steps):
         g = torch.func.grad(loss)(z)
         H = torch.func.hessian(loss)(z)
         step = torch.linalg.pinv(H, rtol=1e-6, hermitian=True) @ g
@@ -447,7 +471,7 @@ def empirical_minimum(W, b, x: torch.Tensor, *, steps: int = 8) -> tuple[torch.T
         cur = new
         if done:
             break
-    return z[:r * c].reshape(r, c).clone(), z[r * c:].clone()
+    return z
 
 
 def hessian_eigenvalues(W, b) -> np.ndarray:
@@ -483,7 +507,7 @@ def kgon_llc_table(*, num_chains: int | None = None, num_draws: int | None = Non
     For each: ``n`` = ``LLC_SETTINGS["n"]`` inputs from :func:`slt_companion.data.tms_data`, the k-gon moved to the
     nearby minimum of :math:`L_n` (:func:`empirical_minimum`), then SGLD with :math:`n\beta = n/\log n`,
     :math:`\gamma` = ``localization``, step ``step_size`` (:data:`LLC_SETTINGS`), loss :func:`tms_loss`. Sizes
-    default to 8 chains × 4000 draws after 2000 burn-in (4 × 400 after 400 with ``SLT_QUICK=1``). Results
+    default to 8 chains × 4000 draws after 2000 burn-in (4 × 200 after 200 with ``SLT_QUICK=1``). Results
     are cached (:func:`slt_companion.cache.cached`). Returns ``{name: {"estimate": LLCEstimate.to_dict(),
     "theory": λ, "loss": L_n at the centre, "pop_loss": population loss of the ideal k-gon, "c": c}}``.
     """
@@ -493,8 +517,8 @@ def kgon_llc_table(*, num_chains: int | None = None, num_draws: int | None = Non
     from .models import ToyModelOfSuperposition
 
     num_chains = config.size(8, 4) if num_chains is None else num_chains
-    num_draws = config.size(4000, 400) if num_draws is None else num_draws
-    num_burnin = config.size(2000, 400) if num_burnin is None else num_burnin
+    num_draws = config.size(4000, 200) if num_draws is None else num_draws
+    num_burnin = config.size(2000, 200) if num_burnin is None else num_burnin
     out = {}
     for name, (c, k, pos, neg) in LLC_KGONS.items():
         cfg = dict(LLC_SETTINGS, c=c, k=k, positive=pos, negative=neg, num_chains=num_chains, num_draws=num_draws,
@@ -505,10 +529,11 @@ def kgon_llc_table(*, num_chains: int | None = None, num_draws: int | None = Non
             W, b = k_gon(k, c, positive=pos, negative=neg, negative_bias=-1.0)
             W1, b1 = empirical_minimum(W, b, data.x)
             model = ToyModelOfSuperposition.from_params(W1, b1)
-            est = estimate_llc(model, tms_loss, data.xy, num_chains=num_chains, num_draws=num_draws,
-                               num_burnin=num_burnin, step_size=LLC_SETTINGS["step_size"], nbeta=LLC_SETTINGS["nbeta"],
-                               localization=LLC_SETTINGS["localization"], batch_size=LLC_SETTINGS["batch_size"],
-                               seed=seed, device="cpu", progress=progress)
+            with _one_thread():
+                est = estimate_llc(model, tms_loss, data.xy, num_chains=num_chains, num_draws=num_draws,
+                                   num_burnin=num_burnin, step_size=LLC_SETTINGS["step_size"],
+                                   nbeta=LLC_SETTINGS["nbeta"], localization=LLC_SETTINGS["localization"],
+                                   batch_size=LLC_SETTINGS["batch_size"], seed=seed, device="cpu", progress=progress)
             return {"estimate": est.to_dict(), "moved": float(torch.sqrt(((W1 - W) ** 2).sum() + ((b1 - b) ** 2).sum())),
                     "pop_loss": float(population_loss(W, b))}
 
@@ -590,6 +615,12 @@ def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=f"Langevin, n={n}, {R} chains", mininterval=1.0)
+    with _one_thread():
+        U = _langevin_loop(it, W, b, X, n, eps, prior_std, gen, step_scale, keep, Ws, bs)
+    return {"W": torch.stack(Ws, 1).numpy(), "b": torch.stack(bs, 1).numpy(), "U_final": U.detach().numpy()}
+
+
+def _langevin_loop(it, W, b, X, n, eps, prior_std, gen, step_scale, keep, Ws, bs):
     for t in it:
         W.requires_grad_(True)
         b.requires_grad_(True)
@@ -604,7 +635,7 @@ def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps
         if t in keep:
             Ws.append(W.clone())
             bs.append(b.clone())
-    return {"W": torch.stack(Ws, 1).numpy(), "b": torch.stack(bs, 1).numpy(), "U_final": U.detach().numpy()}
+    return U
 
 
 def draw_configuration(W, b, ax=None, *, title: str | None = None, annotate: bool = True):
