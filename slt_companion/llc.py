@@ -237,7 +237,8 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     params : restrict sampling to some parameters (names, a name prefix, or a predicate ``(name, tensor)``):
         the **weight-refined LLC** of that component.
     seed : chains use independent generators derived from it; same seed, same result on CPU.
-    device : ``None`` (best available, see :func:`slt_companion.config.resolve_device`), ``"cpu"``, ``"cuda"``.
+    device : ``None`` means the device the model's parameters are on (no silent copies); or ``"cpu"``,
+        ``"cuda"``, ... (:func:`slt_companion.config.resolve_device`), which must match the model's device.
     preconditioner : ``None`` or ``"rmsprop"``.
     baseline : ``"paired"`` (default), ``"full"`` or ``"batch"`` -- see the module docstring.
 
