@@ -37,7 +37,7 @@ __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSIT
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
            "kgon_llc", "log_checkpoints", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
            "LLC_KGONS", "kgon_llc_table", "classify_trajectory", "plateaus", "count_transitions",
-           "sample_posterior", "draw_configuration"]
+           "sample_posterior", "draw_configuration", "posterior_census", "crossing_n"]
 
 #: The paper's (l*, b*) of the k-gon critical points, r = 2 (Chen et al. 2023, Sec. 3; l* = radius, b* = live bias).
 #: For k <= 4 the columns are pairwise non-acute and l* = 1, b* = 0 reconstruct the live features exactly.
@@ -593,7 +593,9 @@ def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps
     starts from the prior :math:`\varphi = \mathcal N(0, \text{prior\_std}^2 I)` on all :math:`3c` parameters.
     Unadjusted Langevin, full batch: :math:`w \leftarrow w - \frac\varepsilon2\nabla U(w) + \sqrt\varepsilon\,\xi`,
     :math:`U = nL_n(w) + \|w\|^2/(2\,\text{prior\_std}^2)`, :math:`\varepsilon = ` ``step_scale``:math:`/n`.
-    ``num_samples`` states are kept, evenly spaced over the last half of the ``steps``. Float64, CPU,
+    The empirical loss is evaluated exactly from sorted sufficient statistics in :math:`O(c^2\log n)` per chain and
+    step (so large ``n`` costs no more than small). ``num_samples`` states are kept, evenly spaced over the last
+    half of the ``steps``. Float64, CPU,
     deterministic for a fixed ``seed``. Returns ``W`` (chains, samples, 2, c), ``b`` (chains, samples, c),
     ``U_final`` (chains,). Used in: Part III, "Bayesian phase transitions in the TMS".
     """
@@ -616,15 +618,15 @@ def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps
         from tqdm.auto import tqdm
         it = tqdm(it, desc=f"Langevin, n={n}, {R} chains", mininterval=1.0)
     with _one_thread():
-        U = _langevin_loop(it, W, b, X, n, eps, prior_std, gen, step_scale, keep, Ws, bs)
+        U = _langevin_loop(it, W, b, _SortedData(X), n, eps, prior_std, gen, step_scale, keep, Ws, bs)
     return {"W": torch.stack(Ws, 1).numpy(), "b": torch.stack(bs, 1).numpy(), "U_final": U.detach().numpy()}
 
 
-def _langevin_loop(it, W, b, X, n, eps, prior_std, gen, step_scale, keep, Ws, bs):
+def _langevin_loop(it, W, b, data, n, eps, prior_std, gen, step_scale, keep, Ws, bs):
     for t in it:
         W.requires_grad_(True)
         b.requires_grad_(True)
-        U = n * ((_batched_forward(W, b, X) - X) ** 2).sum(-1).mean(-1) \
+        U = n * data.loss(W, b) \
             + ((W ** 2).sum((-1, -2)) + (b ** 2).sum(-1)) / (2 * prior_std ** 2)
         gW, gb = torch.autograd.grad(U.sum(), (W, b))
         with torch.no_grad():
@@ -677,3 +679,114 @@ def draw_configuration(W, b, ax=None, *, title: str | None = None, annotate: boo
     ax.set_ylabel("hidden dim 2")
     ax.set_title(title if title is not None else f"{match.pretty}-gon (distance {match.distance:.2f})")
     return ax
+
+
+class _SortedData:
+    r"""Sufficient statistics of TMS data sets for an exact, O(c² log n) empirical loss.
+
+    With :math:`x = \mu e_a`, :math:`nL_n = \sum_a\sum_{i:a_i=a}\sum_j(\mu_i\delta_{aj} - \mathrm{ReLU}(\mu_i G_{aj} + b_j))^2`.
+    For each :math:`(a, j)` the ReLU is on for :math:`\mu` on one side of :math:`t = -b_j/G_{aj}`, so the inner sum is
+    :math:`\delta\sum\mu^2 + a_2 S_2 + a_1 S_1 + a_0 S_0` with :math:`S_p = \sum_{\text{on}}\mu^p` read off prefix sums of
+    the sorted :math:`\mu`'s (the same algebra as :func:`population_loss`, with empirical moments).
+    """
+
+    def __init__(self, X: torch.Tensor):   # X (R, n, c), one-hot rows
+        R, n, c = X.shape
+        mu, a = X.max(-1)                  # (R, n)
+        self.R, self.n, self.c = R, n, c
+        m = torch.stack([(a == k).sum(1) for k in range(c)], 1)          # (R, c)
+        M = int(m.max())
+        vals = torch.full((R, c, M), float("inf"), dtype=torch.float64)
+        for k in range(c):
+            sel = torch.where(a == k, mu, torch.full_like(mu, float("inf")))
+            srt = torch.sort(sel, 1).values[:, :M]
+            vals[:, k, :srt.shape[1]] = srt
+        self.sorted = vals                                                # (R, c, M), inf padded
+        finite = torch.where(torch.isfinite(vals), vals, torch.zeros_like(vals))
+        z = torch.zeros(R, c, 1, dtype=torch.float64)
+        self.P = [torch.cat([z, torch.cumsum(finite ** p if p else torch.isfinite(vals).double(), -1)], -1)
+                  for p in range(3)]                                      # (R, c, M+1)
+        self.m = m
+
+    def loss(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Empirical loss :math:`L_n` of each chain: W (R, 2, c), b (R, c) -> (R,)."""
+        R, c = self.R, self.c
+        G = W.transpose(-1, -2) @ W                                        # (R, c_a, c_j)
+        beta = b[:, None, :].expand_as(G)
+        delta = torch.eye(c, dtype=W.dtype).expand_as(G)
+        pos, neg = G > 0, G < 0
+        safe = torch.where(G == 0, torch.ones_like(G), G)
+        t = (-beta / safe).detach().clamp(-1.0, 2.0)
+        idx = torch.searchsorted(self.sorted, t.contiguous(), right=True)  # (R, c_a, c_j): #{mu <= t}
+        tot = self.m[:, :, None].expand_as(G)
+        S = []
+        for P in self.P:
+            below = torch.gather(P, 2, idx)
+            total = torch.gather(P, 2, tot)
+            on_pos = total - below
+            on = torch.where(pos, on_pos, torch.where(neg, below, torch.where(beta > 0, total, torch.zeros_like(total))))
+            S.append(on)
+        d = delta - G
+        a2 = d * d - delta * delta
+        a1 = -2.0 * d * beta
+        a0 = beta * beta
+        all2 = torch.gather(self.P[2], 2, tot)
+        per = delta * all2 + a2 * S[2] + a1 * S[1] + a0 * S[0]
+        return per.sum((-1, -2)) / self.n
+
+
+def posterior_census(ns=None, *, num_chains: int | None = None, steps: int | None = None, num_samples: int = 10,
+                     step_scale: float = 0.1, prior_std: float = 1.0, seed: int = 0, progress: bool = True) -> dict:
+    r"""Which k-gon the posterior sits at, as a function of :math:`n`: :func:`sample_posterior` at each ``n``,
+    every kept state named by :func:`classify_kgon`.
+
+    Defaults: ``ns`` = 150, 300, 450, 600, 750, 900, 1200, 1600 (200, 600, 1600 with ``SLT_QUICK=1``), 48 chains ×
+    15,000 Langevin steps (8 × 1,500), 10 states kept per chain. Cached (:func:`slt_companion.cache.cached`).
+    Returns ``{"ns": array, "names": sorted list of names seen, "counts": (len(ns), len(names)) array,
+    "k_counts": (len(ns), 9) array of counts by number of live features k = 0..8, "distance": median distance}``.
+    """
+    from . import cache, config
+
+    ns = config.size([150, 300, 450, 600, 750, 900, 1200, 1600], [200, 600, 1600]) if ns is None else list(ns)
+    num_chains = config.size(48, 8) if num_chains is None else num_chains
+    steps = config.size(15_000, 1_500) if steps is None else steps
+    per_n = []
+    for n in ns:
+        cfg = dict(n=int(n), num_chains=num_chains, steps=steps, num_samples=num_samples, step_scale=step_scale,
+                   prior_std=prior_std, seed=seed)
+
+        def compute(n=n):
+            res = sample_posterior(int(n), num_chains=num_chains, steps=steps, num_samples=num_samples,
+                                   step_scale=step_scale, prior_std=prior_std, seed=seed, progress=progress)
+            R, S = res["W"].shape[:2]
+            matches = [classify_kgon(torch.from_numpy(res["W"][r, s]), torch.from_numpy(res["b"][r, s]))
+                       for r in range(R) for s in range(S)]
+            return {"names": [m.name for m in matches], "k": np.array([m.k for m in matches]),
+                    "distance": np.array([m.distance for m in matches])}
+
+        per_n.append(cache.cached("tms_posterior_census", cfg, compute))
+    names = sorted({nm for r in per_n for nm in r["names"]}, key=lambda s: (-int(s.rstrip("+-")), s))
+    counts = np.array([[list(r["names"]).count(nm) for nm in names] for r in per_n])
+    k_counts = np.array([np.bincount(np.asarray(r["k"]), minlength=9)[:9] for r in per_n])
+    dist = np.array([float(np.median(r["distance"])) for r in per_n])
+    return {"ns": np.asarray(ns), "names": names, "counts": counts, "k_counts": k_counts, "distance": dist,
+            "num_chains": num_chains, "steps": steps, "num_samples": num_samples}
+
+
+def crossing_n(ns, frac_a, frac_b) -> float:
+    r"""The :math:`n` at which ``frac_b - frac_a`` first turns positive (for good), interpolated linearly in
+    :math:`\log n`; ``nan`` if it never does. Used for the observed Bayesian transition."""
+    ns = np.asarray(ns, dtype=float)
+    diff = np.asarray(frac_b, dtype=float) - np.asarray(frac_a, dtype=float)
+    if ns.ndim != 1 or diff.shape != ns.shape:
+        raise ValueError(f"ns, frac_a and frac_b must be 1-D of the same length, got {ns.shape} and {diff.shape}")
+    if diff[-1] <= 0:
+        return float("nan")
+    j = len(diff) - 1
+    while j > 0 and diff[j - 1] > 0:
+        j -= 1
+    if j == 0:
+        return float(ns[0])
+    x0, x1 = math.log(ns[j - 1]), math.log(ns[j])
+    y0, y1 = diff[j - 1], diff[j]
+    return float(math.exp(x0 + (0 - y0) * (x1 - x0) / (y1 - y0)))
