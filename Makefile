@@ -63,7 +63,7 @@ book: assets _build/.package-hash
 	@$(JB) build -W --keep-going . || { \
 	  echo "=== book build failed; per-page execution reports: ==="; \
 	  for f in _build/html/reports/*.log; do [ -f "$$f" ] && { echo "--- $$f"; tail -n 60 "$$f"; }; done; exit 1; }
-	@$(PY) tests/notebooks.py exec-table _build
+	@$(PY) tests/notebooks.py exec-table _build --record full
 	@echo "book: open _build/html/index.html, or run 'make serve'"
 
 test: assets chromium

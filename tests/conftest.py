@@ -47,11 +47,12 @@ def pytest_configure(config):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     if _build_proc is not None and _build_proc.poll() == 0:
-        from notebooks import exec_table
+        from notebooks import exec_table, record_times
 
         tr.section("quick book build: execution time per page")
         for line in exec_table(QUICK_OUT / "_build").splitlines():
             tr.write_line(line)
+        record_times(QUICK_OUT / "_build", "quick")  # shown by the {runtime} role in each chapter
     if not _page_seconds:
         return
     tr.section(f"notebook pages: wall time (budget {PAGE_BUDGET_S:.0f} s each, SLT_QUICK=1)")

@@ -4,8 +4,10 @@ and executing one page from the command line.
     python tests/notebooks.py list                 # every page in _toc.yml (docname, source, is_notebook)
     python tests/notebooks.py to-ipynb DEST        # MyST notebooks -> DEST/<same path>.ipynb for `pytest --nbval-lax`
     python tests/notebooks.py run PAGE.md [...]    # execute pages with nbclient, report the failing cell and time
-    python tests/notebooks.py exec-table BUILD     # per-chapter execution times of the last build in BUILD
-                                                   # (e.g. _build), read from its jupyter-cache
+    python tests/notebooks.py exec-table BUILD [--record full|quick]
+                                                   # per-chapter execution times of the last build in BUILD
+                                                   # (e.g. _build), read from its jupyter-cache; --record writes
+                                                   # them to book/_data/run_times.json for the {runtime} role
 
 The converted notebooks get one extra first cell (tagged ``nbval-test-setup``) that turns
 DeprecationWarning/FutureWarning raised from ``slt_companion`` into errors (STYLE.md, convention 10).
@@ -128,6 +130,35 @@ def exec_table(build_dir: Path, root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
+RUN_TIMES = ROOT / "book" / "_data" / "run_times.json"
+
+
+def record_times(build_dir: Path, mode: str, root: Path = ROOT) -> None:
+    """Store this build's per-page times in book/_data/run_times.json under ``mode`` ("full" or "quick").
+
+    Only pages that executed are updated, so a partial rebuild keeps the older numbers of the others."""
+    import datetime
+    import json
+    import os
+    import platform
+
+    if mode not in {"full", "quick"}:
+        raise SystemExit(f"--record takes 'full' or 'quick', not {mode!r}")
+    try:
+        data = json.loads(RUN_TIMES.read_text())
+    except (OSError, ValueError):
+        data = {}
+    entry = data.setdefault(mode, {"pages": {}})
+    fresh = {d: round(s, 1) for d, s in execution_times(build_dir, root) if s is not None}
+    if not fresh:
+        return
+    entry.setdefault("pages", {}).update(fresh)
+    entry["measured"] = datetime.date.today().isoformat()
+    entry["machine"] = f"{os.cpu_count()}-core {platform.machine()} CPU"
+    RUN_TIMES.parent.mkdir(parents=True, exist_ok=True)
+    RUN_TIMES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"list", "to-ipynb", "run", "exec-table"}:
         print(__doc__)
@@ -138,10 +169,12 @@ def main(argv: list[str]) -> int:
             src = source_of(docname)
             print(f"{docname:50s} {src.relative_to(ROOT)}  notebook={is_notebook(src)}")
     elif cmd == "exec-table":
-        if len(args) != 1:
-            print("usage: notebooks.py exec-table BUILD_DIR")
+        if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--record"):
+            print("usage: notebooks.py exec-table BUILD_DIR [--record full|quick]")
             return 2
         print(exec_table(Path(args[0])))
+        if len(args) == 3:
+            record_times(Path(args[0]), args[2])
     elif cmd == "to-ipynb":
         if len(args) != 1:
             print("usage: notebooks.py to-ipynb DEST")
