@@ -187,3 +187,29 @@ def test_local_posterior_grid_is_a_normalised_density_peaked_near_the_centre():
     assert (dens.sum() * (g1[1] - g1[0]) * (g2[1] - g2[0])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="exactly 2 sampled parameters"):
         local_posterior_grid(DeepLinearNetwork([3, 1]), mse, (torch.zeros(5, 3), torch.zeros(5, 1)), nbeta=1.0)
+
+
+class WrongFastPath(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return x * self.w
+
+    def forward_batched(self, params, x):       # off by a factor of 2: must be caught before sampling
+        return 2 * x * params["w"][:, None, :]
+
+
+def test_a_wrong_fast_path_is_an_error_and_a_right_one_matches_vmap():
+    x, y = torch.randn(50, 2), torch.randn(50, 2)
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=5, num_burnin=0, batch_size=10)
+    with pytest.raises(ValueError, match="fast path"):
+        sgld(WrongFastPath(), mse, (x, y), cfg, progress=False)
+    from slt_companion.llc import half_mse
+
+    d = teacher_student(200, 3, 3, 1, seed=0)
+    m = DeepLinearNetwork([3, 2, 3]).fit_least_squares(d.x, d.y)
+    fast = sgld(m, half_mse, d.xy, cfg, progress=False)
+    slow = sgld(m, mse, d.xy, cfg, progress=False)        # same loss without the fast-path attribute
+    assert torch.allclose(fast.loss, slow.loss, rtol=1e-5, atol=1e-7)
