@@ -37,7 +37,8 @@ __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSIT
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
            "kgon_llc", "log_checkpoints", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
            "LLC_KGONS", "kgon_llc_table", "classify_trajectory", "plateaus", "count_transitions",
-           "sample_posterior", "draw_configuration", "posterior_census", "crossing_n"]
+           "sample_posterior", "draw_configuration", "posterior_census", "crossing_n",
+           "sample_posterior_tempered"]
 
 #: The paper's (l*, b*) of the k-gon critical points, r = 2 (Chen et al. 2023, Sec. 3; l* = radius, b* = live bias).
 #: For k <= 4 the columns are pairwise non-acute and l* = 1, b* = 0 reconstruct the live features exactly.
@@ -735,42 +736,50 @@ class _SortedData:
         return per.sum((-1, -2)) / self.n
 
 
-def posterior_census(ns=None, *, num_chains: int | None = None, steps: int | None = None, num_samples: int = 10,
-                     step_scale: float = 0.1, prior_std: float = 1.0, seed: int = 0, progress: bool = True) -> dict:
-    r"""Which k-gon the posterior sits at, as a function of :math:`n`: :func:`sample_posterior` at each ``n``,
-    every kept state named by :func:`classify_kgon`.
+def posterior_census(ladder=None, *, num_replicas: int | None = None, steps: int | None = None, m: int = 2000,
+                     num_samples: int = 20, step_scale: float = 0.1, prior_std: float = 1.0, seed: int = 0,
+                     progress: bool = True) -> dict:
+    r"""Which k-gon the TMS posterior sits at, as a function of :math:`n`: :func:`sample_posterior_tempered` on
+    ``ladder``, every kept state named by :func:`classify_kgon`.
 
-    Defaults: ``ns`` = 150, 300, 450, 600, 750, 900, 1200, 1600 (200, 600, 1600 with ``SLT_QUICK=1``), 48 chains ×
-    15,000 Langevin steps (8 × 1,500), 10 states kept per chain. Cached (:func:`slt_companion.cache.cached`).
-    Returns ``{"ns": array, "names": sorted list of names seen, "counts": (len(ns), len(names)) array,
-    "k_counts": (len(ns), 9) array of counts by number of live features k = 0..8, "distance": median distance}``.
+    Defaults: ``ladder`` = 18 values of :math:`n` geometrically from 20 to 2000 (12 with ``SLT_QUICK=1``), 16 replica
+    sets × 12,000 steps (4 × 1,500), data sets of size ``m`` = 2000, 20 states kept per chain. Cached
+    (:func:`slt_companion.cache.cached`). Returns ``{"ns", "names" (sorted), "counts" (len(ns), len(names)),
+    "k_counts" (len(ns), 9) by number of live features, "distance" (median distance to the named k-gon),
+    "swap_rate"}`` and the sizes used.
     """
     from . import cache, config
 
-    ns = config.size([150, 300, 450, 600, 750, 900, 1200, 1600], [200, 600, 1600]) if ns is None else list(ns)
-    num_chains = config.size(48, 8) if num_chains is None else num_chains
-    steps = config.size(15_000, 1_500) if steps is None else steps
-    per_n = []
-    for n in ns:
-        cfg = dict(n=int(n), num_chains=num_chains, steps=steps, num_samples=num_samples, step_scale=step_scale,
-                   prior_std=prior_std, seed=seed)
+    if ladder is None:
+        ladder = np.geomspace(20, 2000, config.size(18, 12)).round()
+    ladder = np.asarray(ladder, dtype=float)
+    num_replicas = config.size(16, 4) if num_replicas is None else num_replicas
+    steps = config.size(12_000, 1_500) if steps is None else steps
+    cfg = dict(ladder=[float(v) for v in ladder], num_replicas=num_replicas, steps=steps, m=m,
+               num_samples=num_samples, step_scale=step_scale, prior_std=prior_std, seed=seed)
 
-        def compute(n=n):
-            res = sample_posterior(int(n), num_chains=num_chains, steps=steps, num_samples=num_samples,
-                                   step_scale=step_scale, prior_std=prior_std, seed=seed, progress=progress)
-            R, S = res["W"].shape[:2]
-            matches = [classify_kgon(torch.from_numpy(res["W"][r, s]), torch.from_numpy(res["b"][r, s]))
-                       for r in range(R) for s in range(S)]
-            return {"names": [m.name for m in matches], "k": np.array([m.k for m in matches]),
-                    "distance": np.array([m.distance for m in matches])}
+    def compute():
+        res = sample_posterior_tempered(ladder, num_replicas=num_replicas, m=m, steps=steps, num_samples=num_samples,
+                                        step_scale=step_scale, prior_std=prior_std, seed=seed, progress=progress)
+        R, K, S = res["W"].shape[:3]
+        names, ks, dist = [], [], []
+        for k in range(K):
+            ms = [classify_kgon(torch.from_numpy(res["W"][r, k, s]), torch.from_numpy(res["b"][r, k, s]))
+                  for r in range(R) for s in range(S)]
+            names.append(",".join(x.name for x in ms))
+            ks.append([x.k for x in ms])
+            dist.append([x.distance for x in ms])
+        return {"names": names, "k": np.array(ks), "distance": np.array(dist), "swap_rate": res["swap_rate"]}
 
-        per_n.append(cache.cached("tms_posterior_census", cfg, compute))
-    names = sorted({nm for r in per_n for nm in r["names"]}, key=lambda s: (-int(s.rstrip("+-")), s))
-    counts = np.array([[list(r["names"]).count(nm) for nm in names] for r in per_n])
-    k_counts = np.array([np.bincount(np.asarray(r["k"]), minlength=9)[:9] for r in per_n])
-    dist = np.array([float(np.median(r["distance"])) for r in per_n])
-    return {"ns": np.asarray(ns), "names": names, "counts": counts, "k_counts": k_counts, "distance": dist,
-            "num_chains": num_chains, "steps": steps, "num_samples": num_samples}
+    res = cache.cached("tms_posterior_census", cfg, compute)
+    per_n = [row.split(",") for row in res["names"]]
+    names = sorted({nm for row in per_n for nm in row}, key=lambda s: (-int(s.rstrip("+-")), s))
+    counts = np.array([[row.count(nm) for nm in names] for row in per_n])
+    k_counts = np.array([np.bincount(np.asarray(k), minlength=9)[:9] for k in res["k"]])
+    dist = np.median(np.asarray(res["distance"]), axis=1)
+    return {"ns": ladder, "names": names, "counts": counts, "k_counts": k_counts, "distance": dist,
+            "swap_rate": np.asarray(res["swap_rate"]), "num_replicas": num_replicas, "steps": steps, "m": m,
+            "num_samples": num_samples}
 
 
 def crossing_n(ns, frac_a, frac_b) -> float:
@@ -790,3 +799,83 @@ def crossing_n(ns, frac_a, frac_b) -> float:
     x0, x1 = math.log(ns[j - 1]), math.log(ns[j])
     y0, y1 = diff[j - 1], diff[j]
     return float(math.exp(x0 + (0 - y0) * (x1 - x0) / (y1 - y0)))
+
+
+def sample_posterior_tempered(ladder, *, num_replicas: int = 16, m: int = 2000, n_features: int = 6,
+                              steps: int = 20_000, swap_every: int = 10, step_scale: float = 0.1,
+                              prior_std: float = 1.0, num_samples: int = 20, seed: int = 0,
+                              progress: bool = True) -> dict:
+    r"""Replica-exchange Langevin for the TMS posteriors :math:`p_k(w)\propto\varphi(w)\,e^{-n_k L_m(w)}` at every
+    :math:`n_k` of ``ladder`` at once (parallel tempering).
+
+    ``num_replicas`` independent replica sets, each with its own data set of size ``m``
+    (:func:`slt_companion.data.tms_data`) shared by its temperatures; prior :math:`\mathcal N(0, \text{prior\_std}^2)`;
+    unadjusted Langevin with :math:`\varepsilon_k = ` ``step_scale``:math:`/n_k`; every ``swap_every`` steps,
+    neighbouring temperatures propose to swap states and accept with probability
+    :math:`\min(1, e^{(n_{k+1}-n_k)(L_m(w_{k+1}) - L_m(w_k))})` (alternating even/odd pairs), so that states found
+    at high temperature (small :math:`n`, where the chains cross between k-gons freely) reach the low ones.
+    Varying the inverse temperature :math:`n_k` on a fixed data set stands in for varying the sample size; the two
+    agree up to the fluctuation of :math:`L_m` around :math:`L`. Returns ``W`` (replicas, len(ladder), samples,
+    2, c), ``b``, and ``swap_rate`` (len(ladder) - 1,). Deterministic for a fixed ``seed``.
+    """
+    from .data import tms_data
+
+    ladder = np.asarray(sorted(float(v) for v in ladder))
+    if ladder.ndim != 1 or len(ladder) < 2 or ladder[0] <= 0:
+        raise ValueError(f"ladder must hold at least two positive inverse temperatures, got {ladder!r}")
+    R, c, m = _check_pos_int("num_replicas", num_replicas), _check_pos_int("n_features", n_features), _check_pos_int("m", m)
+    steps, swap_every = _check_pos_int("steps", steps), _check_pos_int("swap_every", swap_every)
+    num_samples = _check_pos_int("num_samples", num_samples)
+    K = len(ladder)
+    gen = torch.Generator().manual_seed(int(seed) + 12345)
+    X = torch.stack([tms_data(m, c, seed=int(seed) * 100_003 + 31 + j, dtype=torch.float64).x for j in range(R)])
+    X = X[:, None].expand(R, K, m, c).reshape(R * K, m, c)
+    data = _SortedData(X)
+    nk = torch.tensor(ladder, dtype=torch.float64).repeat(R)              # (R*K,)
+    eps = float(step_scale) / nk
+    W = torch.randn(R * K, 2, c, generator=gen, dtype=torch.float64) * prior_std
+    b = torch.randn(R * K, c, generator=gen, dtype=torch.float64) * prior_std
+    keep = set(np.linspace(steps // 2, steps, num_samples).round().astype(int).tolist())
+    Ws, bs = [], []
+    accepted = np.zeros(K - 1)
+    proposed = np.zeros(K - 1)
+    it = range(1, steps + 1)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=f"parallel tempering, {R} x {K} chains", mininterval=1.0)
+    parity = 0
+    with _one_thread():
+        for t in it:
+            W.requires_grad_(True)
+            b.requires_grad_(True)
+            L = data.loss(W, b)
+            U = nk * L + ((W ** 2).sum((-1, -2)) + (b ** 2).sum(-1)) / (2 * prior_std ** 2)
+            gW, gb = torch.autograd.grad(U.sum(), (W, b))
+            with torch.no_grad():
+                W = W - 0.5 * eps[:, None, None] * gW + eps.sqrt()[:, None, None] * torch.randn(
+                    W.shape, generator=gen, dtype=torch.float64)
+                b = b - 0.5 * eps[:, None] * gb + eps.sqrt()[:, None] * torch.randn(
+                    b.shape, generator=gen, dtype=torch.float64)
+                if not torch.isfinite(W).all():
+                    raise FloatingPointError(f"Langevin diverged at step {t}; lower step_scale (now {step_scale})")
+                if t % swap_every == 0:
+                    Lr = data.loss(W, b).reshape(R, K)
+                    Wr, br = W.reshape(R, K, 2, c).clone(), b.reshape(R, K, c).clone()
+                    for k in range(parity, K - 1, 2):
+                        logp = (ladder[k + 1] - ladder[k]) * (Lr[:, k + 1] - Lr[:, k])
+                        u = torch.rand(R, generator=gen, dtype=torch.float64)
+                        acc = torch.log(u) < logp
+                        proposed[k] += R
+                        accepted[k] += int(acc.sum())
+                        a_ = acc[:, None, None]
+                        Wk, Wk1 = Wr[:, k].clone(), Wr[:, k + 1].clone()
+                        Wr[:, k], Wr[:, k + 1] = torch.where(a_, Wk1, Wk), torch.where(a_, Wk, Wk1)
+                        bk, bk1 = br[:, k].clone(), br[:, k + 1].clone()
+                        br[:, k], br[:, k + 1] = torch.where(acc[:, None], bk1, bk), torch.where(acc[:, None], bk, bk1)
+                    parity = 1 - parity
+                    W, b = Wr.reshape(R * K, 2, c), br.reshape(R * K, c)
+                if t in keep:
+                    Ws.append(W.reshape(R, K, 2, c).clone())
+                    bs.append(b.reshape(R, K, c).clone())
+    return {"W": torch.stack(Ws, 2).numpy(), "b": torch.stack(bs, 2).numpy(), "ladder": ladder,
+            "swap_rate": accepted / np.maximum(proposed, 1)}

@@ -1,0 +1,202 @@
+"""The toy model of superposition: exact losses vs the paper's table, k-gons, the classifier, model and data."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from slt_companion import tms
+from slt_companion.data import tms_data
+from slt_companion.models import ToyModelOfSuperposition
+
+# Chen, Lau, Mendel, Wei & Murfet (2023), the table of critical points (PAPERS.md §6)
+PAPER_C6 = {(4, 0): 0.11111, (4, 1): 0.10417, (5, 0): 0.06874, (5, 1): 0.06180, (6, 0): 0.04819}
+PAPER_C5 = {(4, 0): 0.06667, (4, 1): 0.05667, (5, 0): 0.01583}
+
+
+@pytest.mark.parametrize("c, table", [(6, PAPER_C6), (5, PAPER_C5)])
+def test_population_loss_matches_the_paper_table(c, table):
+    for (k, pos), value in table.items():
+        W, b = tms.k_gon(k, c, positive=pos)
+        assert tms.population_loss(W, b).item() == pytest.approx(value, abs=1e-4)
+        assert tms.paper_loss(k, c, pos) == pytest.approx(value, abs=1e-4)
+        # a negative dead bias is a flat direction: same loss as zero
+        if c - k - pos > 0:
+            Wn, bn = tms.k_gon(k, c, positive=pos, negative=1, negative_bias=-0.7)
+            assert tms.population_loss(Wn, bn).item() == pytest.approx(tms.population_loss(W, b).item(), abs=1e-12)
+
+
+def test_positive_bias_saves_exactly_one_over_4c_squared():
+    for c in (5, 6, 7):
+        W, b = tms.k_gon(4, c)
+        Wp, bp = tms.k_gon(4, c, positive=1)
+        assert (tms.population_loss(W, b) - tms.population_loss(Wp, bp)).item() == pytest.approx(1 / (4 * c * c), abs=1e-12)
+
+
+def test_population_loss_equals_quadrature_of_its_definition():
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    b = 0.4 * torch.randn(6, generator=gen, dtype=torch.float64)
+    mu = (torch.arange(200_000, dtype=torch.float64) + 0.5) / 200_000           # midpoint rule on [0, 1]
+    total = 0.0
+    for a in range(6):
+        x = torch.zeros(len(mu), 6, dtype=torch.float64)
+        x[:, a] = mu
+        total += ((x - torch.relu(x @ W.T @ W + b)) ** 2).sum(1).mean().item() / 6
+    assert tms.population_loss(W, b).item() == pytest.approx(total, abs=1e-8)
+    assert tms.population_loss(torch.zeros(2, 6, dtype=torch.float64), torch.zeros(6)).item() == pytest.approx(1 / 3)
+
+
+def test_population_loss_batches_over_leading_dimensions():
+    Ws, bs = zip(*(tms.k_gon(k, 6) for k in (4, 5, 6)))
+    batched = tms.population_loss(torch.stack(Ws), torch.stack(bs))
+    assert batched.shape == (3,)
+    for i, (W, b) in enumerate(zip(Ws, bs)):
+        assert batched[i].item() == pytest.approx(tms.population_loss(W, b).item(), abs=1e-14)
+
+
+@pytest.mark.parametrize("k", [5, 6, 7, 8])
+def test_solved_kgon_radius_and_bias_match_the_paper(k):
+    l, b, h = tms.solve_kgon(k, k)
+    assert l == pytest.approx(tms.PAPER_KGON[k][0], abs=1e-4)
+    assert b == pytest.approx(tms.PAPER_KGON[k][1], abs=1e-4)
+    assert h == pytest.approx(tms.PAPER_H[k], abs=1e-4)
+
+
+def test_kgons_are_critical_with_the_expected_flat_directions():
+    l, bb, _ = tms.solve_kgon(6, 6)
+    ev = tms.hessian_eigenvalues(*tms.k_gon(6, 6, radius=l, bias=bb))
+    assert ev.min() > -1e-9 and int((ev > 1e-9).sum()) == 17        # lambda = 17/2 = (3c - 1)/2
+    l5, b5, _ = tms.solve_kgon(5, 5)
+    ev5 = tms.hessian_eigenvalues(*tms.k_gon(5, 6, negative=1, radius=l5, bias=b5))
+    assert int((ev5 > 1e-9).sum()) == 14                             # lambda = 7 for the 5-gon with b < 0
+    assert tms.kgon_llc(6, 6) == 8.5 and tms.kgon_llc(5, 6) == 7.0 and tms.kgon_llc(5, 6, 1) == 8.5
+    assert tms.kgon_llc(4, 6) is None and tms.kgon_llc(7, 7) == 10.0
+
+
+@pytest.mark.parametrize("k, pos, neg", [(6, 0, 0), (5, 1, 0), (5, 0, 1), (4, 1, 1), (4, 2, 0), (4, 0, 0)])
+def test_classifier_round_trips_on_perturbed_permuted_rotated_kgons(k, pos, neg):
+    gen = torch.Generator().manual_seed(k * 10 + pos)
+    for trial in range(10):
+        W, b = tms.k_gon(k, 6, positive=pos, negative=neg, angle=float(torch.rand(1, generator=gen)) * 6.28)
+        perm = torch.randperm(6, generator=gen)
+        th = float(torch.rand(1, generator=gen)) * 2 * math.pi
+        R = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=torch.float64)
+        Wn = R @ W[:, perm] + 0.03 * torch.randn(2, 6, generator=gen, dtype=torch.float64)
+        bn = b[perm] + 0.005 * torch.randn(6, generator=gen, dtype=torch.float64)
+        m = tms.classify_kgon(Wn, bn)
+        assert m.name == tms.kgon_name(k, pos, neg), (trial, m)
+        assert m.distance < 0.2 and m.k == k and sorted(m.live) == sorted(perm.argsort()[:k].tolist())
+    exact = tms.classify_kgon(*tms.k_gon(k, 6, positive=pos, negative=neg))
+    assert exact.distance < 1e-12 and exact.loss == pytest.approx(tms.population_loss(
+        *tms.k_gon(k, 6, positive=pos, negative=neg)).item())
+
+
+def test_classifier_distance_flags_non_kgons():
+    W = torch.tensor([[1.0, 0.9, 0.0, 0.0, 0.0, 0.0], [0.0, 0.3, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    m = tms.classify_kgon(W, torch.zeros(6))
+    assert m.k == 2 and m.distance > 0.5
+    assert tms.kgon_name(5, 1, pretty=True) == "5\u207a" and m.pretty == "2"
+
+
+def test_kgon_and_classifier_errors_name_the_argument():
+    with pytest.raises(ValueError, match="k=7 exceeds"):
+        tms.k_gon(7, 6)
+    with pytest.raises(ValueError, match="positive \\+ negative"):
+        tms.k_gon(5, 6, positive=1, negative=1)
+    with pytest.raises(ValueError, match="negative_bias"):
+        tms.k_gon(5, 6, negative=1, negative_bias=0.1)
+    with pytest.raises(ValueError, match="features"):
+        tms.k_gon(3, 6, features=[0, 0, 1])
+    with pytest.raises(ValueError, match="n_hidden"):
+        tms.classify_kgon(torch.zeros(3, 6), torch.zeros(6))
+    with pytest.raises(ValueError, match="b must have shape"):
+        tms.population_loss(torch.zeros(2, 6), torch.zeros(5))
+    with pytest.raises(ValueError, match="finite"):
+        tms.classify_kgon(torch.full((2, 6), float("nan")), torch.zeros(6))
+    with pytest.raises(ValueError, match="k must be"):
+        tms.paper_loss(4.5, 6)
+
+
+def test_model_shapes_forward_and_errors():
+    m = ToyModelOfSuperposition()
+    assert m.W.shape == (2, 6) and m.b.shape == (6,)
+    x = tms_data(7).x
+    assert m(x).shape == (7, 6) and (m(x) >= 0).all()
+    W, b = tms.k_gon(6, 6)
+    m6 = ToyModelOfSuperposition.from_params(W, b, dtype=torch.float64)
+    x = torch.eye(6, dtype=torch.float64)
+    assert torch.allclose(m6(x), torch.relu(x @ W.T @ W + b))
+    assert torch.equal(ToyModelOfSuperposition(seed=3).W, ToyModelOfSuperposition(seed=3).W)
+    with pytest.raises(ValueError, match="n_features"):
+        ToyModelOfSuperposition(n_features=0)
+    with pytest.raises(ValueError, match="columns"):
+        m(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="W must have shape"):
+        m.set_params(torch.zeros(3, 6), torch.zeros(6))
+    with pytest.raises(ValueError, match="b must have shape"):
+        m.set_params(torch.zeros(2, 6), torch.zeros(4))
+
+
+def test_data_is_one_hot_uniform_and_deterministic():
+    d = tms_data(20_000, 6, seed=5)
+    assert torch.equal(d.x, tms_data(20_000, 6, seed=5).x) and not torch.equal(d.x, tms_data(20_000, 6, seed=6).x)
+    assert torch.equal(d.x, d.y) and d.x.shape == (20_000, 6)
+    assert ((d.x > 0).sum(1) <= 1).all() and d.x.min() >= 0 and d.x.max() <= 1
+    counts = (d.x > 0).sum(0).double()
+    assert (abs(counts / 20_000 - 1 / 6) < 0.015).all()
+    assert d.x.sum(1).mean().item() == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match="n must be"):
+        tms_data(0)
+    with pytest.raises(ValueError, match="n_features"):
+        tms_data(10, 0)
+
+
+def test_empirical_loss_from_sorted_statistics_is_exact():
+    X = torch.stack([tms_data(300, 6, seed=j, dtype=torch.float64).x for j in range(3)])
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(3, 2, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = (0.3 * torch.randn(3, 6, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    fast = tms._SortedData(X).loss(W, b)
+    slow = ((torch.relu(X @ W.transpose(1, 2) @ W + b[:, None]) - X) ** 2).sum(-1).mean(-1)
+    assert torch.allclose(fast, slow, atol=1e-12)
+    g1, g2 = torch.autograd.grad(fast.sum(), (W, b)), torch.autograd.grad(slow.sum(), (W, b))
+    assert all(torch.allclose(u, v, atol=1e-10) for u, v in zip(g1, g2))
+
+
+def test_empirical_minimum_moves_little_and_lowers_the_loss():
+    d = tms_data(5000, seed=0, dtype=torch.float64)
+    W, b = tms.k_gon(6, 6)
+    W1, b1 = tms.empirical_minimum(W, b, d.x)
+    loss = lambda W, b: tms.tms_loss(torch.relu(d.x @ W.T @ W + b), d.x).item()
+    assert loss(W1, b1) <= loss(W, b)
+    m = tms.classify_kgon(W1, b1)      # the move is along soft directions (curvature 0.02): small modulo rotation
+    assert m.name == "6" and m.distance < 0.3
+
+
+def test_sgd_and_plateaus_are_deterministic_and_counted():
+    kw = dict(n=200, steps=300, lr=0.05, batch_size=20, num_checkpoints=10, seed=1, progress=False)
+    a, b = tms.train_sgd(3, **kw), tms.train_sgd(3, **kw)
+    assert np.array_equal(a["W"], b["W"]) and a["W"].shape == (3, len(a["steps"]), 2, 6)
+    assert a["pop_loss"].shape == (3, len(a["steps"])) and np.all(a["pop_loss"][:, -1] < a["pop_loss"][:, 0] + 1e-9)
+    # plateaus: runs of >= min_stay checkpoints within tol of the same k-gon
+    fake = [tms.KGonMatch(nm, 0, 0, 0, 0, d, (), 0.0) for nm, d in
+            [("4", 0.1), ("4", 0.1), ("5", 0.9), ("5+", 0.1), ("5+", 0.05), ("5+", 0.1), ("6", 0.1)]]
+    assert tms.plateaus(fake, tol=0.2, min_stay=2) == ["4", "5+"]
+    assert tms.count_transitions([["4", "5+"], ["4", "5+", "6"]]) == {"4->5+": 2, "5+->6": 1}
+    with pytest.raises(ValueError, match="lr"):
+        tms.train_sgd(2, lr=0.0)
+
+
+def test_crossing_n_interpolates_in_log_n():
+    assert tms.crossing_n([100, 1000], [0.8, 0.2], [0.2, 0.8]) == pytest.approx(math.sqrt(100 * 1000))
+    assert math.isnan(tms.crossing_n([100, 1000], [0.8, 0.6], [0.2, 0.4]))
+
+
+def test_tempered_sampler_is_deterministic_and_swaps():
+    kw = dict(num_replicas=2, m=100, steps=60, swap_every=5, num_samples=2, seed=0, progress=False)
+    a = tms.sample_posterior_tempered([50, 100, 200], **kw)
+    b = tms.sample_posterior_tempered([50, 100, 200], **kw)
+    assert np.array_equal(a["W"], b["W"]) and a["W"].shape == (2, 3, 2, 2, 6)
+    assert a["swap_rate"].shape == (2,) and (a["swap_rate"] > 0).all()
