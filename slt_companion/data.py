@@ -3,6 +3,11 @@ r"""Data generators for the book's experiments. Deterministic for a fixed ``seed
 - :func:`teacher_student` -- linear teacher of a given rank, Gaussian inputs and noise: the data for
   reduced-rank regression and deep linear networks (Part II).
 - :func:`monomial_data` -- inputs for the normal-crossing toy models :class:`~slt_companion.models.MonomialModel`.
+- :func:`digits` -- scikit-learn's 8×8 handwritten digits (shipped inside the scikit-learn wheel).
+- :func:`mnist1d` -- MNIST-1D (Greydanus 2020), generated offline by the ``mnist1d`` package.
+
+The last two need optional packages (``scikit-learn``; ``mnist1d`` and ``scipy``) and raise an
+``ImportError`` naming the package to install when they are missing.
 
 Each returns a :class:`RegressionData`; ``data.xy`` is the ``(x, y)`` pair that
 :func:`slt_companion.llc.estimate_llc` takes.
@@ -15,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["RegressionData", "teacher_student", "random_low_rank", "monomial_data"]
+__all__ = ["RegressionData", "ClassificationData", "teacher_student", "random_low_rank", "monomial_data",
+           "digits", "mnist1d"]
 
 
 @dataclass(frozen=True)
@@ -347,3 +353,80 @@ def char_corpus(kind: str = "prose", *, max_chars: int | None = None, val_fracti
 
 
 __all__ += ["CHAR_VOCAB", "CharCorpus", "char_corpus"]
+
+
+@dataclass(frozen=True)
+class ClassificationData:
+    """A train/test split: inputs ``x`` (float), integer labels ``y``; ``xy`` and ``test_xy`` are the pairs."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def xy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.y
+
+    @property
+    def test_xy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_test, self.y_test
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _split(x, y, test_fraction: float, seed: int, num_classes: int, dtype) -> ClassificationData:
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    x = torch.as_tensor(x, dtype=torch.float64)
+    y = torch.as_tensor(y, dtype=torch.long)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))
+    n_test = int(round(test_fraction * x.shape[0]))
+    test, train = perm[:n_test], perm[n_test:]
+    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)   # standardise with training statistics
+    z = ((x - mean) / std).to(dtype)
+    return ClassificationData(z[train], y[train], z[test], y[test], num_classes)
+
+
+def digits(*, test_fraction: float = 0.2, seed: int = 0, dtype: torch.dtype = torch.float32) -> ClassificationData:
+    """scikit-learn's handwritten digits: 1,797 images of 8×8 pixels (64 inputs), 10 classes.
+
+    Shipped inside the scikit-learn wheel, so it works offline. Inputs are standardised with the training
+    split's statistics; the split is a seeded random permutation. Used in: Part II, "Degeneracy in real networks".
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError("data.digits() needs scikit-learn: pip install scikit-learn==1.9.1") from err
+    bunch = load_digits()
+    return _split(bunch.data, bunch.target, test_fraction, seed, 10, dtype)
+
+
+def mnist1d(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> ClassificationData:
+    """MNIST-1D (Greydanus 2020): 4,000 training and 1,000 test signals of length 40, 10 classes.
+
+    Generated offline from the package's built-in templates (``mnist1d.data.make_dataset`` with the
+    default arguments; its ``get_dataset`` would download). ``seed`` sets the generator's seed
+    (the standard data set has seed 42, the default of ``get_dataset_args``, when ``seed=None``).
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:
+        raise ImportError("data.mnist1d() needs the mnist1d package (and scipy): "
+                          "pip install mnist1d==0.0.2.post1 scipy==1.17.1") from err
+    args = get_dataset_args()
+    if seed is not None:
+        args.seed = int(seed)
+    raw = make_dataset(args)
+    x = torch.as_tensor(raw["x"], dtype=torch.float64)
+    x_test = torch.as_tensor(raw["x_test"], dtype=torch.float64)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    return ClassificationData(((x - mean) / std).to(dtype), torch.as_tensor(raw["y"], dtype=torch.long),
+                              ((x_test - mean) / std).to(dtype), torch.as_tensor(raw["y_test"], dtype=torch.long),
+                              10)

@@ -9,6 +9,8 @@ no state, so :func:`torch.func.functional_call` and :func:`torch.func.vmap` can 
   :func:`slt_companion.theory.dln_rlct`. Used in: Part II, all chapters.
 - :class:`MonomialModel` -- :math:`f(x; w) = x\prod_j w_j^{k_j}`, the normal-crossing toy potentials of
   Lau et al. (2025). Used in: Part II, "Validation against known λ".
+- :class:`MLP` -- a fully connected ReLU (or tanh) network with biases, for classification on digits and
+  MNIST-1D. Used in: Part II, "Degeneracy in real networks".
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["DeepLinearNetwork", "MonomialModel", "rank_constrained_least_squares"]
+__all__ = ["DeepLinearNetwork", "MonomialModel", "MLP", "rank_constrained_least_squares"]
 
 
 def _positive_ints(name: str, values: Sequence[int], *, min_len: int) -> list[int]:
@@ -459,3 +461,45 @@ class AttentionOnlyLM(nn.Module):
 
 
 __all__ += ["ICLTransformer", "AttentionOnlyLM", "AttentionHead"]
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron ``widths = [input, hidden..., output]`` with biases and ``activation``
+    (``"relu"`` or ``"tanh"``) between layers; outputs are logits. PyTorch's default initialisation, seeded.
+
+    Has the batched fast path ``forward_batched`` (``torch.baddbmm`` per layer) used by
+    :mod:`slt_companion.sampling` when every parameter is sampled.
+    """
+
+    _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
+
+    def __init__(self, widths: Sequence[int], *, activation: str = "relu", seed: int = 0):
+        super().__init__()
+        self.widths = _positive_ints("widths", widths, min_len=2)
+        if activation not in self._ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(self._ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.widths[:-1], self.widths[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = self._ACTIVATIONS[self.activation]
+        for j, layer in enumerate(self.layers):
+            x = layer(x)
+            if j < len(self.layers) - 1:
+                x = act(x)
+        return x
+
+    def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """All chains at once: ``params`` of shape ``(C, ...)``, ``x`` of shape ``(C, B, input)``."""
+        act = self._ACTIVATIONS[self.activation]
+        for j in range(len(self.layers)):
+            W, b = params[f"layers.{j}.weight"], params[f"layers.{j}.bias"]
+            x = torch.baddbmm(b[:, None, :], x, W.transpose(1, 2))
+            if j < len(self.layers) - 1:
+                x = act(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"widths={self.widths}, activation={self.activation!r}"

@@ -42,3 +42,17 @@ def test_monomial_data():
     assert d.x.shape == (1000, 1) and torch.equal(d.y, torch.zeros(1000, 1))
     noisy = monomial_data(1000, noise_std=0.5, seed=0)
     assert abs(float(noisy.y.std()) - 0.5) < 0.05
+
+
+def test_digits_and_mnist1d_load_offline_or_name_the_missing_package():
+    from slt_companion.data import digits, mnist1d
+
+    for loader, package, shape in ((digits, "scikit-learn", 64), (mnist1d, "mnist1d", 40)):
+        try:
+            d = loader(seed=0)
+        except ImportError as err:
+            assert package in str(err) and "pip install" in str(err)
+            continue
+        assert d.x.shape[1] == shape and d.num_classes == 10
+        assert set(d.y.tolist()) == set(range(10))
+        assert abs(float(d.x.mean())) < 0.05

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from slt_companion.data import random_low_rank, teacher_student
-from slt_companion.models import DeepLinearNetwork, MonomialModel, rank_constrained_least_squares
+import numpy as np
+
+from slt_companion.models import MLP, DeepLinearNetwork, MonomialModel, rank_constrained_least_squares
 
 
 def test_dln_shapes_and_product():
@@ -62,3 +64,29 @@ def test_monomial_model():
     assert torch.equal(MonomialModel([3])(x), torch.zeros(2, 1))
     with pytest.raises(ValueError, match="init"):
         MonomialModel([1, 2], init=[1.0])
+
+
+def test_mlp_forward_and_batched_forward_agree():
+    from torch.func import functional_call, vmap
+
+    m = MLP([6, 5, 4, 3], activation="tanh", seed=1)
+    assert m(torch.randn(7, 6)).shape == (7, 3)
+    assert torch.equal(MLP([6, 5, 3], seed=1).layers[0].weight, MLP([6, 5, 3], seed=1).layers[0].weight)
+    params = {k: torch.stack([v, v + 0.1]) for k, v in m.named_parameters()}
+    x = torch.randn(2, 9, 6)
+    ref = vmap(lambda p, xx: functional_call(m, p, (xx,)))(params, x)
+    assert torch.allclose(m.forward_batched(params, x), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="activation"):
+        MLP([2, 2], activation="gelu")
+
+
+def test_llc_of_an_mlp_runs_with_cross_entropy():
+    from slt_companion.llc import estimate_llc
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 4, generator=gen)
+    y = (x[:, 0] > 0).long()
+    m = MLP([4, 6, 2], seed=0)
+    est = estimate_llc(m, torch.nn.functional.cross_entropy, (x, y), num_chains=2, num_draws=50,
+                       num_burnin=20, step_size=1e-5, progress=False)
+    assert np.isfinite(est.mean)
