@@ -742,8 +742,8 @@ def posterior_census(ladder=None, *, num_replicas: int | None = None, steps: int
     r"""Which k-gon the TMS posterior sits at, as a function of :math:`n`: :func:`sample_posterior_tempered` on
     ``ladder``, every kept state named by :func:`classify_kgon`.
 
-    Defaults: ``ladder`` = 18 values of :math:`n` geometrically from 20 to 2000 (12 with ``SLT_QUICK=1``), 16 replica
-    sets × 12,000 steps (4 × 1,500), data sets of size ``m`` = 2000, 20 states kept per chain. Cached
+    Defaults: ``ladder`` = 18 values of :math:`n` geometrically from 20 to 2000 (8 with ``SLT_QUICK=1``), 16 replica
+    sets × 12,000 steps (4 × 1,000), data sets of size ``m`` = 2000, 20 states kept per chain. Cached
     (:func:`slt_companion.cache.cached`). Returns ``{"ns", "names" (sorted), "counts" (len(ns), len(names)),
     "k_counts" (len(ns), 9) by number of live features, "distance" (median distance to the named k-gon),
     "swap_rate"}`` and the sizes used.
@@ -751,10 +751,10 @@ def posterior_census(ladder=None, *, num_replicas: int | None = None, steps: int
     from . import cache, config
 
     if ladder is None:
-        ladder = np.geomspace(20, 2000, config.size(18, 12)).round()
+        ladder = np.geomspace(20, 2000, config.size(18, 8)).round()
     ladder = np.asarray(ladder, dtype=float)
     num_replicas = config.size(16, 4) if num_replicas is None else num_replicas
-    steps = config.size(12_000, 1_500) if steps is None else steps
+    steps = config.size(12_000, 1_000) if steps is None else steps
     cfg = dict(ladder=[float(v) for v in ladder], num_replicas=num_replicas, steps=steps, m=m,
                num_samples=num_samples, step_scale=step_scale, prior_std=prior_std, seed=seed)
 
