@@ -151,7 +151,7 @@ def plot(rows, path):
     slt_plot.theory_line(a2, 1.0, "theory")
     a2.set_xticks(list(xs), labels, fontsize=8)
     a2.set_ylabel(r"$\hat\lambda$ / theory $\lambda$")
-    a2.legend()
+    a2.legend(fontsize=8, loc="lower right", framealpha=0.9, frameon=True)
     fig.tight_layout()
     fig.savefig(path)
 
