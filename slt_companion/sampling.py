@@ -277,9 +277,11 @@ class _Problem:
     """The model made functional over a flat parameter vector, with the data on the device."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable, data, params, device):
-        self.device = resolve_device(device)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if device is None:   # the model's own device: no silent copies
+            device = next(iter(model.parameters()), torch.empty(0)).device
+        self.device = resolve_device(device)
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(model(x), y), got {type(loss_fn).__name__}")
         self.model = model
@@ -463,6 +465,7 @@ def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, pa
     ``loss_fn(model(x), y)`` must return the mean per-sample loss of the batch (a scalar tensor); ``data`` is
     ``(x, y)`` (or a ``TensorDataset``/object with ``.xy``); ``params`` restricts sampling to some parameters
     (see :func:`select_params`; the others stay at their values). The model itself is not modified.
+    ``device=None`` means the device of the model's parameters.
     Raises :class:`~slt_companion.diagnostics.SGLDDivergenceError` when a chain's loss becomes non-finite or
     explodes, naming the step and suggesting a smaller step size; with ``on_divergence="mark"`` it instead
     lets the bad chains run on as NaN and lists them in ``result.extras["diverged"]`` (used by pilot runs).
