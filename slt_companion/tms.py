@@ -738,14 +738,15 @@ class _SortedData:
 
 def posterior_census(ladder=None, *, num_replicas: int | None = None, steps: int | None = None, m: int = 2000,
                      num_samples: int = 20, step_scale: float = 0.1, prior_std: float = 1.0, seed: int = 0,
-                     progress: bool = True) -> dict:
+                     near: float = 0.75, progress: bool = True) -> dict:
     r"""Which k-gon the TMS posterior sits at, as a function of :math:`n`: :func:`sample_posterior_tempered` on
     ``ladder``, every kept state named by :func:`classify_kgon`.
 
     Defaults: ``ladder`` = 18 values of :math:`n` geometrically from 20 to 2000 (8 with ``SLT_QUICK=1``), 16 replica
     sets × 12,000 steps (4 × 1,000), data sets of size ``m`` = 2000, 20 states kept per chain. Cached
     (:func:`slt_companion.cache.cached`). Returns ``{"ns", "names" (sorted), "counts" (len(ns), len(names)),
-    "k_counts" (len(ns), 9) by number of live features, "distance" (median distance to the named k-gon),
+    "k_counts" (len(ns), 9) by number of live features, "k_counts_near" the same for the states within ``near`` of
+    their named k-gon (the states that *sit at* a k-gon), "distance" (median distance to the named k-gon),
     "swap_rate"}`` and the sizes used.
     """
     from . import cache, config
@@ -776,8 +777,11 @@ def posterior_census(ladder=None, *, num_replicas: int | None = None, steps: int
     names = sorted({nm for row in per_n for nm in row}, key=lambda s: (-int(s.rstrip("+-")), s))
     counts = np.array([[row.count(nm) for nm in names] for row in per_n])
     k_counts = np.array([np.bincount(np.asarray(k), minlength=9)[:9] for k in res["k"]])
+    k_near = np.array([np.bincount(np.asarray(k)[np.asarray(d) < near], minlength=9)[:9]
+                       for k, d in zip(res["k"], res["distance"])])
     dist = np.median(np.asarray(res["distance"]), axis=1)
-    return {"ns": ladder, "names": names, "counts": counts, "k_counts": k_counts, "distance": dist,
+    return {"ns": ladder, "names": names, "counts": counts, "k_counts": k_counts, "k_counts_near": k_near,
+            "near": near, "distance": dist,
             "swap_rate": np.asarray(res["swap_rate"]), "num_replicas": num_replicas, "steps": steps, "m": m,
             "num_samples": num_samples}
 
@@ -789,7 +793,7 @@ def crossing_n(ns, frac_a, frac_b) -> float:
     diff = np.asarray(frac_b, dtype=float) - np.asarray(frac_a, dtype=float)
     if ns.ndim != 1 or diff.shape != ns.shape:
         raise ValueError(f"ns, frac_a and frac_b must be 1-D of the same length, got {ns.shape} and {diff.shape}")
-    if diff[-1] <= 0:
+    if len(diff) == 0 or diff[-1] <= 0:
         return float("nan")
     j = len(diff) - 1
     while j > 0 and diff[j - 1] > 0:
