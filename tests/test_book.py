@@ -103,3 +103,21 @@ def test_internal_links_resolve(quick_book):
                     and unquote(parts.fragment) not in pages[target].ids:
                 broken.append(f"{page.relative_to(quick_book)} -> {ref} (no such anchor)")
     assert not broken, f"{len(broken)} broken internal links:\n" + "\n".join(sorted(set(broken))[:40])
+
+
+def test_notebook_pages_offer_their_executed_ipynb(quick_book):
+    """Each notebook page links an executed .ipynb (outputs included) in its download menu."""
+    import nbformat
+
+    from notebooks import is_notebook, source_of
+
+    for docname in toc_docnames():
+        if not is_notebook(source_of(docname)):
+            continue
+        ipynb = quick_book / "_sources" / f"{docname}.ipynb"
+        assert ipynb.is_file(), f"{docname}: no downloadable {ipynb.name}"
+        nb = nbformat.read(ipynb, as_version=4)
+        assert any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), \
+            f"{docname}: the downloadable notebook has no outputs"
+        html = (quick_book / f"{docname}.html").read_text(encoding="utf-8")
+        assert f'_sources/{docname}.ipynb"' in html, f"{docname}.html does not link its .ipynb"
