@@ -501,15 +501,16 @@ LLC_SETTINGS = _llc_settings()
 LLC_KGONS = {"6": (6, 6, 0, 0), "5+": (6, 5, 1, 0), "5-": (6, 5, 0, 1), "5 (c=5)": (5, 5, 0, 0)}
 
 
-def kgon_llc_table(*, num_chains: int | None = None, num_draws: int | None = None, num_burnin: int | None = None,
-                   seed: int = 0, progress: bool = True) -> dict:
+def kgon_llc_table(names=None, *, num_chains: int | None = None, num_draws: int | None = None,
+                   num_burnin: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     r"""Estimate :math:`\hat\lambda` at each k-gon of :data:`LLC_KGONS` with :func:`slt_companion.llc.estimate_llc`.
 
     For each: ``n`` = ``LLC_SETTINGS["n"]`` inputs from :func:`slt_companion.data.tms_data`, the k-gon moved to the
     nearby minimum of :math:`L_n` (:func:`empirical_minimum`), then SGLD with :math:`n\beta = n/\log n`,
     :math:`\gamma` = ``localization``, step ``step_size`` (:data:`LLC_SETTINGS`), loss :func:`tms_loss`. Sizes
     default to 8 chains × 4000 draws after 2000 burn-in (4 × 200 after 200 with ``SLT_QUICK=1``). Results
-    are cached (:func:`slt_companion.cache.cached`). Returns ``{name: {"estimate": LLCEstimate.to_dict(),
+    are cached (:func:`slt_companion.cache.cached`), one entry per k-gon; ``names`` restricts the table to some
+    of :data:`LLC_KGONS`. Returns ``{name: {"estimate": LLCEstimate.to_dict(),
     "theory": λ, "loss": L_n at the centre, "pop_loss": population loss of the ideal k-gon, "c": c}}``.
     """
     from . import cache, config
@@ -520,8 +521,14 @@ def kgon_llc_table(*, num_chains: int | None = None, num_draws: int | None = Non
     num_chains = config.size(8, 4) if num_chains is None else num_chains
     num_draws = config.size(4000, 200) if num_draws is None else num_draws
     num_burnin = config.size(2000, 200) if num_burnin is None else num_burnin
+    if names is None:
+        names = list(LLC_KGONS)
+    unknown = [nm for nm in names if nm not in LLC_KGONS]
+    if unknown:
+        raise ValueError(f"names must be among {list(LLC_KGONS)}, got {unknown}")
     out = {}
-    for name, (c, k, pos, neg) in LLC_KGONS.items():
+    for name in names:
+        c, k, pos, neg = LLC_KGONS[name]
         cfg = dict(LLC_SETTINGS, c=c, k=k, positive=pos, negative=neg, num_chains=num_chains, num_draws=num_draws,
                    num_burnin=num_burnin, seed=seed, negative_bias=-1.0)
 
