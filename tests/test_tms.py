@@ -166,7 +166,7 @@ def test_empirical_loss_from_sorted_statistics_is_exact():
 
 
 def test_empirical_minimum_moves_little_and_lowers_the_loss():
-    d = tms_data(5000, seed=0, dtype=torch.float64)
+    d = tms_data(2000, seed=0, dtype=torch.float64)
     W, b = tms.k_gon(6, 6)
     W1, b1 = tms.empirical_minimum(W, b, d.x)
     loss = lambda W, b: tms.tms_loss(torch.relu(d.x @ W.T @ W + b), d.x).item()
