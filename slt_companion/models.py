@@ -503,3 +503,4 @@ class MLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, activation={self.activation!r}"
+from .program_synthesis import SmoothTuringMachine  # noqa: E402
