@@ -458,8 +458,8 @@ def empirical_minimum(W, b, x: torch.Tensor, *, steps: int = 8) -> tuple[torch.T
 def _newton(loss, z, steps):
     cur = float(loss(z))
     for _ in range(steps):
-        g = torch.func.grad(loss)(z)
-        H = torch.func.hessian(loss)(z)
+        g = torch.autograd.functional.jacobian(loss, z)
+        H = torch.autograd.functional.hessian(loss, z, vectorize=True)
         step = torch.linalg.pinv(H, rtol=1e-6, hermitian=True) @ g
         for scale in (1.0, 0.5, 0.25, 0.1):
             trial = z - scale * step
