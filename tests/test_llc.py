@@ -149,3 +149,15 @@ def test_ground_truth_cases_are_defined_with_exact_theory():
     assert sum(len(w) >= 4 for w in (c.get("widths", ()) for c in GROUND_TRUTH.values())) >= 2  # ≥ 3 layers
     with pytest.raises(ValueError, match="unknown ground-truth case"):
         ground_truth_problem("nope")
+
+
+def test_toy_potential_exact_converges_and_matches_the_regular_case():
+    from slt_companion.llc import toy_potential_exact
+
+    a = toy_potential_exact((1, 2), 1000, seed=0)
+    assert a == pytest.approx(toy_potential_exact((1, 2), 1000, seed=0, points=801), abs=1e-6)
+    # w2 alone: a regular one-parameter model; with the truth as centre the target is below 1/2 at finite n
+    b = np.mean([toy_potential_exact((0, 1), 100_000, seed=s) for s in range(5)])
+    assert 0.35 < b < 0.55
+    with pytest.raises(ValueError, match="exponents"):
+        toy_potential_exact((0, 0), 100)
