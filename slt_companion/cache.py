@@ -1,8 +1,8 @@
-"""Results on disk, keyed by a hash of the configuration and the package version.
+"""Results on disk, keyed by a hash of the configuration, the package version and its source code.
 
 The book's long runs go through :func:`cached`: the first build computes and stores, an unchanged
-rebuild loads. Changing any config value or the package version changes the key, so results are never
-stale. An entry that cannot be read (truncated file, edited by hand) is reported with a warning and
+rebuild loads. Changing any config value, the package version or any source file of the package changes
+the key, so results are never stale. An entry that cannot be read (truncated file, edited by hand) is reported with a warning and
 recomputed -- never a crash and never a silently wrong number.
 
 Entries are ``.npz`` files read with ``allow_pickle=False`` (no code runs on load). A result is a
@@ -14,6 +14,7 @@ Where: ``$SLT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/slt_companion`` (``~/.c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,12 +60,31 @@ def _canonical(obj: Any) -> Any:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def package_fingerprint() -> str:
+    """SHA-256 of the package's source files: any edit to ``slt_companion`` invalidates every cached result,
+    so a changed estimator can never leave an old number in the book."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(name: str, config: dict) -> str:
-    """The hex key of ``(name, config, package version)``: SHA-256 of a canonical JSON form."""
+    """The hex key of ``(name, config, package version and source, quick mode)``: SHA-256 of a canonical JSON form.
+
+    Quick mode (``SLT_QUICK=1``) is part of the key, so a result computed at quick sizes is never served to a
+    full-size run that passed the same ``config``."""
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    from . import config as _config  # quick-mode results never answer for full-size ones
+
     payload = json.dumps(
-        {"name": name, "config": _canonical(config), "version": __version__}, sort_keys=True
+        {"name": name, "config": _canonical(config), "version": __version__,
+         "source": package_fingerprint(), "quick": _config.QUICK},
+        sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 

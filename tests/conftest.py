@@ -83,7 +83,10 @@ def _start_quick_build() -> None:
         return
     shutil.rmtree(QUICK_OUT, ignore_errors=True)
     QUICK_OUT.mkdir(parents=True)
-    env = dict(os.environ, SLT_CACHE_DIR=str(QUICK_OUT / "slt_cache"))
+    # The same result cache as the nbval run that came before (quick mode is part of every cache key, so
+    # nothing mixes with full-size results): long computations are not repeated, only kernels and figures.
+    env = dict(os.environ)
+    env.setdefault("SLT_CACHE_DIR", str(QUICK_OUT / "slt_cache"))
     jb = Path(sys.executable).with_name("jupyter-book")
     log = open(QUICK_OUT / "build.log", "w")
     _build_proc = subprocess.Popen([str(jb), "build", "-W", "--keep-going", "--path-output", str(QUICK_OUT), "."],
@@ -109,8 +112,9 @@ def pytest_unconfigure(config):
 def quick_book() -> Path:
     """The whole book built with ``-W`` in quick mode into _build/quick; return the HTML folder.
 
-    A fresh forced build every session (its execution cache is thrown away), so quick results never
-    mix with the full-size cache in _build/.jupyter_cache.
+    A fresh build every session into its own folder (its execution cache is thrown away), so quick pages
+    never mix with the full-size execution cache in _build/.jupyter_cache. It runs after the notebooks
+    (see ``pytest_collection_modifyitems``) and shares their ``SLT_CACHE_DIR``.
     """
     if not _quick_mode():
         pytest.fail("the book tests need SLT_QUICK=1 (run them through `make test`)")

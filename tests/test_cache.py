@@ -81,3 +81,18 @@ def test_no_temporary_files_left_behind():
     cache.cached("demo", {"a": 1}, _result)
     leftovers = [p for p in cache.cache_dir().iterdir() if p.suffix == ".tmp"]
     assert not leftovers
+
+
+def test_quick_mode_is_part_of_the_key(monkeypatch):
+    from slt_companion import config
+
+    monkeypatch.setattr(config, "QUICK", False)
+    full = cache.cache_key("demo", {"a": 1})
+    monkeypatch.setattr(config, "QUICK", True)
+    assert cache.cache_key("demo", {"a": 1}) != full
+
+
+def test_package_source_is_part_of_the_key(monkeypatch):
+    base = cache.cache_key("demo", {"a": 1})
+    monkeypatch.setattr(cache, "package_fingerprint", lambda: "edited")
+    assert cache.cache_key("demo", {"a": 1}) != base
