@@ -1,0 +1,226 @@
+r"""Reading a training trajectory: stage boundaries from the LLC curve, and essential dynamics.
+
+Two views of the same :class:`~slt_companion.train.Trajectory` (Hoogland et al. 2025):
+
+- :func:`stage_boundaries` -- the **developmental stages** are the intervals between critical points of the
+  LLC curve :math:`t \mapsto \hat\lambda(w_t)`: where it peaks, bottoms out or pauses (a plateau where its
+  slope nearly vanishes without changing sign). The algorithm is written out in its docstring.
+- :func:`essential_dynamics` -- **essential dynamics**: principal component analysis of the model's outputs on a
+  fixed probe set, one row per checkpoint, and the trajectory's *turning points* in PC space.
+
+Both work in :math:`\log t`: the stages of a training run are roughly evenly spread on a log axis.
+Used in: Part III, "Stages in in-context linear regression" and "Stages in a small language model".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["gaussian_smooth", "stage_boundaries", "StageBoundaries", "essential_dynamics", "EssentialDynamics",
+           "model_outputs", "stages_from_boundaries"]
+
+
+def gaussian_smooth(y, sigma: float) -> np.ndarray:
+    r"""Gaussian smoothing of equally spaced values ``y`` with standard deviation ``sigma`` (in samples).
+
+    The kernel is truncated at :math:`4\sigma` and renormalised where it overhangs the ends, so a constant stays
+    constant and the ends are not pulled towards zero. ``sigma = 0`` returns a copy.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite number ≥ 0, got {sigma!r}")
+    if sigma == 0 or len(y) < 2:
+        return y.copy()
+    r = int(np.ceil(4 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    num = np.convolve(y, k, mode="full")[r:r + len(y)]
+    den = np.convolve(np.ones_like(y), k, mode="full")[r:r + len(y)]
+    return num / den
+
+
+@dataclass
+class StageBoundaries:
+    r"""The result of :func:`stage_boundaries`.
+
+    - ``steps``: the boundary steps (rounded), sorted; ``kinds``: ``"max"``, ``"min"`` or ``"plateau"`` for each;
+    - ``grid_steps``, ``smoothed``, ``slope``: the evaluation grid (uniform in :math:`\log_{10} t`), the smoothed
+      curve on it and its slope :math:`d\hat\lambda/d\log_{10} t` (for plotting);
+    - ``params``: the parameters used.
+    """
+
+    steps: np.ndarray
+    kinds: list
+    grid_steps: np.ndarray
+    smoothed: np.ndarray
+    slope: np.ndarray
+    params: dict
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def stage_boundaries(steps, llc, *, smoothing: float = 0.15, plateau: float = 0.1, min_separation: float = 0.3,
+                     edge: float | None = None, grid: int = 400) -> StageBoundaries:
+    r"""Stage boundaries: the critical points of the LLC curve, found in :math:`u = \log_{10} t`.
+
+    Algorithm (every parameter is in decades of training steps, except ``plateau``):
+
+    1. Keep checkpoints with ``steps > 0`` and finite ``llc``; put :math:`\hat\lambda` on a grid of ``grid``
+       points uniform in :math:`u` (linear interpolation).
+    2. Smooth with a Gaussian of standard deviation ``smoothing`` decades (:func:`gaussian_smooth`): λ̂ is a noisy
+       estimate, and a critical point of the noise is not a stage.
+    3. Differentiate: :math:`s(u) = d\hat\lambda/du`.
+    4. Candidates: every **sign change** of :math:`s` (a local maximum or minimum of λ̂), and every local minimum of
+       :math:`|s|` below ``plateau`` :math:`\times \max|s|` where :math:`s` keeps its sign (a **plateau**: the curve
+       pauses, then goes on in the same direction -- the paper's boundaries include these).
+    5. Drop candidates within ``edge`` decades of either end (default: ``2·smoothing``; smoothing is unreliable there).
+    6. Merge candidates closer than ``min_separation`` decades, keeping the one with the smallest :math:`|s|`
+       relative to its neighbourhood (a sign change wins over a plateau).
+
+    Returns a :class:`StageBoundaries`. The stages are the intervals between consecutive boundaries (and the
+    first checkpoint and the last). Used in: Part III, the developmental chapters.
+    """
+    t = np.asarray(steps, dtype=np.float64).reshape(-1)
+    y = np.asarray(llc, dtype=np.float64).reshape(-1)
+    if t.shape != y.shape:
+        raise ValueError(f"steps and llc must have the same length, got {t.shape[0]} and {y.shape[0]}")
+    for name, v, lo in (("smoothing", smoothing, 0.0), ("min_separation", min_separation, 0.0)):
+        if not (np.isfinite(v) and v >= lo):
+            raise ValueError(f"{name} must be a finite number ≥ {lo} (decades of steps), got {v!r}")
+    if not 0 <= plateau < 1:
+        raise ValueError(f"plateau must lie in [0, 1) (a fraction of the largest slope), got {plateau!r}")
+    if isinstance(grid, bool) or int(grid) != grid or grid < 16:
+        raise ValueError(f"grid must be an integer ≥ 16, got {grid!r}")
+    ok = (t > 0) & np.isfinite(y)
+    if ok.sum() < 4:
+        raise ValueError(f"need at least 4 checkpoints with steps > 0 and a finite llc, got {int(ok.sum())}")
+    order = np.argsort(t[ok])
+    u, y = np.log10(t[ok][order]), y[ok][order]
+    if np.any(np.diff(u) <= 0):
+        raise ValueError("steps must be distinct")
+    edge = 2 * smoothing if edge is None else float(edge)
+    ug = np.linspace(u[0], u[-1], int(grid))
+    du = ug[1] - ug[0]
+    ys = gaussian_smooth(np.interp(ug, u, y), smoothing / du)
+    s = np.gradient(ys, du)
+    smax = float(np.max(np.abs(s))) or 1.0
+    cands = []  # (index, kind, score): lower score = stronger
+    sign = np.sign(s)
+    for i in range(1, len(s)):
+        if sign[i - 1] != 0 and sign[i] != 0 and sign[i] != sign[i - 1]:
+            j = i if abs(s[i]) < abs(s[i - 1]) else i - 1
+            cands.append((j, "max" if sign[i - 1] > 0 else "min", -1.0))
+    a = np.abs(s)
+    for i in range(1, len(a) - 1):
+        if a[i] <= a[i - 1] and a[i] < a[i + 1] and a[i] < plateau * smax:
+            if not any(abs(i - j) * du < min_separation / 2 and k != "plateau" for j, k, _ in cands):
+                cands.append((i, "plateau", a[i] / smax))
+    cands = [c for c in cands if ug[c[0]] - ug[0] >= edge and ug[-1] - ug[c[0]] >= edge]
+    cands.sort(key=lambda c: c[2])
+    chosen = []
+    for c in cands:
+        if all(abs(ug[c[0]] - ug[d[0]]) >= min_separation for d in chosen):
+            chosen.append(c)
+    chosen.sort(key=lambda c: c[0])
+    return StageBoundaries(steps=np.round(10 ** ug[[c[0] for c in chosen]]).astype(np.int64),
+                           kinds=[c[1] for c in chosen], grid_steps=10 ** ug, smoothed=ys, slope=s,
+                           params={"smoothing": smoothing, "plateau": plateau, "min_separation": min_separation,
+                                   "edge": edge, "grid": int(grid)})
+
+
+def stages_from_boundaries(boundaries, first_step: int, last_step: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]``: the stages between ``first_step``, each boundary, and ``last_step``."""
+    cuts = [int(first_step)] + [int(b) for b in boundaries] + [int(last_step)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+@torch.no_grad()
+def model_outputs(trajectory, template: torch.nn.Module, probe, *, chunk: int = 1024) -> np.ndarray:
+    """The outputs of every checkpoint on ``probe`` (a tensor of inputs), flattened: shape ``(checkpoints, features)``."""
+    rows = []
+    for i in range(len(trajectory)):
+        model = trajectory.model_at(i, template)
+        outs = [model(probe[j:j + chunk]).reshape(-1) for j in range(0, probe.shape[0], chunk)]
+        rows.append(torch.cat(outs).double().cpu().numpy())
+    return np.stack(rows)
+
+
+@dataclass
+class EssentialDynamics:
+    r"""The result of :func:`essential_dynamics`.
+
+    - ``pcs`` ``(C, n_components)``: the trajectory in PC space (the projections of the centred outputs);
+      ``smoothed``: the same, smoothed along the trajectory;
+    - ``explained_variance_ratio`` ``(n_components,)``; ``components`` ``(n_components, features)``;
+    - ``turning_points``: checkpoint indices where a smoothed PC coordinate reverses direction (sorted);
+      ``turning_steps``: their steps (if ``steps`` were given); ``params``: the settings.
+    """
+
+    pcs: np.ndarray
+    smoothed: np.ndarray
+    explained_variance_ratio: np.ndarray
+    components: np.ndarray
+    turning_points: np.ndarray
+    turning_steps: np.ndarray | None
+    params: dict
+
+
+def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing: float = 1.0,
+                       prominence: float = 0.05, min_separation: int = 2) -> EssentialDynamics:
+    r"""Essential dynamics: PCA of the model's outputs across checkpoints (Hoogland et al. 2025, §4).
+
+    ``outputs`` ``(C, F)`` holds, for each of ``C`` checkpoints, the model's outputs on a fixed probe set,
+    concatenated (:func:`model_outputs`). The columns are centred over checkpoints and the top ``n_components``
+    right singular vectors give the principal directions; ``pcs = U S`` is the trajectory projected on them.
+
+    **Turning points.** Each PC coordinate is smoothed along the trajectory (Gaussian, ``smoothing`` checkpoints;
+    with log-spaced checkpoints that is smoothing in :math:`\log t`), and a turning point is a checkpoint where
+    a smoothed coordinate has a local extremum whose prominence (the smaller rise on either side, up to the next
+    extremum) exceeds ``prominence`` × that coordinate's range. These are the cusps and turns of the curves in
+    the PC1–PC2, PC1–PC3 … planes, the paper's developmental milestones. Turning points closer than
+    ``min_separation`` checkpoints are merged (the earlier kept). The first and last checkpoints never count.
+    """
+    X = np.asarray(outputs, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] < 3:
+        raise ValueError(f"outputs must be (checkpoints ≥ 3, features), got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("outputs contain NaN or inf; a checkpoint diverged")
+    C = X.shape[0]
+    if isinstance(n_components, bool) or int(n_components) != n_components or not 1 <= n_components <= min(X.shape):
+        raise ValueError(f"n_components must be an integer in [1, {min(X.shape)}], got {n_components!r}")
+    if steps is not None and len(steps) != C:
+        raise ValueError(f"steps has {len(steps)} entries but outputs has {C} rows (checkpoints)")
+    Xc = X - X.mean(0, keepdims=True)
+    U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+    k = int(n_components)
+    sign = np.sign(Vt[:k].sum(1) + 1e-300)              # a fixed sign convention: components sum to > 0
+    pcs = U[:, :k] * S[:k] * sign
+    comps = Vt[:k] * sign[:, None]
+    evr = S[:k] ** 2 / max(float((S ** 2).sum()), 1e-300)
+    sm = np.stack([gaussian_smooth(pcs[:, j], smoothing) for j in range(k)], axis=1)
+    tps = []
+    for j in range(k):
+        z = sm[:, j]
+        rng = float(z.max() - z.min()) or 1.0
+        d = np.sign(np.diff(z))
+        ext = [i for i in range(1, C - 1) if d[i - 1] != 0 and d[i] != 0 and d[i] != d[i - 1]]
+        marks = [0] + ext + [C - 1]
+        for a, i, b in zip(marks[:-2], marks[1:-1], marks[2:]):
+            prom = min(abs(z[i] - z[a]), abs(z[i] - z[b]))
+            if prom >= prominence * rng:
+                tps.append(i)
+    merged = []
+    for i in sorted(set(tps)):
+        if not merged or i - merged[-1] >= min_separation:
+            merged.append(i)
+    tp = np.asarray(merged, dtype=np.int64)
+    return EssentialDynamics(pcs=pcs, smoothed=sm, explained_variance_ratio=evr, components=comps,
+                             turning_points=tp,
+                             turning_steps=None if steps is None else np.asarray(steps)[tp],
+                             params={"n_components": k, "smoothing": smoothing, "prominence": prominence,
+                                     "min_separation": min_separation})

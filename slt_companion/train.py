@@ -1,0 +1,304 @@
+r"""Training with a log-spaced checkpoint schedule: the raw material of the developmental chapters.
+
+Developmental interpretability studies a *trajectory* :math:`w_0, w_{t_1}, \dots, w_{t_C}`, not one trained
+network (Hoogland et al. 2025). :func:`train` runs a plain training loop (Adam or AdamW, a one-cycle linear
+learning-rate schedule as in the paper) and keeps the parameters at checkpoint steps that are dense early
+(log-spaced: the early stages are short) and still cover the end. The result is a :class:`Trajectory`.
+
+**Determinism and resumption.** The minibatch of step :math:`s` is drawn by ``batch_fn`` from a generator seeded
+with ``(seed, s)`` alone, and the learning rate is a function of :math:`s`, so a run that is stopped and
+resumed from its saved state (model, optimizer, step) is bit-identical to an uninterrupted one on the CPU.
+With ``cache_name`` the finished trajectory goes through :func:`slt_companion.cache.cached`, and the
+in-progress state is saved next to the cache entry (``...partial.pt``) at every checkpoint: an interrupted
+build picks up where it stopped. States are read with ``torch.load(..., weights_only=True)``.
+
+Used in: Part III, "Stages in in-context linear regression" and "Stages in a small language model".
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import cache as _cache
+from .config import resolve_device
+
+__all__ = ["train", "Trajectory", "log_checkpoint_steps", "one_cycle_lr"]
+
+
+def log_checkpoint_steps(num_steps: int, num_checkpoints: int = 50, *, linear: int = 0) -> np.ndarray:
+    r"""Checkpoint steps: 0, then ``num_checkpoints`` log-spaced steps from 1 to ``num_steps`` (rounded, duplicates
+    removed, so there are fewer when ``num_steps`` is small), plus ``linear`` evenly spaced steps (the paper
+    takes the union of a log and a linear schedule so that late training is not starved). Sorted, unique,
+    always containing 0 and ``num_steps``.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if isinstance(num_checkpoints, bool) or not isinstance(num_checkpoints, (int, np.integer)) or num_checkpoints < 2:
+        raise ValueError(f"num_checkpoints must be an integer ≥ 2, got {num_checkpoints!r}")
+    steps = np.round(np.logspace(0, math.log10(num_steps), int(num_checkpoints))).astype(np.int64)
+    if linear:
+        steps = np.concatenate([steps, np.linspace(0, num_steps, int(linear) + 1).round().astype(np.int64)])
+    return np.unique(np.concatenate([[0], steps, [num_steps]]))
+
+
+def one_cycle_lr(step: int, num_steps: int, max_lr: float, pct_start: float = 0.5, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4) -> float:
+    r"""The linear one-cycle schedule (PyTorch's ``OneCycleLR(anneal_strategy="linear")``, the paper's choice):
+    from ``max_lr/div_factor`` up to ``max_lr`` over the first ``pct_start`` of training, then down to
+    ``max_lr/(div_factor·final_div_factor)``."""
+    lo = max_lr / div_factor
+    end = lo / final_div_factor
+    up = float(pct_start * num_steps) - 1          # PyTorch's phase boundaries, step counted from 0
+    last = num_steps - 1
+    if step <= up:
+        return lo + (max_lr - lo) * step / max(up, 1e-12)
+    return max_lr + (end - max_lr) * min(1.0, (step - up) / max(last - up, 1e-12))
+
+
+@dataclass
+class Trajectory:
+    """Parameters at the checkpoint ``steps``, and the training loss at every step.
+
+    - ``steps`` ``(C,)``: checkpoint steps (0 = initialisation); ``params`` ``(C, P)``: the flattened
+      parameters there (float32, in ``names`` order with ``shapes``);
+    - ``train_loss`` ``(num_steps,)``: the minibatch loss of each step; ``lr`` ``(num_steps,)``: its learning rate;
+    - ``config``: the training settings; ``seconds``: training wall time (of the run that produced it).
+
+    :meth:`model_at` gives a model at a checkpoint; iterate with ``for step, model in traj.models(template)``.
+    """
+
+    steps: np.ndarray
+    params: torch.Tensor
+    names: list
+    shapes: list
+    train_loss: np.ndarray
+    lr: np.ndarray
+    config: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return int(len(self.steps))
+
+    def state_dict(self, i: int) -> dict:
+        """The parameters of checkpoint ``i`` (an index into ``steps``) as a state dict."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"checkpoint index {i} out of range for {len(self)} checkpoints")
+        flat, out, pos = self.params[i], {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            k = int(np.prod(shape)) if len(shape) else 1
+            out[name] = flat[pos:pos + k].reshape(tuple(shape)).clone()
+            pos += k
+        return out
+
+    def model_at(self, i: int, template: nn.Module) -> nn.Module:
+        """A deep copy of ``template`` holding checkpoint ``i``'s parameters, in eval mode."""
+        model = copy.deepcopy(template)
+        missing = set(self.names) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise ValueError(f"template has no parameters {sorted(missing)[:3]}...; pass the model class trained")
+        sd = self.state_dict(i)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(sd[name].to(p))
+        return model.eval()
+
+    def models(self, template: nn.Module):
+        """Yield ``(step, model)`` for every checkpoint."""
+        for i, s in enumerate(self.steps):
+            yield int(s), self.model_at(i, template)
+
+    def index_of(self, step: int) -> int:
+        """The index of the checkpoint closest to ``step``."""
+        return int(np.argmin(np.abs(self.steps - step)))
+
+    def smoothed_loss(self, window: int = 50) -> np.ndarray:
+        """The training loss averaged over a trailing window (length ``num_steps``)."""
+        x = np.asarray(self.train_loss, dtype=np.float64)
+        c = np.concatenate([[0.0], np.cumsum(x)])
+        i = np.arange(1, len(x) + 1)
+        lo = np.maximum(0, i - window)
+        return (c[i] - c[lo]) / (i - lo)
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "params": self.params, "names": list(self.names),
+                "shapes": [list(s) for s in self.shapes], "train_loss": self.train_loss, "lr": self.lr,
+                "config": self.config, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trajectory":
+        return cls(steps=np.asarray(d["steps"], dtype=np.int64), params=torch.as_tensor(d["params"]),
+                   names=list(d["names"]), shapes=[tuple(s) for s in d["shapes"]],
+                   train_loss=np.asarray(d["train_loss"]), lr=np.asarray(d["lr"]),
+                   config=dict(d.get("config", {})), seconds=float(d.get("seconds", 0.0)))
+
+
+def _flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63))
+
+
+def _fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256(repr(model).encode())
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generator], tuple], *, num_steps: int,
+          lr: float = 3e-3, optimizer: str = "adam", betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.0,
+          schedule: str = "onecycle", pct_start: float = 0.5, checkpoints=None, seed: int = 0, device=None,
+          cache_name: str | None = None, cache_config: dict | None = None, stop_at: int | None = None,
+          progress: bool = True, num_threads: int | None = None) -> Trajectory:
+    r"""Train ``model`` for ``num_steps`` steps and return its :class:`Trajectory` (the model itself ends trained).
+
+    Parameters
+    ----------
+    model : the network (trained in place from its current parameters).
+    loss_fn : ``loss_fn(model(x), y)`` -> scalar mean loss.
+    batch_fn : ``batch_fn(generator) -> (x, y)``, e.g. :meth:`slt_companion.data.ICLTaskSampler.batch_fn`; it must
+        draw all its randomness from ``generator`` (seeded from ``(seed, step)``).
+    num_steps, lr : steps and the (peak) learning rate.
+    optimizer : ``"adam"`` or ``"adamw"`` (with ``weight_decay``), ``betas`` as in PyTorch.
+    schedule : ``"onecycle"`` (:func:`one_cycle_lr` with ``pct_start``; the paper's) or ``"constant"``.
+    checkpoints : steps at which to keep the parameters; default :func:`log_checkpoint_steps` ``(num_steps, 50)``.
+    seed : seeds the minibatch stream (the model's initialisation is its own ``seed``).
+    cache_name, cache_config : if ``cache_name`` is given the trajectory is cached under ``(cache_name,
+        cache_config + training settings + a fingerprint of the initial model)``; ``cache_config`` must describe
+        whatever ``loss_fn`` and ``batch_fn`` do (they cannot be hashed). The run is then also resumable.
+    stop_at : stop after this step, save the resumable state and return the partial trajectory (not cached);
+        the next call with the same arguments continues from there.
+    num_threads : CPU threads during training; ``None``: one thread for models under a million parameters on the
+        CPU (faster there, and much faster on a busy machine), else torch's setting.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    num_steps = int(num_steps)
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if optimizer not in ("adam", "adamw"):
+        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+    if schedule not in ("onecycle", "constant"):
+        raise ValueError(f"schedule must be 'onecycle' or 'constant', got {schedule!r}")
+    if not callable(loss_fn) or not callable(batch_fn):
+        raise TypeError("loss_fn and batch_fn must be callables: loss_fn(model(x), y), batch_fn(generator) -> (x, y)")
+    ckpts = log_checkpoint_steps(num_steps) if checkpoints is None else np.unique(np.asarray(checkpoints, dtype=np.int64))
+    if ckpts.size == 0 or ckpts.min() < 0 or ckpts.max() > num_steps:
+        raise ValueError(f"checkpoints must be steps in [0, num_steps={num_steps}], got {list(ckpts)[:5]}...")
+    if stop_at is not None and not (0 < int(stop_at) <= num_steps):
+        raise ValueError(f"stop_at must lie in [1, num_steps={num_steps}], got {stop_at!r}")
+    dev = resolve_device(device)
+    model.to(dev)
+    settings = {"num_steps": num_steps, "lr": float(lr), "optimizer": optimizer, "betas": [float(b) for b in betas],
+                "weight_decay": float(weight_decay), "schedule": schedule, "pct_start": float(pct_start),
+                "checkpoints": [int(c) for c in ckpts], "seed": int(seed)}
+
+    def run(partial_path=None) -> dict:
+        return _run(model, loss_fn, batch_fn, settings, ckpts, dev, partial_path, stop_at, progress, num_threads)
+
+    if cache_name is None:
+        return Trajectory.from_dict(run())
+    key = {"user": dict(cache_config or {}), "train": settings, "model": _fingerprint(model), "device": dev.type}
+    path = _cache.entry_path(cache_name, key)
+    partial = path.with_name(path.name[:-4] + ".partial.pt")
+    if stop_at is not None:
+        return Trajectory.from_dict(run(partial))
+    result = _cache.cached(cache_name, key, lambda: run(partial))
+    if partial.exists():
+        partial.unlink()
+    traj = Trajectory.from_dict(result)
+    with torch.no_grad():                       # leave the model trained, as without the cache
+        for (name, p), v in zip(model.named_parameters(), traj.state_dict(-1).values()):
+            p.copy_(v.to(p))
+    return traj
+
+
+def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progress, num_threads) -> dict:
+    from tqdm.auto import tqdm
+
+    N = s["num_steps"]
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [list(p.shape) for p in model.parameters()]
+    opt_cls = torch.optim.Adam if s["optimizer"] == "adam" else torch.optim.AdamW
+    opt = opt_cls(model.parameters(), lr=s["lr"], betas=tuple(s["betas"]), weight_decay=s["weight_decay"])
+    losses = np.full(N, np.nan)
+    lrs = np.full(N, np.nan)
+    kept: dict[int, torch.Tensor] = {}
+    start, elapsed = 0, 0.0
+    if partial_path is not None and os.path.exists(partial_path):
+        state = torch.load(partial_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, elapsed = int(state["step"]), float(state["seconds"])
+        losses[:start] = state["losses"].numpy()[:start]
+        lrs[:start] = state["lrs"].numpy()[:start]
+        kept = {int(k): v for k, v in zip(state["kept_steps"].tolist(), state["kept"])}
+
+    def save_partial(step):
+        if partial_path is None:
+            return
+        os.makedirs(os.path.dirname(partial_path) or ".", exist_ok=True)
+        tmp = f"{partial_path}.tmp"
+        ks = sorted(kept)
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": elapsed,
+                    "losses": torch.from_numpy(losses), "lrs": torch.from_numpy(lrs),
+                    "kept_steps": torch.tensor(ks, dtype=torch.int64), "kept": [kept[k] for k in ks]}, tmp)
+        os.replace(tmp, partial_path)
+
+    if start == 0 and 0 in ckpts:
+        kept[0] = _flat(model)
+    end = N if stop_at is None else int(stop_at)
+    ckpt_set = set(int(c) for c in ckpts)
+    old_threads = torch.get_num_threads()
+    if num_threads is None and dev.type == "cpu" and sum(p.numel() for p in model.parameters()) < 1_000_000:
+        num_threads = 1        # small models: thread hand-offs cost more than they save (see sampling.auto_threads)
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    model.train()
+    t0 = time.perf_counter()
+    try:
+        bar = tqdm(range(start, end), desc="training", disable=not progress, initial=start, total=end,
+                   mininterval=1.0)
+        for step in bar:                        # step s takes the model from w_s to w_{s+1}
+            x, y = batch_fn(_step_generator(s["seed"], step))
+            lr = one_cycle_lr(step, N, s["lr"], s["pct_start"]) if s["schedule"] == "onecycle" else s["lr"]
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = loss_fn(model(x.to(dev)), y.to(dev))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss.detach())} at step {step}; lower lr (now {s['lr']})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses[step], lrs[step] = float(loss.detach()), lr
+            if step + 1 in ckpt_set:
+                kept[step + 1] = _flat(model)
+                elapsed_now = elapsed + time.perf_counter() - t0
+                if partial_path is not None and (step + 1) < N:
+                    elapsed, t0 = elapsed_now, time.perf_counter()
+                    save_partial(step + 1)
+            if progress and step % 100 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+    finally:
+        if num_threads is not None:
+            torch.set_num_threads(old_threads)
+        model.eval()
+    elapsed += time.perf_counter() - t0
+    if end < N:
+        save_partial(end)
+    ks = sorted(kept)
+    return {"steps": np.asarray(ks, dtype=np.int64), "params": torch.stack([kept[k] for k in ks]),
+            "names": names, "shapes": shapes, "train_loss": losses, "lr": lrs, "config": s, "seconds": elapsed}

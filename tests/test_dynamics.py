@@ -1,0 +1,80 @@
+"""Stage boundaries on synthetic LLC curves with known critical points; essential dynamics on a known trajectory."""
+
+import numpy as np
+import pytest
+
+from slt_companion.dynamics import essential_dynamics, gaussian_smooth, stage_boundaries, stages_from_boundaries
+
+
+def test_gaussian_smooth_keeps_constants_and_lines():
+    assert np.allclose(gaussian_smooth(np.full(50, 3.0), 4.0), 3.0)
+    line = np.linspace(0, 1, 101)
+    assert np.allclose(gaussian_smooth(line, 3.0)[20:-20], line[20:-20], atol=1e-12)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_smooth(line, -1)
+
+
+def test_extrema_of_a_sine_in_log_steps_are_found():
+    # lambda(u) = sin(pi u), u = log10 t in [0, 4]: maxima at u = 0.5, 2.5, minima at 1.5, 3.5
+    steps = np.unique(np.round(np.logspace(0, 4, 120)))
+    rng = np.random.default_rng(0)
+    llc = 10 + np.sin(np.pi * np.log10(steps)) + rng.normal(0, 0.02, steps.size)
+    sb = stage_boundaries(steps, llc, smoothing=0.05, edge=0.2)
+    assert np.allclose(np.log10(sb.steps), [0.5, 1.5, 2.5, 3.5], atol=0.08), sb.steps
+    assert sb.kinds == ["max", "min", "max", "min"]
+
+
+def test_a_plateau_without_sign_change_is_a_boundary():
+    # lambda = (u - 2)^3 + 3: increasing everywhere, critical (saddle) point at u = 2, i.e. t = 100
+    steps = np.unique(np.round(np.logspace(0, 4, 100)))
+    llc = (np.log10(steps) - 2) ** 3 + 3
+    sb = stage_boundaries(steps, llc, smoothing=0.05)
+    assert len(sb) == 1 and sb.kinds == ["plateau"]
+    assert abs(np.log10(sb.steps[0]) - 2) < 0.08
+
+
+def test_monotone_curve_without_critical_points_has_no_boundaries():
+    steps = np.arange(1, 1001)
+    sb = stage_boundaries(steps, np.log(steps), smoothing=0.1)
+    assert len(sb) == 0
+
+
+def test_stage_boundaries_errors():
+    with pytest.raises(ValueError, match="same length"):
+        stage_boundaries([1, 2, 3, 4], [1, 2, 3])
+    with pytest.raises(ValueError, match="at least 4"):
+        stage_boundaries([0, 1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="plateau"):
+        stage_boundaries([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], plateau=1.5)
+    assert stages_from_boundaries([10, 100], 0, 1000) == [(0, 10), (10, 100), (100, 1000)]
+
+
+def test_essential_dynamics_recovers_a_known_trajectory():
+    # an L-shaped path in a 2-D subspace of R^50: along e1, then turns along e2 at checkpoint 20
+    C, F = 41, 50
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.normal(size=(F, 2)))
+    a = np.concatenate([np.linspace(0, 1, 21), np.ones(20)])
+    b = np.concatenate([np.zeros(21), np.linspace(0, 1, 21)[1:]])
+    b = b + 0.3 * np.concatenate([np.zeros(21), np.sin(np.linspace(0, np.pi, 20))])  # a bump: turns in PC2 too
+    out = np.outer(a, Q[:, 0]) * 3 + np.outer(b, Q[:, 1]) * 2
+    ed = essential_dynamics(out, n_components=2, steps=np.arange(C) * 10, smoothing=0.0)
+    assert ed.explained_variance_ratio.sum() == pytest.approx(1.0, abs=1e-9)
+    # the PCs span the plane of the path
+    P = ed.components.T
+    assert np.allclose(P @ (P.T @ Q), Q, atol=1e-8)
+    recon = ed.pcs @ ed.components + out.mean(0)
+    assert np.allclose(recon, out, atol=1e-8)
+    assert ed.turning_steps is not None and ed.turning_points.ndim == 1
+    assert all(0 < i < C - 1 for i in ed.turning_points)
+
+
+def test_essential_dynamics_turning_point_of_a_parabola():
+    t = np.linspace(-1, 1, 31)
+    out = np.stack([t, t ** 2, 0 * t], axis=1) @ np.eye(3)
+    ed = essential_dynamics(out, n_components=2, smoothing=1.0)
+    assert 15 in ed.turning_points          # the vertex: the coordinate t^2 reverses at t = 0
+    with pytest.raises(ValueError, match="n_components"):
+        essential_dynamics(out, n_components=5)
+    with pytest.raises(ValueError, match="NaN"):
+        essential_dynamics(np.full((4, 3), np.nan))

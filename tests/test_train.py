@@ -1,0 +1,100 @@
+"""train(): checkpoint schedule, determinism, resumption after an interruption, the cache, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from slt_companion import cache
+from slt_companion.data import ICLTaskSampler
+from slt_companion.models import ICLTransformer
+from slt_companion.train import Trajectory, log_checkpoint_steps, one_cycle_lr, train
+
+
+def mse(out, y):
+    return ((out - y) ** 2).mean()
+
+
+def small():
+    return ICLTransformer(task_dim=2, num_examples=4, num_layers=1, num_heads=2, d_model=8, d_mlp=8, seed=0)
+
+
+SAMPLER = ICLTaskSampler(task_dim=2, num_examples=4)
+
+
+def run(**kw):
+    kw.setdefault("num_steps", 30)
+    return train(small(), mse, SAMPLER.batch_fn(8), lr=3e-3, progress=False, checkpoints=[0, 1, 5, 10, 20, 30], **kw)
+
+
+def test_log_checkpoint_steps():
+    s = log_checkpoint_steps(1000, 20)
+    assert s[0] == 0 and s[-1] == 1000 and np.all(np.diff(s) > 0)
+    assert 1 in s and len(s) <= 21
+    lin = log_checkpoint_steps(1000, 10, linear=4)
+    assert {250, 500, 750}.issubset(set(lin.tolist()))
+    with pytest.raises(ValueError, match="num_steps"):
+        log_checkpoint_steps(0)
+    with pytest.raises(ValueError, match="num_checkpoints"):
+        log_checkpoint_steps(10, 1)
+
+
+def test_one_cycle_schedule_matches_pytorch():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=101, pct_start=0.5,
+                                                anneal_strategy="linear", cycle_momentum=False)
+    ours = [one_cycle_lr(s, 101, 1.0) for s in range(101)]
+    theirs = []
+    for _ in range(101):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert np.allclose(ours, theirs, rtol=1e-6, atol=1e-9)
+
+
+def test_trajectory_shapes_and_model_at():
+    traj = run()
+    m = small()
+    P = sum(p.numel() for p in m.parameters())
+    assert traj.steps.tolist() == [0, 1, 5, 10, 20, 30]
+    assert traj.params.shape == (6, P) and traj.train_loss.shape == (30,) and np.all(np.isfinite(traj.train_loss))
+    first = traj.model_at(0, m)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), m.parameters()))   # step 0 = initialisation
+    last = traj.model_at(-1, m)
+    assert not torch.equal(next(last.parameters()), next(m.parameters()))
+    assert [s for s, _ in traj.models(m)] == traj.steps.tolist()
+    back = Trajectory.from_dict(traj.to_dict())
+    assert torch.equal(back.params, traj.params)
+
+
+def test_same_seed_identical_trajectory():
+    a, b, c = run(seed=1), run(seed=1), run(seed=2)
+    assert torch.equal(a.params, b.params) and np.array_equal(a.train_loss, b.train_loss)
+    assert not torch.equal(a.params, c.params)
+
+
+def test_interrupted_run_resumes_to_the_identical_result(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    ref = run(seed=3)
+    part = run(seed=3, cache_name="test-train", cache_config={"t": 1}, stop_at=12)
+    assert part.steps.tolist() == [0, 1, 5, 10] and np.isnan(part.train_loss[12:]).all()
+    assert list(tmp_path.glob("*.partial.pt"))
+    full = run(seed=3, cache_name="test-train", cache_config={"t": 1})
+    assert torch.equal(full.params, ref.params)
+    assert np.array_equal(full.train_loss, ref.train_loss)
+    assert not list(tmp_path.glob("*.partial.pt"))           # cleaned up once cached
+    again = run(seed=3, cache_name="test-train", cache_config={"t": 1})   # from the cache
+    assert torch.equal(again.params, ref.params)
+
+
+def test_train_errors():
+    with pytest.raises(ValueError, match="num_steps"):
+        train(small(), mse, SAMPLER.batch_fn(4), num_steps=0, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(small(), mse, SAMPLER.batch_fn(4), num_steps=5, lr=-1, progress=False)
+    with pytest.raises(ValueError, match="optimizer"):
+        train(small(), mse, SAMPLER.batch_fn(4), num_steps=5, optimizer="sgd", progress=False)
+    with pytest.raises(ValueError, match="checkpoints"):
+        train(small(), mse, SAMPLER.batch_fn(4), num_steps=5, checkpoints=[0, 9], progress=False)
+    with pytest.raises(FloatingPointError, match="lr"):
+        train(small(), lambda o, y: (o * float("nan")).mean(), SAMPLER.batch_fn(4), num_steps=5, progress=False)
