@@ -35,7 +35,7 @@ import torch
 
 __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSITIONS", "tms_loss",
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
-           "kgon_llc", "log_checkpoints", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
+           "kgon_llc", "pretty_name", "log_checkpoints", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
            "LLC_KGONS", "kgon_llc_table", "classify_trajectory", "plateaus", "count_transitions",
            "sample_posterior", "draw_configuration", "posterior_census", "crossing_n",
            "sample_posterior_tempered"]
@@ -174,6 +174,11 @@ def kgon_name(k: int, positive: int = 0, negative: int = 0, *, pretty: bool = Fa
     if pretty:
         s = "".join(_SUPER[ch] for ch in s)
     return f"{int(k)}{s}"
+
+
+def pretty_name(name: str) -> str:
+    """A k-gon name with superscript signs, for figures: ``"5+" -> "5⁺"``, ``"4+-" -> "4⁺⁻"``."""
+    return "".join(_SUPER.get(ch, ch) for ch in str(name))
 
 
 def _radius_bias(k: int) -> tuple[float, float]:
