@@ -224,3 +224,43 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
                              turning_steps=None if steps is None else np.asarray(steps)[tp],
                              params={"n_components": k, "smoothing": smoothing, "prominence": prominence,
                                      "min_separation": min_separation})
+
+
+def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *, checkpoints=None,
+                        cache_name: str | None = None, cache_config: dict | None = None, progress: bool = True,
+                        **llc_kwargs) -> dict:
+    r"""λ̂ at every checkpoint of ``trajectory`` (:func:`slt_companion.llc.estimate_llc` with ``llc_kwargs``).
+
+    ``checkpoints``: indices into the trajectory (default: all). Each estimate is centred at that checkpoint's
+    parameters, with the same ``data``, sampler settings and ``seed``. Returns ``{"steps", "mean", "std",
+    "sem", "init_loss", "rhat", "per_chain"}`` as arrays (``per_chain``: checkpoints × chains). With
+    ``cache_name`` the whole curve is cached under ``cache_config`` + the sampler settings + a fingerprint of the
+    trajectory. A tqdm bar counts checkpoints.
+    """
+    from tqdm.auto import tqdm
+
+    from . import cache as _cache
+    from .llc import estimate_llc
+
+    idx = list(range(len(trajectory))) if checkpoints is None else [int(i) for i in checkpoints]
+
+    def compute() -> dict:
+        rows = []
+        for i in tqdm(idx, desc="LLC over checkpoints", disable=not progress):
+            model = trajectory.model_at(i, template)
+            est = estimate_llc(model, loss_fn, data, progress=False, **llc_kwargs)
+            rows.append(est)
+        return {"steps": np.asarray([int(trajectory.steps[i]) for i in idx], dtype=np.int64),
+                "mean": np.array([e.mean for e in rows]), "std": np.array([e.std for e in rows]),
+                "sem": np.array([e.sem for e in rows]), "init_loss": np.array([e.init_loss for e in rows]),
+                "rhat": np.array([e.rhat for e in rows]), "per_chain": np.stack([e.per_chain for e in rows])}
+
+    if cache_name is None:
+        return compute()
+    fp = float(trajectory.params.double().sum()), float(trajectory.params.double().abs().sum())
+    key = {"user": dict(cache_config or {}), "llc": {k: v for k, v in llc_kwargs.items()},
+           "checkpoints": idx, "trajectory": [repr(fp[0]), repr(fp[1]), len(trajectory)]}
+    return _cache.cached(cache_name, key, compute)
+
+
+__all__ += ["llc_over_trajectory"]

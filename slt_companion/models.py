@@ -373,7 +373,7 @@ class ICLTransformer(nn.Module):
 
 class AttentionHead(nn.Module):
     r"""One attention head with its own named parameters ``W_Q, W_K, W_V`` (``d_model × d_head``) and ``W_O``
-    (``d_head × d_model``), so that ``params="blocks.0.heads.3."`` selects exactly this head (refined LLC)."""
+    (``d_head × d_model``), so that ``params="blocks.0.heads.3"`` selects exactly this head (refined LLC)."""
 
     def __init__(self, d_model: int, d_head: int, gen: torch.Generator | None):
         super().__init__()
