@@ -302,3 +302,30 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
     ks = sorted(kept)
     return {"steps": np.asarray(ks, dtype=np.int64), "params": torch.stack([kept[k] for k in ks]),
             "names": names, "shapes": shapes, "train_loss": losses, "lr": lrs, "config": s, "seconds": elapsed}
+
+
+def icl_settings() -> dict:
+    r"""The sizes of the in-context regression run in Part III (``SLT_QUICK=1`` shrinks them; same code path).
+
+    The architecture and task are the paper's (:class:`~slt_companion.models.ICLTransformer` defaults: D = 4,
+    K = 16, σ² = 0.125, M = ∞). Training: Adam, one-cycle linear schedule with peak lr 3e-3 (the paper's), but
+    ``num_steps × batch_size`` sequences instead of the paper's 500,000 × 256. LLC at each checkpoint: the paper's
+    nβ = 60 and γ = 6, a 10× smaller step size (the paper's ε = 1e-3 diverges within ten steps on our
+    parametrisation; see the chapter) and far fewer draws (the paper: 8 chains × 500 draws after 500 burn-in,
+    gradient batch 1024).
+    """
+    from .config import size
+
+    return {
+        "task": {"task_dim": 4, "num_examples": 16, "noise_var": 0.125, "num_tasks": None},
+        "num_steps": size(2000, 250), "batch_size": size(64, 48), "lr": 3e-3, "num_checkpoints": size(24, 8),
+        "seed": 0,
+        "llc": {"num_chains": size(4, 2), "num_burnin": size(50, 5), "num_draws": size(50, 10),
+                "batch_size": size(12, 8), "step_size": 1e-4, "nbeta": 60.0, "localization": 6.0, "seed": 0},
+        "llc_data": size(4096, 256), "probe": size(256, 32),
+        "paper": {"num_steps": 500_000, "batch_size": 256, "llc_chains": 8, "llc_draws": 500, "llc_burnin": 500,
+                  "llc_batch": 1024, "step_size": 1e-3, "nbeta": 60.0, "localization": 6.0},
+    }
+
+
+__all__ += ["icl_settings"]
