@@ -172,7 +172,12 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     batch_fn : ``batch_fn(generator) -> (x, y)``, e.g. :meth:`slt_companion.data.ICLTaskSampler.batch_fn`; it must
         draw all its randomness from ``generator`` (seeded from ``(seed, step)``).
     num_steps, lr : steps and the (peak) learning rate.
-    optimizer : ``"adam"`` or ``"adamw"`` (with ``weight_decay``), ``betas`` as in PyTorch.
+    optimizer : ``"adam"`` or ``"adamw"`` (with ``weight_decay``), ``betas`` as in PyTorch; ``"sgd"`` (plain),
+        ``"momentum"`` (SGD with heavy-ball momentum ``betas[0]``), ``"entropy-sgd"``
+        (:class:`slt_companion.optim.EntropySGD` with its defaults and outer learning rate ``lr``); or a callable
+        ``params -> torch.optim.Optimizer`` (then ``cache_config`` must describe it). An optimizer whose ``step``
+        needs a closure (Entropy-SGD) gets one that draws a fresh minibatch on every call after the first, from
+        the step's generator; the recorded loss is the first call's.
     schedule : ``"onecycle"`` (:func:`one_cycle_lr` with ``pct_start``; the paper's) or ``"constant"``.
     checkpoints : steps at which to keep the parameters; default :func:`log_checkpoint_steps` ``(num_steps, 50)``.
     seed : seeds the minibatch stream (the model's initialisation is its own ``seed``).
@@ -189,8 +194,12 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     num_steps = int(num_steps)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if optimizer not in ("adam", "adamw"):
-        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+    if not callable(optimizer) and optimizer not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)} or a callable params -> Optimizer, "
+                         f"got {optimizer!r}")
+    opt_factory = optimizer if callable(optimizer) else None
+    if opt_factory is not None:
+        optimizer = "callable:" + getattr(optimizer, "__qualname__", type(optimizer).__name__)
     if schedule not in ("onecycle", "constant"):
         raise ValueError(f"schedule must be 'onecycle' or 'constant', got {schedule!r}")
     if not callable(loss_fn) or not callable(batch_fn):
@@ -207,7 +216,8 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
                 "checkpoints": [int(c) for c in ckpts], "seed": int(seed)}
 
     def run(partial_path=None) -> dict:
-        return _run(model, loss_fn, batch_fn, settings, ckpts, dev, partial_path, stop_at, progress, num_threads)
+        return _run(model, loss_fn, batch_fn, settings, ckpts, dev, partial_path, stop_at, progress, num_threads,
+                    opt_factory)
 
     if cache_name is None:
         return Trajectory.from_dict(run())
@@ -226,14 +236,34 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     return traj
 
 
-def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progress, num_threads) -> dict:
+_OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "entropy-sgd")
+
+
+def _make_optimizer(model, s, opt_factory):
+    params = model.parameters()
+    if opt_factory is not None:
+        return opt_factory(params)
+    name = s["optimizer"]
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=s["lr"], betas=tuple(s["betas"]), weight_decay=s["weight_decay"])
+    if name in ("sgd", "momentum"):
+        return torch.optim.SGD(params, lr=s["lr"], momentum=s["betas"][0] if name == "momentum" else 0.0,
+                               weight_decay=s["weight_decay"])
+    from .optim import EntropySGD
+
+    return EntropySGD(params, lr=s["lr"], weight_decay=s["weight_decay"], seed=s["seed"])
+
+
+def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progress, num_threads,
+         opt_factory=None) -> dict:
     from tqdm.auto import tqdm
 
     N = s["num_steps"]
     names = [n for n, _ in model.named_parameters()]
     shapes = [list(p.shape) for p in model.parameters()]
-    opt_cls = torch.optim.Adam if s["optimizer"] == "adam" else torch.optim.AdamW
-    opt = opt_cls(model.parameters(), lr=s["lr"], betas=tuple(s["betas"]), weight_decay=s["weight_decay"])
+    opt = _make_optimizer(model, s, opt_factory)
+    needs_closure = getattr(opt, "needs_closure", False) or type(opt).__name__ == "EntropySGD"
     losses = np.full(N, np.nan)
     lrs = np.full(N, np.nan)
     kept: dict[int, torch.Tensor] = {}
@@ -273,16 +303,30 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
         bar = tqdm(range(start, end), desc="training", disable=not progress, initial=start, total=end,
                    mininterval=1.0)
         for step in bar:                        # step s takes the model from w_s to w_{s+1}
-            x, y = batch_fn(_step_generator(s["seed"], step))
+            gen = _step_generator(s["seed"], step)
+            x, y = batch_fn(gen)
             lr = one_cycle_lr(step, N, s["lr"], s["pct_start"]) if s["schedule"] == "onecycle" else s["lr"]
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = loss_fn(model(x.to(dev)), y.to(dev))
+            if needs_closure:
+                batches = [(x, y)]
+
+                def closure():
+                    xb, yb = batches.pop() if batches else batch_fn(gen)
+                    opt.zero_grad(set_to_none=True)
+                    out = loss_fn(model(xb.to(dev)), yb.to(dev))
+                    out.backward()
+                    return out
+
+                loss = opt.step(closure)
+            else:
+                loss = loss_fn(model(x.to(dev)), y.to(dev))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {float(loss.detach())} at step {step}; lower lr (now {s['lr']})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if not needs_closure:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             losses[step], lrs[step] = float(loss.detach()), lr
             if step + 1 in ckpt_set:
                 kept[step + 1] = _flat(model)

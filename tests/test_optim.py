@@ -93,3 +93,26 @@ def test_errors():
 
     with pytest.raises(FloatingPointError, match="inner loop"):
         opt.step(bad)
+
+
+def test_train_accepts_sgd_momentum_entropy_sgd_and_callables():
+    from slt_companion.models import MLP
+    from slt_companion.train import train
+
+    gen0 = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 4, generator=gen0)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+
+    def batch_fn(gen):
+        idx = torch.randint(0, 128, (32,), generator=gen)
+        return x[idx], y[idx]
+
+    ce = torch.nn.functional.cross_entropy
+    for opt, lr in [("sgd", 0.2), ("momentum", 0.05), ("entropy-sgd", 1.0),
+                    (lambda p: torch.optim.SGD(p, lr=0.2), 0.2)]:
+        runs = [train(MLP([4, 8, 2], seed=0), ce, batch_fn, num_steps=40, lr=lr, optimizer=opt,
+                      schedule="constant", checkpoints=[0, 40], progress=False) for _ in range(2)]
+        assert torch.equal(runs[0].params, runs[1].params), opt
+        assert runs[0].train_loss[-10:].mean() < 0.8 * runs[0].train_loss[:5].mean(), opt
+    with pytest.raises(ValueError, match="optimizer"):
+        train(MLP([4, 8, 2]), ce, batch_fn, num_steps=2, optimizer="lbfgs", progress=False)

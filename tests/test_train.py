@@ -93,7 +93,7 @@ def test_train_errors():
     with pytest.raises(ValueError, match="lr"):
         train(small(), mse, SAMPLER.batch_fn(4), num_steps=5, lr=-1, progress=False)
     with pytest.raises(ValueError, match="optimizer"):
-        train(small(), mse, SAMPLER.batch_fn(4), num_steps=5, optimizer="sgd", progress=False)
+        train(small(), mse, SAMPLER.batch_fn(4), num_steps=5, optimizer="lbfgs", progress=False)
     with pytest.raises(ValueError, match="checkpoints"):
         train(small(), mse, SAMPLER.batch_fn(4), num_steps=5, checkpoints=[0, 9], progress=False)
     with pytest.raises(FloatingPointError, match="lr"):
