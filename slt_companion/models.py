@@ -504,3 +504,4 @@ class MLP(nn.Module):
     def extra_repr(self) -> str:
         return f"widths={self.widths}, activation={self.activation!r}"
 from .program_synthesis import SmoothTuringMachine  # noqa: E402
+from .simplicial import TwoSimplicialAttention  # noqa: E402
