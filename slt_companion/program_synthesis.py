@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 __all__ = ["SmoothTuringMachine", "Program", "run_program", "parity_task", "parity_programs", "tm_loss",
+           "langevin_codes", "classify_codes",
            "flat_coordinates", "hessian_spectrum", "classify_parity_code"]
 
 _MOVES = {2: ("L", "R"), 3: ("L", "S", "R")}
@@ -316,3 +317,56 @@ def flat_coordinates(model: nn.Module, x, y, *, t: float = 0.5, tol: float = 1e-
 def _double(model):
     import copy
     return copy.deepcopy(model).double()
+
+
+# ---------------------------------------------------------------------- the posterior over codes
+def langevin_codes(model: SmoothTuringMachine, x, y, *, nbeta: float, num_chains: int = 64,
+                   steps: int | None = None, step_size: float = 1e-3, seed: int = 0, progress: bool = True) -> dict:
+    r"""Sample the tempered posterior :math:`p(\theta) \propto \exp(-n\beta K(\theta))\,\mathcal N(\theta; 0, I)` over
+    codes with ``num_chains`` independent Langevin chains started from independent prior draws, all chains in
+    one batched forward pass (:meth:`SmoothTuringMachine.forward_batched`).
+
+    For the ``"sphere"`` parametrisation the standard Gaussian prior on :math:`\theta` is exactly a
+    Dirichlet(½, ..., ½) prior on each distribution of the code. Full-batch gradients (the inputs are all
+    tapes), so this is unadjusted Langevin dynamics :math:`\theta \leftarrow \theta - \tfrac\epsilon2\nabla U + \sqrt\epsilon\,\xi`.
+    Returns ``{"loss": (steps/ (steps//100) records, chains) K along the run, "final": {table: (C, Q, S, k)
+    raw parameters}}``; ``steps`` defaults to 4000 (300 in quick mode).
+    """
+    from tqdm.auto import tqdm
+
+    from . import config as _config
+    from .sampling import cpu_threads
+    steps = _config.size(4000, 300) if steps is None else int(steps)
+    if steps < 1 or num_chains < 1 or not nbeta > 0 or not step_size > 0:
+        raise ValueError(f"need steps >= 1, num_chains >= 1, nbeta > 0 and step_size > 0; got steps={steps}, "
+                         f"num_chains={num_chains}, nbeta={nbeta}, step_size={step_size}")
+    gen = torch.Generator().manual_seed(seed)
+    params = {t: torch.randn(num_chains, *getattr(model, t).shape, generator=gen).requires_grad_(True)
+              for t in _TABLES}
+    xb = x.expand(num_chains, *x.shape)
+    record, every = [], max(1, steps // 100)
+    with cpu_threads(1):
+        for it in tqdm(range(steps), disable=not progress, desc="Langevin over codes"):
+            logp = model.forward_batched(params, xb)                                       # (C, B, S)
+            K = -logp.gather(-1, y.expand(num_chains, -1)[..., None]).squeeze(-1).mean(-1)  # (C,)
+            prior = sum(0.5 * (p * p).flatten(1).sum(1) for p in params.values())
+            grads = torch.autograd.grad((nbeta * K + prior).sum(), list(params.values()))
+            with torch.no_grad():
+                for p, g in zip(params.values(), grads):
+                    p.add_(-0.5 * step_size * g + step_size ** 0.5 * torch.randn(p.shape, generator=gen))
+            if it % every == 0 or it == steps - 1:
+                record.append(K.detach().clone())
+    return {"loss": torch.stack(record).numpy(), "final": {t: p.detach() for t, p in params.items()}}
+
+
+def classify_codes(model: SmoothTuringMachine, final: dict, x, y) -> list:
+    """:func:`classify_parity_code` for every chain of :func:`langevin_codes`' ``final`` parameters."""
+    import copy
+    m = copy.deepcopy(model)
+    out = []
+    with torch.no_grad():
+        for c in range(next(iter(final.values())).shape[0]):
+            for t in _TABLES:
+                getattr(m, t).copy_(final[t][c])
+            out.append(classify_parity_code(m, x, y))
+    return out

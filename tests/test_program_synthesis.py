@@ -91,3 +91,16 @@ def test_errors_name_the_argument():
         SmoothTuringMachine(4).load_program(parity_programs()["lean"])
     with pytest.raises(ValueError, match="length"):
         parity_task(1)
+
+
+def test_langevin_codes_is_deterministic_and_classifies():
+    from slt_companion.program_synthesis import classify_codes, langevin_codes
+    x, y = parity_task(3)
+    m = SmoothTuringMachine(3, 2, 3, parametrization="sphere")
+    a = langevin_codes(m, x, y, nbeta=50, num_chains=4, steps=20, progress=False)
+    b = langevin_codes(m, x, y, nbeta=50, num_chains=4, steps=20, progress=False)
+    assert all(torch.equal(a["final"][t], b["final"][t]) for t in a["final"])
+    assert a["loss"].shape[1] == 4
+    assert set(classify_codes(m, a["final"], x, y)) <= {"wrong", "lean", "redundant"}
+    with pytest.raises(ValueError, match="nbeta"):
+        langevin_codes(m, x, y, nbeta=0)
