@@ -42,7 +42,7 @@ from .sampling import cpu_threads
 
 __all__ = ["scalar_triple_product", "triple_product_logits", "TwoSimplicialAttention", "OneSimplicialAttention",
            "SimplicialTransformer", "matched_mlp_width", "pair_sum_task", "train_classifier", "token_ce",
-           "accuracy", "num_params"]
+           "accuracy", "num_params", "sequence_nll"]
 
 _EPS = 1e-6
 
@@ -247,3 +247,9 @@ def _train_step(model, opt, xtr, ytr, xte, yte, t, steps, eval_every, batch_size
             log["train_loss"].append(float(token_ce(model(xtr), ytr)))
         log["test_acc"].append(accuracy(model, xte, yte))
         log["train_acc"].append(accuracy(model, xtr, ytr))
+
+
+def sequence_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over sequences of the summed per-position cross-entropy: the NLL of one sample (a whole
+    labelled sequence), the scale :func:`slt_companion.llc.estimate_llc` needs."""
+    return token_ce(logits, y) * y.shape[-1]
