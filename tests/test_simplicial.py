@@ -112,3 +112,10 @@ def test_errors_name_the_argument():
         SimplicialTransformer(1, 11, 6)(torch.zeros(2, 6))
     with pytest.raises(ValueError, match="steps"):
         train_classifier(SimplicialTransformer(1, 11, 6), pair_sum_task(8), pair_sum_task(8), steps=0)
+
+
+def test_sequence_nll_is_per_sequence():
+    from slt_companion.simplicial import sequence_nll, token_ce
+    x, y = pair_sum_task(16, seed=2)
+    logits = SimplicialTransformer(1, 11, 6)(x)
+    assert torch.allclose(sequence_nll(logits, y), 6 * token_ce(logits, y))
