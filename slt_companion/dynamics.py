@@ -65,7 +65,7 @@ class StageBoundaries:
 
 
 def stage_boundaries(steps, llc, *, smoothing: float = 0.15, plateau: float = 0.1, min_separation: float = 0.3,
-                     edge: float | None = None, grid: int = 400) -> StageBoundaries:
+                     min_change: float = 0.0, edge: float | None = None, grid: int = 400) -> StageBoundaries:
     r"""Stage boundaries: the critical points of the LLC curve, found in :math:`u = \log_{10} t`.
 
     Algorithm (every parameter is in decades of training steps, except ``plateau``):
@@ -81,6 +81,10 @@ def stage_boundaries(steps, llc, *, smoothing: float = 0.15, plateau: float = 0.
     5. Drop candidates within ``edge`` decades of either end (default: ``2·smoothing``; smoothing is unreliable there).
     6. Merge candidates closer than ``min_separation`` decades, keeping the one with the smallest :math:`|s|`
        relative to its neighbourhood (a sign change wins over a plateau).
+    7. Significance: while some boundary differs in smoothed λ̂ by less than ``min_change`` from its neighbour on
+       either side (the previous/next boundary, or the curve's first/last value), drop the one with the smallest
+       such difference. Pass e.g. twice the standard error of λ̂: a "stage" over which λ̂ changes by less is chain
+       noise. ``min_change = 0`` (default) keeps every critical point.
 
     Returns a :class:`StageBoundaries`. The stages are the intervals between consecutive boundaries (and the
     first checkpoint and the last). Used in: Part III, the developmental chapters.
@@ -127,10 +131,19 @@ def stage_boundaries(steps, llc, *, smoothing: float = 0.15, plateau: float = 0.
         if all(abs(ug[c[0]] - ug[d[0]]) >= min_separation for d in chosen):
             chosen.append(c)
     chosen.sort(key=lambda c: c[0])
+    if not (np.isfinite(min_change) and min_change >= 0):
+        raise ValueError(f"min_change must be a finite number ≥ 0 (units of λ̂), got {min_change!r}")
+    while chosen and min_change > 0:
+        vals = [ys[0]] + [ys[c[0]] for c in chosen] + [ys[-1]]
+        gaps = [min(abs(vals[k + 1] - vals[k]), abs(vals[k + 2] - vals[k + 1])) for k in range(len(chosen))]
+        k = int(np.argmin(gaps))
+        if gaps[k] >= min_change:
+            break
+        chosen.pop(k)
     return StageBoundaries(steps=np.round(10 ** ug[[c[0] for c in chosen]]).astype(np.int64),
                            kinds=[c[1] for c in chosen], grid_steps=10 ** ug, smoothed=ys, slope=s,
                            params={"smoothing": smoothing, "plateau": plateau, "min_separation": min_separation,
-                                   "edge": edge, "grid": int(grid)})
+                                   "min_change": min_change, "edge": edge, "grid": int(grid)})
 
 
 def stages_from_boundaries(boundaries, first_step: int, last_step: int) -> list[tuple[int, int]]:

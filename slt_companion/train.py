@@ -364,9 +364,10 @@ def icl_settings() -> dict:
         "task": {"task_dim": 4, "num_examples": 16, "noise_var": 0.125, "num_tasks": None},
         "num_steps": size(2000, 250), "batch_size": size(64, 48), "lr": 3e-3, "num_checkpoints": size(24, 8),
         "seed": 0,
-        "llc": {"num_chains": size(4, 2), "num_burnin": size(50, 5), "num_draws": size(50, 10),
+        "llc": {"num_chains": size(4, 2), "num_burnin": size(50, 10), "num_draws": size(50, 30),
                 "batch_size": size(12, 8), "step_size": 1e-4, "nbeta": 60.0, "localization": 6.0, "seed": 0},
-        "llc_data": size(4096, 256), "probe": size(256, 32),
+        "llc_data": size(4096, 256), "probe": size(256, 32), "eval": size(2048, 512),
+        "monte_carlo": size(50_000, 10_000),
         "paper": {"num_steps": 500_000, "batch_size": 256, "llc_chains": 8, "llc_draws": 500, "llc_burnin": 500,
                   "llc_batch": 1024, "step_size": 1e-3, "nbeta": 60.0, "localization": 6.0},
     }

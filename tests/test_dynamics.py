@@ -78,3 +78,17 @@ def test_essential_dynamics_turning_point_of_a_parabola():
         essential_dynamics(out, n_components=5)
     with pytest.raises(ValueError, match="NaN"):
         essential_dynamics(np.full((4, 3), np.nan))
+
+
+def test_min_change_drops_boundaries_smaller_than_the_noise():
+    # a big step up at u = 2 (plateau before and after) plus a tiny wiggle at u = 0.7 and a max at u = 3.3
+    steps = np.unique(np.round(np.logspace(0, 4, 200)))
+    u = np.log10(steps)
+    llc = 10 * np.tanh(3 * (u - 2)) + 0.3 * np.exp(-((u - 0.7) / 0.1) ** 2) - 6 * np.clip(u - 3.3, 0, None)
+    every = stage_boundaries(steps, llc, smoothing=0.05)
+    kept = stage_boundaries(steps, llc, smoothing=0.05, min_change=2.0)
+    assert len(every) > len(kept) >= 1
+    assert all(abs(np.log10(b) - 0.7) > 0.2 for b in kept.steps)
+    assert any(abs(np.log10(b) - 3.3) < 0.15 for b in kept.steps)
+    with pytest.raises(ValueError, match="min_change"):
+        stage_boundaries(steps, llc, min_change=-1)
