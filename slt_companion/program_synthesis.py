@@ -293,10 +293,10 @@ def _loss_at(model, names, w, x, y):
 
 def hessian_spectrum(model: nn.Module, x, y) -> np.ndarray:
     r"""Eigenvalues (ascending) of the Hessian of :math:`K` in the model's raw parameters at their current
-    values, computed in float64 (reverse-over-reverse autodiff)."""
+    values, computed in float64 (``torch.autograd.functional.hessian``)."""
     m64 = _double(model)
     names, w = _flat(m64)
-    H = torch.func.jacrev(torch.func.jacrev(lambda v: _loss_at(m64, names, v, x, y)))(w)   # reverse-over-reverse
+    H = torch.autograd.functional.hessian(lambda v: _loss_at(m64, names, v, x, y), w, vectorize=True)
     return torch.linalg.eigvalsh(0.5 * (H + H.T)).numpy()
 
 
