@@ -15,6 +15,11 @@ Every number in the book is computed by a function in this package. Modules, one
 - :mod:`slt_companion.models`   -- the book's models (deep linear networks, the toy model of superposition, ...)
 - :mod:`slt_companion.tms`      -- the toy model of superposition's k-gon critical points
 - :mod:`slt_companion.data`     -- data generators for every experiment
+- :mod:`slt_companion.train`    -- training with log-spaced checkpoints (``train() -> Trajectory``)
+- :mod:`slt_companion.dynamics` -- LLC over a trajectory, stage boundaries, essential dynamics
+- :mod:`slt_companion.optim`    -- optimizers compared in the book (Entropy-SGD)
+- :mod:`slt_companion.program_synthesis` -- a smoothed Turing machine whose KL divergence is singular
+- :mod:`slt_companion.simplicial` -- 2-simplicial attention and its scalar triple product
 """
 
 __version__ = "0.1.0"

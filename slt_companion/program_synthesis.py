@@ -108,12 +108,14 @@ class SmoothTuringMachine(nn.Module):
     ----------
     num_states, num_symbols : states (0 is the start state) and tape symbols.
     steps : how many steps the machine runs before its output cell is read.
-    num_moves : 2 for moves ``("L", "R")``, 3 for ``("L", "S", "R")``.
+    num_moves : 2 (moves left and right) or 3 (left, stay, right).
     parametrization : ``"softmax"`` (logits) or ``"sphere"`` (:math:`p = \theta^2/\|\theta\|^2`); see the module
         docstring.
     output_cell : the tape cell read as the output (default ``-1``, the last cell).
     seed : seed of the random initial code (``None``: all-equal parameters, the barycentre of the code space).
 
+    Notes
+    -----
     ``forward(x)`` takes integer tapes ``(B, L)`` with entries in ``range(num_symbols)`` and returns the
     log-probabilities ``(B, num_symbols)`` of the output cell's symbol. It is a pure function of the
     parameters ``write``, ``move``, ``next`` (each ``(num_states, num_symbols, k)``), so it works under

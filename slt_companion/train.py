@@ -181,9 +181,9 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     schedule : ``"onecycle"`` (:func:`one_cycle_lr` with ``pct_start``; the paper's) or ``"constant"``.
     checkpoints : steps at which to keep the parameters; default :func:`log_checkpoint_steps` ``(num_steps, 50)``.
     seed : seeds the minibatch stream (the model's initialisation is its own ``seed``).
-    cache_name, cache_config : if ``cache_name`` is given the trajectory is cached under ``(cache_name,
-        cache_config + training settings + a fingerprint of the initial model)``; ``cache_config`` must describe
-        whatever ``loss_fn`` and ``batch_fn`` do (they cannot be hashed). The run is then also resumable.
+    cache_name, cache_config : if ``cache_name`` is given the trajectory is cached under ``cache_name`` with a
+        key made of ``cache_config``, the training settings and a fingerprint of the initial model; ``cache_config``
+        must describe whatever ``loss_fn`` and ``batch_fn`` do (they cannot be hashed). The run is then also resumable.
     stop_at : stop after this step, save the resumable state and return the partial trajectory (not cached);
         the next call with the same arguments continues from there.
     num_threads : CPU threads during training; ``None``: one thread for models under a million parameters on the
