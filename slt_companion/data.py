@@ -24,14 +24,11 @@ __all__ = ["RegressionData", "ClassificationData", "teacher_student", "random_lo
            "digits", "mnist1d"]
 
 
-@dataclass(frozen=True)
-class RegressionData:
-    """Inputs ``x`` (n × in), targets ``y`` (n × out), the ``teacher`` that made them and the noise level."""
+class _Pairs:
+    """What every (x, y) data set offers: ``xy`` (the pair that ``estimate_llc`` takes), ``n`` and ``len()``."""
 
     x: torch.Tensor
     y: torch.Tensor
-    teacher: object
-    noise_std: float
 
     @property
     def xy(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +40,16 @@ class RegressionData:
 
     def __len__(self) -> int:
         return self.n
+
+
+@dataclass(frozen=True)
+class RegressionData(_Pairs):
+    """Inputs ``x`` (n × in), targets ``y`` (n × out), the ``teacher`` that made them and the noise level."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    teacher: object
+    noise_std: float
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -356,7 +363,7 @@ __all__ += ["CHAR_VOCAB", "CharCorpus", "char_corpus"]
 
 
 @dataclass(frozen=True)
-class ClassificationData:
+class ClassificationData(_Pairs):
     """A train/test split: inputs ``x`` (float), integer labels ``y``; ``xy`` and ``test_xy`` are the pairs."""
 
     x: torch.Tensor
@@ -366,19 +373,8 @@ class ClassificationData:
     num_classes: int
 
     @property
-    def xy(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x, self.y
-
-    @property
     def test_xy(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x_test, self.y_test
-
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def _split(x, y, test_fraction: float, seed: int, num_classes: int, dtype) -> ClassificationData:
