@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from slt_companion.config import QUICK
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/notebooks.py is a helper module, not a package
 
@@ -46,7 +48,7 @@ def pytest_configure(config):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
-    if _build_proc is not None and _build_proc.poll() == 0:
+    if _quick_build_returncode == 0:
         from notebooks import exec_table, record_times
 
         tr.section("quick book build: execution time per page")
@@ -71,41 +73,14 @@ QUICK_OUT = ROOT / "_build" / "quick"
 #: the quick build is killed and the book tests fail after this long (seconds)
 QUICK_BUILD_TIMEOUT_S = float(os.environ.get("SLT_QUICK_BUILD_TIMEOUT_S", "900"))
 
-# The quick build executes every notebook again. It is NOT run in the background beside nbval: two kernels
-# starting at the same moment in two processes can race for the same ZMQ ports (jupyter_client picks free
-# ports, then the kernel binds them) and one notebook then waits forever for replies; seen here.
-_build_proc: subprocess.Popen | None = None
-
-
-def _start_quick_build() -> None:
-    global _build_proc
-    if _build_proc is not None:
-        return
-    shutil.rmtree(QUICK_OUT, ignore_errors=True)
-    QUICK_OUT.mkdir(parents=True)
-    # The same result cache as the nbval run that came before (quick mode is part of every cache key, so
-    # nothing mixes with full-size results): long computations are not repeated, only kernels and figures.
-    env = dict(os.environ)
-    env.setdefault("SLT_CACHE_DIR", str(QUICK_OUT / "slt_cache"))
-    jb = Path(sys.executable).with_name("jupyter-book")
-    log = open(QUICK_OUT / "build.log", "w")
-    _build_proc = subprocess.Popen([str(jb), "build", "-W", "--keep-going", "--path-output", str(QUICK_OUT), "."],
-                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    log.close()
-
-
-def _quick_mode() -> bool:
-    return os.environ.get("SLT_QUICK") in {"1", "true", "yes", "on"}
+# The quick build executes every notebook again, after nbval, never beside it: two notebook executions in two
+# processes at once hung a kernel twice here (a suspected jupyter_client port race between processes).
+_quick_build_returncode: int | None = None  # set once the build has run; read by the terminal summary
 
 
 def pytest_collection_modifyitems(session, config, items):
     """Run the tests of the built book last, after the unit tests and the notebooks (failures there come first)."""
     items.sort(key=lambda item: "quick_book" in getattr(item, "fixturenames", ()))  # stable sort
-
-
-def pytest_unconfigure(config):
-    if _build_proc is not None and _build_proc.poll() is None:
-        _build_proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -116,15 +91,25 @@ def quick_book() -> Path:
     never mix with the full-size execution cache in _build/.jupyter_cache. It runs after the notebooks
     (see ``pytest_collection_modifyitems``) and shares their ``SLT_CACHE_DIR``.
     """
-    if not _quick_mode():
+    global _quick_build_returncode
+    if not QUICK:
         pytest.fail("the book tests need SLT_QUICK=1 (run them through `make test`)")
-    _start_quick_build()
-    try:
-        returncode = _build_proc.wait(timeout=QUICK_BUILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        _build_proc.kill()
-        pytest.fail(f"quick book build still running after {QUICK_BUILD_TIMEOUT_S:.0f} s (a hung kernel?); "
-                    f"see {QUICK_OUT / 'build.log'}; raise SLT_QUICK_BUILD_TIMEOUT_S if it is just slow")
+    shutil.rmtree(QUICK_OUT, ignore_errors=True)
+    QUICK_OUT.mkdir(parents=True)
+    # The same result cache as the nbval run that came before (quick mode is part of every cache key, so
+    # nothing mixes with full-size results): long computations are not repeated, only kernels and figures.
+    env = dict(os.environ)
+    env.setdefault("SLT_CACHE_DIR", str(QUICK_OUT / "slt_cache"))
+    jb = Path(sys.executable).with_name("jupyter-book")
+    with open(QUICK_OUT / "build.log", "w") as log_file:
+        try:
+            returncode = subprocess.run([str(jb), "build", "-W", "--keep-going", "--path-output", str(QUICK_OUT), "."],
+                                        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                        timeout=QUICK_BUILD_TIMEOUT_S).returncode
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"quick book build still running after {QUICK_BUILD_TIMEOUT_S:.0f} s (a hung kernel?); "
+                        f"see {QUICK_OUT / 'build.log'}; raise SLT_QUICK_BUILD_TIMEOUT_S if it is just slow")
+    _quick_build_returncode = returncode
     log = (QUICK_OUT / "build.log").read_text()
     html = QUICK_OUT / "_build" / "html"
     if returncode != 0:
