@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .sampling import cpu_threads
+
 __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSITIONS", "tms_loss",
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
            "kgon_llc", "pretty_name", "log_checkpoints", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
@@ -61,19 +63,6 @@ PAPER_TRANSITIONS = {"5->6": {"predicted": 601.0, "predicted_no_const": 445.0, "
                      "4+->5": {"predicted": 380.0}}
 
 _SUPER = {"+": "\u207a", "-": "\u207b"}
-
-
-class _one_thread:
-    """Run torch on one CPU thread inside the block (restored after). The TMS tensors are tiny: intra-op
-    threading only adds synchronisation, which costs up to 10x on a loaded 2-core machine."""
-
-    def __enter__(self):
-        self._n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self._n)
-        return False
 
 
 def tms_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -414,7 +403,7 @@ def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int =
         it = tqdm(it, desc=f"SGD, {R} runs", mininterval=1.0)
     record()
     ck = set(int(s) for s in ckpts[1:])
-    with _one_thread():
+    with cpu_threads(1):  # tiny tensors: intra-op threads only add hand-offs (up to 10x on a busy 2-core CPU)
         _sgd_loop(it, ck, R, n, batch_size, gen, X, W, b, lr, ar, record)
     Wt, bt = torch.stack(Ws, 1), torch.stack(bs, 1)
     return {"steps": ckpts, "W": Wt.numpy(), "b": bt.numpy(), "train_loss": torch.stack(train, 1).numpy(),
@@ -455,7 +444,7 @@ def empirical_minimum(W, b, x: torch.Tensor, *, steps: int = 8) -> tuple[torch.T
         return ((torch.relu(x @ Wz.T @ Wz + z[r * c:]) - x) ** 2).sum(1).mean()
 
     z = torch.cat([W.detach().double().flatten(), b.detach().double()])
-    with _one_thread():
+    with cpu_threads(1):
         z = _newton(loss, z, int(steps))
     return z[:r * c].reshape(r, c).clone(), z[r * c:].clone()
 
@@ -542,7 +531,7 @@ def kgon_llc_table(names=None, *, num_chains: int | None = None, num_draws: int 
             W, b = k_gon(k, c, positive=pos, negative=neg, negative_bias=-1.0)
             W1, b1 = empirical_minimum(W, b, data.x)
             model = ToyModelOfSuperposition.from_params(W1, b1)
-            with _one_thread():
+            with cpu_threads(1):
                 est = estimate_llc(model, tms_loss, data.xy, num_chains=num_chains, num_draws=num_draws,
                                    num_burnin=num_burnin, step_size=LLC_SETTINGS["step_size"],
                                    nbeta=LLC_SETTINGS["nbeta"], localization=LLC_SETTINGS["localization"],
@@ -630,7 +619,7 @@ def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=f"Langevin, n={n}, {R} chains", mininterval=1.0)
-    with _one_thread():
+    with cpu_threads(1):
         U = _langevin_loop(it, W, b, _SortedData(X), n, eps, prior_std, gen, step_scale, keep, Ws, bs)
     return {"W": torch.stack(Ws, 1).numpy(), "b": torch.stack(bs, 1).numpy(), "U_final": U.detach().numpy()}
 
@@ -860,7 +849,7 @@ def sample_posterior_tempered(ladder, *, num_replicas: int = 16, m: int = 2000, 
         from tqdm.auto import tqdm
         it = tqdm(it, desc=f"parallel tempering, {R} x {K} chains", mininterval=1.0)
     parity = 0
-    with _one_thread():
+    with cpu_threads(1):
         for t in it:
             W.requires_grad_(True)
             b.requires_grad_(True)
