@@ -20,6 +20,8 @@ from typing import Sequence
 
 import torch
 
+from ._checks import check_int
+
 __all__ = ["RegressionData", "ClassificationData", "teacher_student", "random_low_rank", "monomial_data",
            "digits", "mnist1d"]
 
@@ -52,20 +54,14 @@ class RegressionData(_Pairs):
     noise_std: float
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
 def random_low_rank(out_dim: int, in_dim: int, rank: int, *, singular_values: Sequence[float] | None = None,
                     seed: int = 0) -> torch.Tensor:
     """A random (out × in) matrix of exactly ``rank`` with the given singular values (default: evenly from 1 to 2).
 
     Singular vectors are Haar-random (QR of Gaussian matrices) from ``torch.Generator().manual_seed(seed)``.
     """
-    out_dim, in_dim = _check_int("out_dim", out_dim, 1), _check_int("in_dim", in_dim, 1)
-    rank = _check_int("rank", rank, 0)
+    out_dim, in_dim = check_int("out_dim", out_dim, 1), check_int("in_dim", in_dim, 1)
+    rank = check_int("rank", rank, 0)
     if rank > min(out_dim, in_dim):
         raise ValueError(f"rank={rank} exceeds min(out_dim, in_dim) = {min(out_dim, in_dim)}")
     if rank == 0:
@@ -91,7 +87,7 @@ def teacher_student(n: int, in_dim: int, out_dim: int, rank: int, *, noise_std: 
     ``noise_std = 1`` the per-sample loss :math:`\tfrac12\|y - f(x)\|^2` is the negative log-likelihood of
     the Gaussian model up to a constant, the scale the LLC estimator assumes (Part II, "Estimating λ").
     """
-    n = _check_int("n", n, 1)
+    n = check_int("n", n, 1)
     if not noise_std >= 0:
         raise ValueError(f"noise_std must be ≥ 0, got {noise_std!r}")
     W = random_low_rank(out_dim, in_dim, rank, singular_values=singular_values, seed=seed)
@@ -107,7 +103,7 @@ def monomial_data(n: int, *, noise_std: float = 0.0, seed: int = 0, dtype: torch
     With the default ``noise_std = 0`` the empirical loss :math:`L_n(w) = \tfrac12 \overline{x^2}\prod_j w_j^{2k_j}`
     *is* the normal-crossing potential, with no sampling noise in the landscape (Part II, validation).
     """
-    n = _check_int("n", n, 1)
+    n = check_int("n", n, 1)
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.randn(n, 1, generator=gen, dtype=torch.float64)
     y = noise_std * torch.randn(n, 1, generator=gen, dtype=torch.float64)
@@ -125,8 +121,8 @@ def tms_data(n: int, n_features: int = 6, *, seed: int = 0, dtype: torch.dtype =
     the loss :func:`slt_companion.tms.tms_loss` the population loss is :func:`slt_companion.tms.population_loss`.
     Deterministic for a fixed ``seed``. Used in: Part III, the TMS chapters.
     """
-    n = _check_int("n", n, 1)
-    c = _check_int("n_features", n_features, 1)
+    n = check_int("n", n, 1)
+    c = check_int("n_features", n_features, 1)
     gen = torch.Generator().manual_seed(int(seed))
     a = torch.randint(0, c, (n,), generator=gen)
     mu = torch.rand(n, generator=gen, dtype=torch.float64)
@@ -188,12 +184,12 @@ class ICLTaskSampler:
 
     def __init__(self, task_dim: int = 4, num_examples: int = 16, *, noise_var: float = 0.125,
                  num_tasks: int | None = None, task_seed: int = 0, dtype: torch.dtype = torch.float32):
-        self.task_dim = _check_int("task_dim", task_dim, 1)
-        self.num_examples = _check_int("num_examples", num_examples, 1)
+        self.task_dim = check_int("task_dim", task_dim, 1)
+        self.num_examples = check_int("num_examples", num_examples, 1)
         if not (isinstance(noise_var, (int, float)) and _math.isfinite(noise_var) and noise_var >= 0):
             raise ValueError(f"noise_var must be a finite number ≥ 0, got {noise_var!r}")
         self.noise_var = float(noise_var)
-        self.num_tasks = None if num_tasks is None else _check_int("num_tasks", num_tasks, 1)
+        self.num_tasks = None if num_tasks is None else check_int("num_tasks", num_tasks, 1)
         self.dtype = dtype
         self.task_bank = None
         if self.num_tasks is not None:
@@ -206,7 +202,7 @@ class ICLTaskSampler:
         return self.task_dim + self.noise_var
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ICLData:
-        B = _check_int("batch_size", batch_size, 1)
+        B = check_int("batch_size", batch_size, 1)
         D, K = self.task_dim, self.num_examples
         g = generator
         if self.task_bank is None:
@@ -301,7 +297,7 @@ class CharCorpus:
         """``(x, y)``: ``batch_size`` random windows of ``seq_len`` tokens and the same windows shifted by one."""
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        B, T = _check_int("batch_size", batch_size, 1), _check_int("seq_len", seq_len, 1)
+        B, T = check_int("batch_size", batch_size, 1), check_int("seq_len", seq_len, 1)
         data = self.train if split == "train" else self.val
         if T + 1 > len(data):
             raise ValueError(f"seq_len={T} is longer than the {split} split ({len(data)} tokens)")
@@ -347,10 +343,10 @@ def char_corpus(kind: str = "prose", *, max_chars: int | None = None, val_fracti
     """
     text, sources = _corpus_text(kind)
     if max_chars is not None:
-        text = text[:_check_int("max_chars", max_chars, 2 * block)]
+        text = text[:check_int("max_chars", max_chars, 2 * block)]
     if not 0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction must lie in (0, 0.5), got {val_fraction!r}")
-    block = _check_int("block", block, 16)
+    block = check_int("block", block, 16)
     every = round(1 / val_fraction)
     tokens = CharCorpus(kind, torch.empty(0), torch.empty(0), sources).encode(text)
     blocks = list(torch.split(tokens, block))

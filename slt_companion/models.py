@@ -20,6 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._checks import check_int
+
 __all__ = ["DeepLinearNetwork", "MonomialModel", "MLP", "rank_constrained_least_squares"]
 
 
@@ -258,17 +260,10 @@ __all__ += ["ToyModelOfSuperposition"]
 
 import math as _math
 
-import torch.nn.functional as _F
 
 
 def _causal_mask(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril()
-
-
-def _check_pos_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int,)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class _CausalSelfAttention(nn.Module):
@@ -325,12 +320,12 @@ class ICLTransformer(nn.Module):
     def __init__(self, task_dim: int = 4, num_examples: int = 16, *, num_layers: int = 2, num_heads: int = 4,
                  d_model: int = 64, d_mlp: int = 64, seed: int | None = 0):
         super().__init__()
-        self.task_dim = _check_pos_int("task_dim", task_dim)
-        self.num_examples = _check_pos_int("num_examples", num_examples)
-        self.num_layers = _check_pos_int("num_layers", num_layers)
-        self.num_heads = _check_pos_int("num_heads", num_heads)
-        self.d_model = _check_pos_int("d_model", d_model)
-        self.d_mlp = _check_pos_int("d_mlp", d_mlp)
+        self.task_dim = check_int("task_dim", task_dim)
+        self.num_examples = check_int("num_examples", num_examples)
+        self.num_layers = check_int("num_layers", num_layers)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.d_model = check_int("d_model", d_model)
+        self.d_mlp = check_int("d_mlp", d_mlp)
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
         with torch.random.fork_rng(devices=[]):      # PyTorch's default initialisation, from our seed only
@@ -409,12 +404,12 @@ class AttentionOnlyLM(nn.Module):
     def __init__(self, vocab_size: int, *, n_ctx: int = 64, d_model: int = 64, num_heads: int = 4,
                  d_head: int | None = None, num_layers: int = 2, layer_norm: bool = True, seed: int | None = 0):
         super().__init__()
-        self.vocab_size = _check_pos_int("vocab_size", vocab_size)
-        self.n_ctx = _check_pos_int("n_ctx", n_ctx)
-        self.d_model = _check_pos_int("d_model", d_model)
-        self.num_heads = _check_pos_int("num_heads", num_heads)
-        self.num_layers = _check_pos_int("num_layers", num_layers)
-        self.d_head = _check_pos_int("d_head", d_head if d_head is not None else max(1, d_model // num_heads))
+        self.vocab_size = check_int("vocab_size", vocab_size)
+        self.n_ctx = check_int("n_ctx", n_ctx)
+        self.d_model = check_int("d_model", d_model)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.num_layers = check_int("num_layers", num_layers)
+        self.d_head = check_int("d_head", d_head if d_head is not None else max(1, d_model // num_heads))
         self.layer_norm = bool(layer_norm)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         self.embed = nn.Parameter(torch.randn(vocab_size, d_model, generator=gen) * 0.02)
@@ -503,5 +498,7 @@ class MLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, activation={self.activation!r}"
+
+
 from .program_synthesis import SmoothTuringMachine  # noqa: E402
 from .simplicial import TwoSimplicialAttention  # noqa: E402

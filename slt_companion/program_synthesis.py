@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from ._checks import check_int
 
 __all__ = ["SmoothTuringMachine", "Program", "run_program", "parity_task", "parity_programs", "tm_loss",
            "langevin_codes", "classify_codes",
@@ -47,12 +48,6 @@ __all__ = ["SmoothTuringMachine", "Program", "run_program", "parity_task", "pari
 
 _MOVES = {2: ("L", "R"), 3: ("L", "S", "R")}
 _TABLES = ("write", "move", "next")
-
-
-def _pos_int(name, value, lo=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -125,9 +120,9 @@ class SmoothTuringMachine(nn.Module):
     def __init__(self, num_states: int = 3, num_symbols: int = 2, steps: int = 4, *, num_moves: int = 2,
                  parametrization: str = "softmax", output_cell: int = -1, seed: int | None = 0):
         super().__init__()
-        self.num_states = _pos_int("num_states", num_states)
-        self.num_symbols = _pos_int("num_symbols", num_symbols, 2)
-        self.steps = _pos_int("steps", steps)
+        self.num_states = check_int("num_states", num_states)
+        self.num_symbols = check_int("num_symbols", num_symbols, 2)
+        self.steps = check_int("steps", steps)
         if num_moves not in _MOVES:
             raise ValueError(f"num_moves must be 2 (L, R) or 3 (L, S, R), got {num_moves!r}")
         self.moves = _MOVES[num_moves]
@@ -232,7 +227,7 @@ def tm_loss(logp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def parity_task(length: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     r"""All :math:`2^{\text{length}}` binary tapes and the target: the parity of each tape, to be written in
     the last cell. Returns ``(x, y)``, ``x`` long ``(2^length, length)``, ``y`` long ``(2^length,)``."""
-    length = _pos_int("length", length, 2)
+    length = check_int("length", length, 2)
     x = torch.tensor(list(itertools.product((0, 1), repeat=length)), dtype=torch.long)
     return x, x.sum(1) % 2
 

@@ -18,12 +18,12 @@ Used in: Part I, chapters "Why deep learning is singular", "Free energy and Baye
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 import sympy as sp
 
 from .symbolic import RLCT
+from ._checks import check_int
 
 __all__ = ["free_energy", "bic", "rrr_rlct", "dln_rlct", "bayesian_transition_n", "RLCT"]
 
@@ -61,16 +61,6 @@ def bic(n, loss, num_params: int):
 # Reduced-rank regression and deep linear networks
 # ---------------------------------------------------------------------------------------------------
 
-def _check_dim(name: str, value, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < minimum:
-        what = "positive" if minimum == 1 else f"at least {minimum}"
-        raise ValueError(f"{name} must be {what}, got {value}")
-    return value
-
-
 def rrr_rlct(in_dim: int, out_dim: int, hidden: int, true_rank: int) -> RLCT:
     r"""Learning coefficient and multiplicity of reduced-rank regression (Aoyagi & Watanabe 2005).
 
@@ -105,10 +95,10 @@ def rrr_rlct(in_dim: int, out_dim: int, hidden: int, true_rank: int) -> RLCT:
 
     Used in: Part I, "Learning coefficients we know exactly"; Part II, validation.
     """
-    M = _check_dim("in_dim", in_dim)
-    N = _check_dim("out_dim", out_dim)
-    H = _check_dim("hidden", hidden)
-    r = _check_dim("true_rank", true_rank, minimum=0)
+    M = check_int("in_dim", in_dim)
+    N = check_int("out_dim", out_dim)
+    H = check_int("hidden", hidden)
+    r = check_int("true_rank", true_rank, 0)
     if r > min(M, N, H):
         raise ValueError(
             f"true_rank={r} exceeds min(in_dim, out_dim, hidden) = min({M}, {N}, {H}) = {min(M, N, H)}: "
@@ -190,8 +180,8 @@ def dln_rlct(widths, true_rank: int) -> RLCT:
     widths = list(widths)
     if len(widths) < 2:
         raise ValueError(f"widths must list at least an input and an output width, got {widths!r}")
-    widths = [_check_dim(f"widths[{i}]", w) for i, w in enumerate(widths)]
-    r = _check_dim("true_rank", true_rank, minimum=0)
+    widths = [check_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
+    r = check_int("true_rank", true_rank, 0)
     if r > min(widths):
         raise ValueError(
             f"true_rank={r} exceeds the narrowest width min(widths) = {min(widths)}: a product of matrices "

@@ -34,10 +34,12 @@ import numpy as np
 import torch
 
 from .sampling import cpu_threads
+from .train import log_checkpoint_steps
+from ._checks import check_int
 
 __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSITIONS", "tms_loss",
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
-           "kgon_llc", "pretty_name", "log_checkpoints", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
+           "kgon_llc", "pretty_name", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
            "LLC_KGONS", "kgon_llc_table", "classify_trajectory", "plateaus", "count_transitions",
            "sample_posterior", "draw_configuration", "posterior_census", "crossing_n",
            "sample_posterior_tempered"]
@@ -348,19 +350,6 @@ def _batched_forward(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch
     return torch.relu(h @ W + b[:, None, :])
 
 
-def _check_pos_int(name, val, lo=1):
-    if isinstance(val, bool) or int(val) != val or int(val) < lo:
-        raise ValueError(f"{name} must be an integer ≥ {lo}, got {val!r}")
-    return int(val)
-
-
-def log_checkpoints(steps: int, num: int) -> np.ndarray:
-    """About ``num`` distinct log-spaced step numbers in ``[0, steps]`` (0 and ``steps`` included)."""
-    steps, num = _check_pos_int("steps", steps), _check_pos_int("num", num, 2)
-    pts = np.unique(np.round(np.geomspace(1, steps, num - 1)).astype(int))
-    return np.concatenate([[0], pts])
-
-
 def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int = 20_000, lr: float = 0.05,
               batch_size: int = 100, init_scale: float = 0.5, num_checkpoints: int = 80, seed: int = 0,
               progress: bool = True) -> dict:
@@ -375,10 +364,10 @@ def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int =
     """
     from .data import tms_data
 
-    R = _check_pos_int("num_runs", num_runs)
-    n, c = _check_pos_int("n", n), _check_pos_int("n_features", n_features)
-    steps = _check_pos_int("steps", steps)
-    batch_size = _check_pos_int("batch_size", batch_size)
+    R = check_int("num_runs", num_runs)
+    n, c = check_int("n", n), check_int("n_features", n_features)
+    steps = check_int("steps", steps)
+    batch_size = check_int("batch_size", batch_size)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if not init_scale > 0:
@@ -387,7 +376,7 @@ def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int =
     X = torch.stack([tms_data(n, c, seed=int(seed) + j, dtype=torch.float64).x for j in range(R)])  # (R, n, c)
     W = (torch.randn(R, 2, c, generator=gen, dtype=torch.float64) * init_scale).requires_grad_(True)
     b = torch.zeros(R, c, dtype=torch.float64, requires_grad=True)
-    ckpts = log_checkpoints(steps, num_checkpoints)
+    ckpts = log_checkpoint_steps(steps, num_checkpoints - 1)
     Ws, bs, train = [], [], []
     ar = torch.arange(R)[:, None]
 
@@ -563,7 +552,7 @@ def plateaus(matches, *, tol: float = 0.15, min_stay: int = 2) -> list[str]:
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
-    min_stay = _check_pos_int("min_stay", min_stay)
+    min_stay = check_int("min_stay", min_stay)
     out: list[str] = []
     run_name, run_len = None, 0
     for m in list(matches) + [None]:
@@ -603,8 +592,8 @@ def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps
     """
     from .data import tms_data
 
-    n, R, c = _check_pos_int("n", n), _check_pos_int("num_chains", num_chains), _check_pos_int("n_features", n_features)
-    steps, num_samples = _check_pos_int("steps", steps), _check_pos_int("num_samples", num_samples)
+    n, R, c = check_int("n", n), check_int("num_chains", num_chains), check_int("n_features", n_features)
+    steps, num_samples = check_int("steps", steps), check_int("num_samples", num_samples)
     if not step_scale > 0 or not prior_std > 0:
         raise ValueError(f"step_scale and prior_std must be > 0, got {step_scale!r}, {prior_std!r}")
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + n)
@@ -712,7 +701,7 @@ class _SortedData:
 
     def loss(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Empirical loss :math:`L_n` of each chain: W (R, 2, c), b (R, c) -> (R,)."""
-        R, c = self.R, self.c
+        c = self.c
         G = W.transpose(-1, -2) @ W                                        # (R, c_a, c_j)
         beta = b[:, None, :].expand_as(G)
         delta = torch.eye(c, dtype=W.dtype).expand_as(G)
@@ -828,9 +817,9 @@ def sample_posterior_tempered(ladder, *, num_replicas: int = 16, m: int = 2000, 
     ladder = np.asarray(sorted(float(v) for v in ladder))
     if ladder.ndim != 1 or len(ladder) < 2 or ladder[0] <= 0:
         raise ValueError(f"ladder must hold at least two positive inverse temperatures, got {ladder!r}")
-    R, c, m = _check_pos_int("num_replicas", num_replicas), _check_pos_int("n_features", n_features), _check_pos_int("m", m)
-    steps, swap_every = _check_pos_int("steps", steps), _check_pos_int("swap_every", swap_every)
-    num_samples = _check_pos_int("num_samples", num_samples)
+    R, c, m = check_int("num_replicas", num_replicas), check_int("n_features", n_features), check_int("m", m)
+    steps, swap_every = check_int("steps", steps), check_int("swap_every", swap_every)
+    num_samples = check_int("num_samples", num_samples)
     K = len(ladder)
     gen = torch.Generator().manual_seed(int(seed) + 12345)
     X = torch.stack([tms_data(m, c, seed=int(seed) * 100_003 + 31 + j, dtype=torch.float64).x for j in range(R)])

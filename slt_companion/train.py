@@ -31,6 +31,7 @@ from torch import nn
 
 from . import cache as _cache
 from .config import resolve_device
+from .sampling import cpu_threads
 
 __all__ = ["train", "Trajectory", "log_checkpoint_steps", "one_cycle_lr"]
 
@@ -292,53 +293,49 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
         kept[0] = _flat(model)
     end = N if stop_at is None else int(stop_at)
     ckpt_set = set(int(c) for c in ckpts)
-    old_threads = torch.get_num_threads()
     if num_threads is None and dev.type == "cpu" and sum(p.numel() for p in model.parameters()) < 1_000_000:
         num_threads = 1        # small models: thread hand-offs cost more than they save (see sampling.auto_threads)
-    if num_threads is not None:
-        torch.set_num_threads(int(num_threads))
     model.train()
     t0 = time.perf_counter()
     try:
-        bar = tqdm(range(start, end), desc="training", disable=not progress, initial=start, total=end,
-                   mininterval=1.0)
-        for step in bar:                        # step s takes the model from w_s to w_{s+1}
-            gen = _step_generator(s["seed"], step)
-            x, y = batch_fn(gen)
-            lr = one_cycle_lr(step, N, s["lr"], s["pct_start"]) if s["schedule"] == "onecycle" else s["lr"]
-            for g in opt.param_groups:
-                g["lr"] = lr
-            if needs_closure:
-                batches = [(x, y)]
+        with cpu_threads(num_threads):
+            bar = tqdm(range(start, end), desc="training", disable=not progress, initial=start, total=end,
+                       mininterval=1.0)
+            for step in bar:                        # step s takes the model from w_s to w_{s+1}
+                gen = _step_generator(s["seed"], step)
+                x, y = batch_fn(gen)
+                lr = one_cycle_lr(step, N, s["lr"], s["pct_start"]) if s["schedule"] == "onecycle" else s["lr"]
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                if needs_closure:
+                    batches = [(x, y)]
 
-                def closure():
-                    xb, yb = batches.pop() if batches else batch_fn(gen)
+                    def closure():
+                        xb, yb = batches.pop() if batches else batch_fn(gen)
+                        opt.zero_grad(set_to_none=True)
+                        out = loss_fn(model(xb.to(dev)), yb.to(dev))
+                        out.backward()
+                        return out
+
+                    loss = opt.step(closure)
+                else:
+                    loss = loss_fn(model(x.to(dev)), y.to(dev))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {float(loss.detach())} at step {step}; lower lr (now {s['lr']})")
+                if not needs_closure:
                     opt.zero_grad(set_to_none=True)
-                    out = loss_fn(model(xb.to(dev)), yb.to(dev))
-                    out.backward()
-                    return out
-
-                loss = opt.step(closure)
-            else:
-                loss = loss_fn(model(x.to(dev)), y.to(dev))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {float(loss.detach())} at step {step}; lower lr (now {s['lr']})")
-            if not needs_closure:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            losses[step], lrs[step] = float(loss.detach()), lr
-            if step + 1 in ckpt_set:
-                kept[step + 1] = _flat(model)
-                elapsed_now = elapsed + time.perf_counter() - t0
-                if partial_path is not None and (step + 1) < N:
-                    elapsed, t0 = elapsed_now, time.perf_counter()
-                    save_partial(step + 1)
-            if progress and step % 100 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                    loss.backward()
+                    opt.step()
+                losses[step], lrs[step] = float(loss.detach()), lr
+                if step + 1 in ckpt_set:
+                    kept[step + 1] = _flat(model)
+                    elapsed_now = elapsed + time.perf_counter() - t0
+                    if partial_path is not None and (step + 1) < N:
+                        elapsed, t0 = elapsed_now, time.perf_counter()
+                        save_partial(step + 1)
+                if progress and step % 100 == 0:
+                    bar.set_postfix(loss=f"{float(loss):.3f}")
     finally:
-        if num_threads is not None:
-            torch.set_num_threads(old_threads)
         model.eval()
     elapsed += time.perf_counter() - t0
     if end < N:

@@ -102,7 +102,7 @@ def test_rrr_smallest_case_is_the_abx_model_of_chapter_one():
 
 @pytest.mark.parametrize("args, name", [((0, 3, 3, 0), "in_dim"), ((3, -1, 3, 0), "out_dim"),
                                         ((3, 3, 0, 0), "hidden"), ((3, 3, 3, -1), "true_rank"),
-                                        ((3.0, 3, 3, 0), "in_dim"), ((3, 3, True, 0), "hidden")])
+                                        ((3.5, 3, 3, 0), "in_dim"), ((3, 3, True, 0), "hidden")])
 def test_rrr_invalid_dimensions(args, name):
     with pytest.raises(ValueError, match=name):
         rrr_rlct(*args)
