@@ -35,7 +35,7 @@ def _describe(docname: str) -> str:
         if seconds is not None:
             parts.append(f"{_fmt(seconds)} {label}")
     if not parts:
-        return "not measured yet (run `make book`)"
+        return "not measured yet (run make book)"
     when = data.get("full", data.get("quick", {})).get("measured", "")
     where = data.get("full", data.get("quick", {})).get("machine", "")
     return ", ".join(parts) + f" -- measured in the last build ({where}, {when})"
