@@ -18,6 +18,10 @@ on the full data.
 
 **step_size="auto"**: see :func:`auto_step_size` (a pilot run; documented there).
 
+**Susceptibilities** (:func:`susceptibility`): the response of a posterior expectation to up-weighting a slice
+of data, :math:`\chi = -n\beta\,\mathrm{Cov}(\phi, \Delta L)`, from the same local posterior and sampler
+(Baker et al. 2025; Part IV, "You are what you eat").
+
 Used in: Part II (all chapters), Part III (LLC curves over training).
 """
 
