@@ -109,3 +109,17 @@ def test_intervention_helpers():
         feature_slice(d, 6)
     with pytest.raises(ValueError, match="X must"):
         train_tms(x)
+
+
+def test_params_restriction_freezes_the_rest():
+    """With params= only that component is sampled; observables still see every parameter (the rest at w*)."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(60, 2, generator=g, dtype=torch.float64)
+    Y = X[:, :1] + 0.1 * torch.randn(60, 1, generator=g, dtype=torch.float64)
+    model = DeepLinearNetwork([2, 2, 1]).double().fit_least_squares(X, Y)
+    est = susceptibility(model, half_mse, (X, Y), (X[:20], Y[:20]),
+                         {"frozen": lambda p: p["layers.0.weight"].sum(), "sampled": lambda p: p["layers.1.weight"].sum()},
+                         params="layers.1", num_chains=2, num_draws=100, num_burnin=10, step_size=1e-3, nbeta=20.0,
+                         batch_size=30, progress=False)
+    assert np.ptp(est.observable_trace[..., 0]) == 0 and abs(est.value[0, 0]) < 1e-20
+    assert est.value[0, 1] != 0.0 and np.ptp(est.observable_trace[..., 1]) > 0
