@@ -56,7 +56,6 @@ PENDING = {
     "book/partIII_development/transient_ridge",
     "book/partIII_development/lm_stages",
     "book/partIII_development/head_rllc",
-    "book/partIV_horizons/data_shapes_structure",
 }
 
 
