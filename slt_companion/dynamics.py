@@ -277,3 +277,124 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
 
 
 __all__ += ["llc_over_trajectory"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Joint trajectory PCA over several training runs (Carroll et al. 2025). Used in: Part III, "The transient ridge".
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JointTrajectoryPCA:
+    r"""The result of :func:`joint_trajectory_pca`: every run, and the reference predictors, in one PC space.
+
+    - ``pcs``: a list with one ``(C_r, n_components)`` array per run (its checkpoints' coordinates);
+      ``labels``: one label per run;
+    - ``references``: ``name -> (n_components,)``, the projected reference predictions (e.g. ridge, dMMSE);
+    - ``explained_variance_ratio`` ``(n_components,)`` (of the stacked runs' variance), ``components``
+      ``(n_components, F)``, ``mean`` ``(F,)``: the fitted PCA, so :meth:`project` maps any outputs
+      ``(..., F)`` into the same space.
+    """
+
+    pcs: list
+    labels: list
+    references: dict
+    explained_variance_ratio: np.ndarray
+    components: np.ndarray
+    mean: np.ndarray
+
+    def project(self, outputs) -> np.ndarray:
+        """Coordinates of ``outputs`` (``(F,)`` or ``(n, F)``, flattened predictions on the same probe)."""
+        X = np.asarray(outputs, dtype=np.float64)
+        F = self.mean.shape[0]
+        if X.ndim == 0 or X.shape[-1] != F:
+            raise ValueError(f"outputs must have {F} features (the probe's flattened predictions) in the last "
+                             f"axis, got shape {X.shape}")
+        return (X - self.mean) @ self.components.T
+
+
+def joint_trajectory_pca(trajectories, template=None, probe=None, *, references: dict | None = None,
+                         n_components: int = 3, labels=None) -> JointTrajectoryPCA:
+    r"""Joint trajectory PCA: **one** PCA of the outputs of several training runs on a shared probe set.
+
+    Essential dynamics (:func:`essential_dynamics`) gives each run its own principal axes; to compare runs --
+    Carroll et al. (2025) train one transformer per task diversity :math:`M` -- stack all runs' output rows
+    :math:`X = [X_1; \dots; X_R]` (each :math:`X_r` is ``checkpoints × features``, :func:`model_outputs`),
+    centre by the mean row :math:`\bar x`, take the top right singular vectors :math:`V_k`, and place every run
+    in the same space, :math:`P_r = (X_r - \bar x) V_k^\top`. Reference predictors on the same probe (ridge,
+    dMMSE) are projected the same way, :math:`(y_{\rm ref} - \bar x) V_k^\top`, so one can see which of them a
+    run approaches. Sign convention: each component sums to > 0 (as in :func:`essential_dynamics`).
+
+    Parameters
+    ----------
+    trajectories : list
+        One entry per run: a :class:`~slt_companion.train.Trajectory` (then ``template`` and ``probe`` are
+        needed) or an already computed ``(C_r, F)`` array of outputs.
+    template : nn.Module or list of nn.Module, optional
+        A model of each run's architecture (one for all, or one per run).
+    probe : tensor, optional
+        The shared probe inputs (e.g. ``icl_regression(n).tokens``).
+    references : dict, optional
+        ``name -> predictions on the probe`` (any shape with ``F`` elements, e.g. ``(B, K)``).
+    n_components : int
+        Number of principal components.
+    labels : list, optional
+        A label per run (default ``0, 1, ...``).
+
+    Returns
+    -------
+    JointTrajectoryPCA
+    """
+    if isinstance(trajectories, (np.ndarray, torch.Tensor)) or not hasattr(trajectories, "__len__") or \
+            len(trajectories) == 0:
+        raise ValueError("trajectories must be a non-empty list of Trajectory objects or (checkpoints, features) "
+                         "arrays, one per run")
+    R = len(trajectories)
+    templates = template if isinstance(template, (list, tuple)) else [template] * R
+    if len(templates) != R:
+        raise ValueError(f"template is a list of {len(templates)} models but there are {R} trajectories; pass one "
+                         "template for all or one per run")
+    rows = []
+    for r, (tr, tm) in enumerate(zip(trajectories, templates)):
+        if hasattr(tr, "model_at"):
+            if tm is None or probe is None:
+                raise ValueError(f"trajectories[{r}] is a Trajectory: pass template= (the model class trained) and "
+                                 "probe= (the shared probe inputs)")
+            rows.append(model_outputs(tr, tm, probe))
+        else:
+            X = np.asarray(tr, dtype=np.float64)
+            if X.ndim != 2:
+                raise ValueError(f"trajectories[{r}] must be (checkpoints, features), got shape {X.shape}")
+            rows.append(X)
+    F = rows[0].shape[1]
+    for r, X in enumerate(rows):
+        if X.shape[1] != F:
+            raise ValueError(f"all runs need outputs on the same probe: trajectories[{r}] has {X.shape[1]} "
+                             f"features, trajectories[0] has {F}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"trajectories[{r}] outputs contain NaN or inf; a checkpoint diverged")
+    allX = np.concatenate(rows, axis=0)
+    if isinstance(n_components, bool) or int(n_components) != n_components or \
+            not 1 <= n_components <= min(allX.shape):
+        raise ValueError(f"n_components must be an integer in [1, {min(allX.shape)}], got {n_components!r}")
+    labels = list(range(R)) if labels is None else list(labels)
+    if len(labels) != R:
+        raise ValueError(f"labels has {len(labels)} entries but there are {R} trajectories")
+    mean = allX.mean(0)
+    U, S, Vt = np.linalg.svd(allX - mean, full_matrices=False)
+    k = int(n_components)
+    sign = np.sign(Vt[:k].sum(1) + 1e-300)
+    comps = Vt[:k] * sign[:, None]
+    evr = S[:k] ** 2 / max(float((S ** 2).sum()), 1e-300)
+    out = JointTrajectoryPCA(pcs=[(X - mean) @ comps.T for X in rows], labels=labels, references={},
+                             explained_variance_ratio=evr, components=comps, mean=mean)
+    for name, ref in (references or {}).items():
+        v = ref.detach().double().cpu().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref, np.float64)
+        if v.size != F:
+            raise ValueError(f"references[{name!r}] has {v.size} values but the outputs have {F} features; "
+                             "compute it on the same probe")
+        out.references[name] = out.project(v.reshape(F))
+    return out
+
+
+__all__ += ["joint_trajectory_pca", "JointTrajectoryPCA"]
