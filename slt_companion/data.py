@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ._checks import check_int
@@ -285,16 +286,26 @@ class CharCorpus:
         return len(self.vocab)
 
     def encode(self, text: str) -> torch.Tensor:
-        index = {c: i for i, c in enumerate(self.vocab)}
-        unk = index["?"]
-        return torch.tensor([index.get(c, unk) for c in text], dtype=torch.int64)
+        """Tokens of ``text``: one per character, ``"?"`` for characters outside the vocabulary."""
+        table = np.full(128, self.vocab.index("?"), dtype=np.int64)
+        for i, c in enumerate(self.vocab):
+            table[ord(c)] = i
+        raw = np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)   # one byte per character
+        return torch.from_numpy(table[raw].copy())
 
     def decode(self, tokens) -> str:
         return "".join(self.vocab[int(t)] for t in tokens)
 
     def batch(self, batch_size: int, seq_len: int, generator: torch.Generator | None = None,
-              split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)``: ``batch_size`` random windows of ``seq_len`` tokens and the same windows shifted by one."""
+              split: str = "train", *, repeat_span: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: ``batch_size`` random windows of ``seq_len`` tokens and the same windows shifted by one.
+
+        ``repeat_span=(lo, hi)``: in every window, ``ℓ ~ U{lo, …, hi − 1}`` uniformly random characters are
+        written at a random position and again at a random later position (the two copies do not overlap), so
+        the second copy can only be predicted by copying from the first -- the job of an induction head
+        (Olsson et al. 2022 probe with the same repeated random tokens). Used in Part III, "Stages in a small
+        language model", to make induction worth learning within a CPU-sized run.
+        """
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         B, T = check_int("batch_size", batch_size, 1), check_int("seq_len", seq_len, 1)
@@ -304,11 +315,73 @@ class CharCorpus:
         start = torch.randint(0, len(data) - T, (B,), generator=generator)
         idx = start[:, None] + torch.arange(T + 1)
         w = data[idx]
+        if repeat_span is not None:
+            w = _insert_repeats(w, repeat_span, self.vocab_size, generator)
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
-    def batch_fn(self, batch_size: int, seq_len: int):
-        """A ``batch_fn(generator) -> (x, y)`` for :func:`slt_companion.train.train`."""
-        return lambda gen: self.batch(batch_size, seq_len, gen)
+    def ngram_loss(self, order: int, *, alpha: float = 0.1) -> float:
+        r"""Cross-entropy (nats per character) on ``val`` of the ``order``-gram model fitted on ``train``.
+
+        :math:`p(c \mid h) = (N(h, c) + \alpha) / (N(h) + \alpha V)` with counts :math:`N` over the training
+        split, history :math:`h` the previous ``order − 1`` characters (``order = 1``: unigram frequencies); the
+        first ``order − 1`` validation characters are not scored. The baselines a language model's loss passes
+        as it learns bigram and then longer statistics (the first stages of Hoogland et al. 2025).
+        """
+        order = check_int("order", order, 1)
+        if order > 3:
+            raise ValueError(f"order must be 1, 2 or 3 (a {order}-gram table over {self.vocab_size} characters is "
+                             "too large to count densely), got {order}")
+        if not (isinstance(alpha, (int, float)) and alpha > 0):
+            raise ValueError(f"alpha (add-alpha smoothing) must be a number > 0, got {alpha!r}")
+        V = self.vocab_size
+
+        def index(tokens):
+            idx = torch.zeros(len(tokens) - order + 1, dtype=torch.int64)
+            for j in range(order):
+                idx = idx * V + tokens[j:len(tokens) - order + 1 + j]
+            return idx
+
+        counts = torch.bincount(index(self.train), minlength=V ** order).double().reshape(-1, V)
+        probs = (counts + alpha) / (counts.sum(1, keepdim=True) + alpha * V)
+        return float(-probs.reshape(-1)[index(self.val)].log().mean())
+
+    def batch_fn(self, batch_size: int, seq_len: int, *, repeat_span: tuple[int, int] | None = None):
+        """A ``batch_fn(generator) -> (x, y)`` for :func:`slt_companion.train.train` (arguments as in :meth:`batch`)."""
+        return lambda gen: self.batch(batch_size, seq_len, gen, repeat_span=repeat_span)
+
+
+def _insert_repeats(w: torch.Tensor, repeat_span, vocab_size: int, generator) -> torch.Tensor:
+    try:
+        lo, hi = (check_int("repeat_span[0]", repeat_span[0], 1), check_int("repeat_span[1]", repeat_span[1], 2))
+    except (TypeError, IndexError):
+        raise ValueError(f"repeat_span must be a pair (lo, hi) of span lengths, got {repeat_span!r}") from None
+    B, W = w.shape
+    if not lo < hi or 2 * (hi - 1) > W:
+        raise ValueError(f"repeat_span=(lo, hi) needs lo < hi and two copies of hi - 1 characters to fit in a window "
+                         f"of {W} tokens (seq_len + 1); got {repeat_span!r}")
+    w = w.clone()
+    lengths = torch.randint(lo, hi, (B,), generator=generator)
+    u = torch.rand(B, 3, generator=generator, dtype=torch.float64)
+    span = torch.randint(0, vocab_size, (B, hi - 1), generator=generator)
+    for r in range(B):
+        ell = int(lengths[r])
+        free = W - 2 * ell                                  # slack to share out before, between and after
+        a = int(u[r, 0] * (free + 1))
+        b = a + ell + int(u[r, 1] * (free - a + 1))
+        w[r, a:a + ell] = span[r, :ell]
+        w[r, b:b + ell] = span[r, :ell]
+    return w
+
+
+def repeated_tokens(n: int, half_length: int, vocab_size: int, *, seed: int = 0) -> torch.Tensor:
+    """``(n, 2 * half_length)`` int64 tokens: uniformly random tokens followed by an exact copy of themselves.
+
+    The induction-head probe of Olsson et al. (2022): on the second half the next token is known from the first,
+    so a model that copies (an induction head) predicts it; bigram statistics cannot.
+    """
+    n, L, V = check_int("n", n), check_int("half_length", half_length, 2), check_int("vocab_size", vocab_size, 2)
+    r = torch.randint(0, V, (n, L), generator=torch.Generator().manual_seed(int(seed)))
+    return torch.cat([r, r], dim=1)
 
 
 def _corpus_text(kind: str) -> tuple[str, tuple]:
@@ -355,7 +428,7 @@ def char_corpus(kind: str = "prose", *, max_chars: int | None = None, val_fracti
     return CharCorpus(kind, torch.cat(train), torch.cat(val) if val else tokens[-block:].clone(), sources)
 
 
-__all__ += ["CHAR_VOCAB", "CharCorpus", "char_corpus"]
+__all__ += ["CHAR_VOCAB", "CharCorpus", "char_corpus", "repeated_tokens"]
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
           lr: float = 3e-3, optimizer: str = "adam", betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.0,
           schedule: str = "onecycle", pct_start: float = 0.5, checkpoints=None, seed: int = 0, device=None,
           cache_name: str | None = None, cache_config: dict | None = None, stop_at: int | None = None,
-          progress: bool = True, num_threads: int | None = None) -> Trajectory:
+          progress: bool = True, num_threads: int | None = None, grad_clip: float | None = None) -> Trajectory:
     r"""Train ``model`` for ``num_steps`` steps and return its :class:`Trajectory` (the model itself ends trained).
 
     Parameters
@@ -189,6 +189,8 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         the next call with the same arguments continues from there.
     num_threads : CPU threads during training; ``None``: one thread for models under a million parameters on the
         CPU (faster there, and much faster on a busy machine), else torch's setting.
+    grad_clip : clip the gradient's global norm to this value before each step (``None``: no clipping; the
+        language-model runs of Hoogland et al. 2025 clip at 1).
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -210,11 +212,14 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         raise ValueError(f"checkpoints must be steps in [0, num_steps={num_steps}], got {list(ckpts)[:5]}...")
     if stop_at is not None and not (0 < int(stop_at) <= num_steps):
         raise ValueError(f"stop_at must lie in [1, num_steps={num_steps}], got {stop_at!r}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
+        raise ValueError(f"grad_clip must be None or a finite number > 0, got {grad_clip!r}")
     dev = resolve_device(device)
     model.to(dev)
     settings = {"num_steps": num_steps, "lr": float(lr), "optimizer": optimizer, "betas": [float(b) for b in betas],
                 "weight_decay": float(weight_decay), "schedule": schedule, "pct_start": float(pct_start),
-                "checkpoints": [int(c) for c in ckpts], "seed": int(seed)}
+                "checkpoints": [int(c) for c in ckpts], "seed": int(seed),
+                "grad_clip": None if grad_clip is None else float(grad_clip)}
 
     def run(partial_path=None) -> dict:
         return _run(model, loss_fn, batch_fn, settings, ckpts, dev, partial_path, stop_at, progress, num_threads,
@@ -325,6 +330,8 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
                 if not needs_closure:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    if s["grad_clip"] is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
                     opt.step()
                 losses[step], lrs[step] = float(loss.detach()), lr
                 if step + 1 in ckpt_set:
@@ -334,7 +341,7 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
                         elapsed, t0 = elapsed_now, time.perf_counter()
                         save_partial(step + 1)
                 if progress and step % 100 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.3f}")
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     finally:
         model.eval()
     elapsed += time.perf_counter() - t0
@@ -371,3 +378,32 @@ def icl_settings() -> dict:
 
 
 __all__ += ["icl_settings"]
+
+
+def lm_settings() -> dict:
+    r"""The sizes of the language-model run in Part III (``SLT_QUICK=1`` shrinks them; same code path).
+
+    A two-layer attention-only :class:`~slt_companion.models.AttentionOnlyLM` (4 heads per layer, width 64,
+    context 32) on the character-level ``"code"`` corpus (:func:`slt_companion.data.char_corpus`), every window
+    carrying one repeated random span of 4–15 characters (``repeat_span``) so that copying pays within a CPU-sized
+    run. Training as in Hoogland et al. (2025) and Wang et al. (2025): AdamW, constant lr (ours 3e-3, theirs
+    1e-3), weight decay 0.05, gradient clipping at 1; a log-spaced plus a linear checkpoint schedule. LLC: the
+    refined-LLC paper's sampler (ε = 1e-3, nβ = 30, γ = 200, batch 32, no burn-in) with 4 chains × 100 draws
+    (theirs 4 × 200).
+    """
+    from .config import size
+
+    return {
+        "corpus": {"kind": "code", "max_chars": 2_000_000}, "repeat_span": (4, 16),
+        "model": {"n_ctx": 32, "d_model": 64, "num_heads": 4, "num_layers": 2, "seed": 0},
+        "num_steps": size(4000, 150), "batch_size": 64, "seq_len": 32, "lr": 3e-3, "weight_decay": 0.05,
+        "grad_clip": 1.0, "num_log_checkpoints": size(22, 6), "num_linear_checkpoints": size(8, 2), "seed": 0,
+        "llc": {"num_chains": size(4, 2), "num_burnin": 0, "num_draws": size(100, 12), "batch_size": 32,
+                "step_size": 1e-3, "nbeta": 30.0, "localization": 200.0, "seed": 0},
+        "llc_data": size(2048, 128), "probe": size(64, 16), "eval": size(256, 64),
+        "paper": {"num_steps": 50_000, "batch_size": 100, "n_ctx": 1024, "d_model": 256, "num_heads": 8,
+                  "params": "3M", "lr": 1e-3, "stage_ends": [900, 6_500, 8_500, 17_500, 50_000]},
+    }
+
+
+__all__ += ["lm_settings"]
