@@ -335,7 +335,7 @@ def transient_settings() -> dict:
         "num_steps": size(8000, 80), "batch_size": 32, "lr": 3e-3, "schedule": "constant",
         "num_checkpoints": size(32, 6), "seed": 0,
         "probe": size(512, 64), "probe_seed": 2,
-        "llc": {"num_chains": size(4, 2), "num_burnin": size(100, 10), "num_draws": size(100, 20),
+        "llc": {"num_chains": size(4, 2), "num_burnin": size(400, 5), "num_draws": size(200, 10),
                 "batch_size": 16, "step_size": 1e-4, "nbeta": 60.0, "localization": 6.0, "seed": 0},
         "llc_data": size(2048, 128),
     }
