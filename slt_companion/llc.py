@@ -39,7 +39,7 @@ from . import config as _config
 from .diagnostics import ess as _ess, rhat as _rhat
 from .sampling import SamplerConfig, SGLDResult, _Problem, auto_threads, cpu_threads, sgld
 
-__all__ = ["estimate_llc", "LLCEstimate", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
+__all__ = ["estimate_llc", "estimate_refined_llcs", "LLCEstimate", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
            "GROUND_TRUTH", "ground_truth_problem", "run_ground_truth", "calibration_sweep",
            "PAPER_TOY_POTENTIALS", "toy_potential_exact", "susceptibility", "SusceptibilityEstimate",
            "loss_observable"]
@@ -308,6 +308,11 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_s
             base = float(loss_fn(model(prob.x[sel]), prob.y[sel]))
         extras["batch_init_loss"] = base
     llc_trace = cfg.nbeta * (draws - base)
+    return _summarize(llc_trace, res.loss.numpy(), init_loss, cfg, baseline, res.seconds, extras)
+
+
+def _summarize(llc_trace: np.ndarray, trace: np.ndarray, init_loss: float, cfg: SamplerConfig, baseline: str,
+               seconds: float, extras: dict) -> LLCEstimate:
     per_chain = llc_trace.mean(axis=1)
     mean = float(llc_trace.mean())
     std = float(per_chain.std(ddof=1)) if cfg.num_chains > 1 else float("nan")
@@ -317,8 +322,123 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_s
         e, r = float("nan"), float("nan")
     sem = float(llc_trace.std(ddof=1) / math.sqrt(e)) if e == e and e > 0 else float("nan")
     return LLCEstimate(mean=mean, std=std, sem=sem, per_chain=per_chain, llc_trace=llc_trace,
-                       trace=res.loss.numpy(), init_loss=init_loss, ess=e, rhat=r, config=cfg,
-                       baseline=baseline, seconds=res.seconds, extras=extras)
+                       trace=trace, init_loss=init_loss, ess=e, rhat=r, config=cfg,
+                       baseline=baseline, seconds=seconds, extras=extras)
+
+
+def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, groups: dict, *, num_chains: int = 4,
+                          num_draws: int | None = None, num_burnin: int | None = None, step_size="auto",
+                          localization: float = 1.0, nbeta: float | None = None, batch_size: int = 500,
+                          seed: int = 0, device=None, progress: bool = True) -> dict:
+    r"""Weight-refined LLCs of several parameter groups (e.g. every attention head) in **one** batched SGLD run.
+
+    For a group :math:`V` of the weights, the weight-refined LLC :math:`\hat\lambda_V(w^*)` is the estimator of
+    :func:`estimate_llc` with SGLD moving only the weights in :math:`V`, the others frozen at :math:`w^*`, and the
+    loss that of the whole model (Wang et al. 2025, "Differentiation and specialization of attention heads via the
+    refined local learning coefficient"):
+
+    .. math::
+        \hat\lambda_V(w^*) = n\beta\,\Big(\E_{w_V\sim p_V}[L_n(w_V, w^*_{\setminus V})] - L_n(w^*)\Big),\qquad
+        p_V(w_V)\propto\exp\Big\{-n\beta L_n(w_V, w^*_{\setminus V}) - \frac\gamma2\|w_V - w_V^*\|^2\Big\}.
+
+    All groups run together: ``len(groups) * num_chains`` chains over the union of the groups' parameters, chain
+    ``g * num_chains + j`` moving only group ``g``'s coordinates (``chain_mask`` of :func:`slt_companion.sampling.sgld`).
+    Each group's estimate has the same distribution as ``estimate_llc(..., params=groups[name])`` with the same
+    settings (paired baseline); only the random numbers differ. Passing data other than the training data gives
+    the weight- and data-refined LLC.
+
+    Parameters
+    ----------
+    groups : ``{name: selector}``, each selector as ``params=`` of :func:`estimate_llc` (names, a prefix such as
+        ``"blocks.1.heads.2"``, or a predicate). Groups must be non-empty and must not share parameters.
+    step_size : a float :math:`\varepsilon` shared by all groups, or ``"auto"`` (:func:`auto_step_size` for each
+        group separately; each group's chains then run with its own step size).
+
+    The other arguments are those of :func:`estimate_llc`.
+
+    Returns
+    -------
+    dict
+        ``{name: LLCEstimate}`` in the order of ``groups``; each estimate's ``seconds`` is the wall time of the
+        whole joint run, and ``extras["joint_chains"]`` the total number of chains.
+
+    Raises
+    ------
+    ValueError
+        No groups, a selector that selects nothing or names unknown parameters, or two groups sharing a parameter.
+
+    Used in: Part III, "The refined LLC of attention heads".
+    """
+    from .sampling import select_params
+
+    if not isinstance(groups, dict) or not groups:
+        raise ValueError("groups must be a non-empty dict {name: params selector}, e.g. "
+                         "{h: h for h in model.head_names()}")
+    selected, owner = {}, {}
+    for gname, sel in groups.items():
+        try:
+            names = select_params(model, sel)
+        except ValueError as err:
+            raise ValueError(f"group {gname!r}: {err}") from err
+        for k in names:
+            if k in owner:
+                raise ValueError(f"groups {owner[k]!r} and {gname!r} both select the parameter {k!r}; "
+                                 "refined-LLC groups must not overlap")
+            owner[k] = gname
+        selected[gname] = names
+    if num_draws is None:
+        num_draws = _config.size(1000, 200)
+    if num_burnin is None:
+        num_burnin = max(_config.size(500, 100), int(num_draws) // 2)
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except (StopIteration, AttributeError):
+            device = None
+    union = [k for k, _ in model.named_parameters() if k in owner]
+    prob = _Problem(model, loss_fn, data, union, device)
+    if nbeta is None:
+        nbeta = default_nbeta(prob.n)
+    G = len(selected)
+    SamplerConfig(step_size=1.0, nbeta=nbeta, localization=localization, num_chains=num_chains * G,
+                  num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed)
+    mask = torch.zeros(G * num_chains, prob.D, dtype=prob.dtype, device=prob.device)
+    off = 0
+    for name, size in zip(prob.names, prob.sizes):
+        g = list(selected).index(owner[name])
+        mask[g * num_chains:(g + 1) * num_chains, off:off + size] = 1
+        off += size
+    C = G * num_chains
+    with cpu_threads(auto_threads(prob.device, C * min(batch_size, prob.n) * prob.D)):
+        prob.check(batch_size)
+        extras: dict = {"joint_chains": C}
+        if isinstance(step_size, str):
+            if step_size != "auto":
+                raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
+            eps = []
+            for gname in selected:
+                p_g = _Problem(model, loss_fn, (prob.x, prob.y), selected[gname], device)
+                e, _ = auto_step_size(p_g, nbeta=nbeta, localization=localization, batch_size=batch_size, seed=seed)
+                eps += [e] * num_chains
+            step_size = tuple(eps)
+        cfg = SamplerConfig(step_size=step_size, nbeta=float(nbeta), localization=float(localization),
+                            num_chains=C, num_draws=int(num_draws), num_burnin=int(num_burnin),
+                            batch_size=int(batch_size), seed=int(seed))
+        init_loss = prob.full_loss(prob.center)
+        res: SGLDResult = sgld(model, loss_fn, None, cfg, progress=progress, center_loss=True, num_threads=None,
+                               chain_mask=mask, _problem=prob)
+    llc_all = cfg.nbeta * (res.draws.numpy() - res.center_loss[:, cfg.num_burnin:].numpy())
+    trace = res.loss.numpy()
+    out = {}
+    for g, gname in enumerate(selected):
+        rows = slice(g * num_chains, (g + 1) * num_chains)
+        eps_g = cfg.step_size[g * num_chains] if isinstance(cfg.step_size, tuple) else cfg.step_size
+        cfg_g = SamplerConfig(step_size=eps_g, nbeta=cfg.nbeta, localization=cfg.localization,
+                              num_chains=int(num_chains), num_draws=cfg.num_draws, num_burnin=cfg.num_burnin,
+                              batch_size=cfg.batch_size, seed=cfg.seed)
+        out[gname] = _summarize(llc_all[rows], trace[rows], init_loss, cfg_g, "paired", res.seconds,
+                                {**extras, "params": list(selected[gname])})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

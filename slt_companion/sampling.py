@@ -459,7 +459,7 @@ def _check_divergence(block_loss, block_center, block_params_ok, start, cfg, D, 
 def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, params=None, device=None,
          progress: bool = True, record_params: bool = False, center_loss: bool = True,
          on_divergence: str = "raise", num_threads: int | str | None = "auto",
-         _problem: _Problem | None = None) -> SGLDResult:
+         chain_mask: torch.Tensor | None = None, _problem: _Problem | None = None) -> SGLDResult:
     r"""Run ``config.num_chains`` SGLD chains at once from the model's current parameters :math:`w^*`.
 
     ``loss_fn(model(x), y)`` must return the mean per-sample loss of the batch (a scalar tensor); ``data`` is
@@ -471,6 +471,12 @@ def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, pa
     lets the bad chains run on as NaN and lists them in ``result.extras["diverged"]`` (used by pilot runs).
     ``num_threads="auto"`` runs small CPU problems on one thread (:func:`auto_threads`); an integer sets
     the thread count for the call; ``None`` leaves torch's setting alone. The previous setting is restored.
+
+    ``chain_mask``: an optional ``(num_chains, D)`` 0/1 tensor over the flattened sampled parameters (in the
+    order of ``result.param_names``). Chain ``c`` then moves only the coordinates where ``chain_mask[c]`` is 1:
+    drift and noise are multiplied by the mask, :math:`\Delta w_c = m_c\odot\Delta w_c`, so the other
+    coordinates stay exactly at :math:`w^*`. This samples several weight-refined local posteriors in one
+    batched run (:func:`slt_companion.llc.estimate_refined_llcs`).
     """
     if on_divergence not in ("raise", "mark"):
         raise ValueError(f"on_divergence must be 'raise' or 'mark', got {on_divergence!r}")
@@ -482,11 +488,26 @@ def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, pa
     with cpu_threads(num_threads):
         if _problem is None:
             prob.check(config.batch_size)
+        mask = _check_chain_mask(chain_mask, config.num_chains, prob)
         return _run(prob, config, progress=progress, record_params=record_params, center_loss=center_loss,
-                    on_divergence=on_divergence)
+                    on_divergence=on_divergence, mask=mask)
 
 
-def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, center_loss, on_divergence):
+def _check_chain_mask(chain_mask, num_chains: int, prob: _Problem) -> torch.Tensor | None:
+    if chain_mask is None:
+        return None
+    m = torch.as_tensor(chain_mask)
+    if tuple(m.shape) != (num_chains, prob.D):
+        raise ValueError(f"chain_mask must have shape (num_chains, D) = ({num_chains}, {prob.D}), got {tuple(m.shape)}")
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError("chain_mask must hold only 0 and 1 (or booleans)")
+    if not bool(m.bool().any(dim=1).all()):
+        raise ValueError("every chain must move at least one coordinate: a row of chain_mask is all zero")
+    return m.to(device=prob.device, dtype=prob.dtype)
+
+
+def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, center_loss, on_divergence,
+         mask: torch.Tensor | None = None):
     cfg = config
     C, D, dev = cfg.num_chains, prob.D, prob.device
     T = cfg.num_steps
@@ -506,7 +527,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         eps_of = lambda c: float(cfg.step_size)  # noqa: E731
     per_chain = isinstance(cfg.step_size, tuple)
     h_eps, s_eps = half_eps, sqrt_eps
-    plain = not per_chain and cfg.preconditioner is None
+    plain = not per_chain and cfg.preconditioner is None and mask is None
     if plain:   # W <- (1 - εγ/2) W - (ε nβ/2) grad + [sqrt(ε) ξ + (εγ/2) w*]: three in-place ops per step
         shrink, gscale = 1.0 + h_eps * gamma, h_eps * nbeta
         pull = (-h_eps * gamma) * prob.center
@@ -554,6 +575,11 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
                     drift = grad.mul_(nbeta)
                     if gamma:
                         drift.add_(W - center, alpha=gamma)
+                    if mask is not None:   # frozen coordinates get neither drift nor noise
+                        drift.mul_(mask)
+                        noise_k = noise[k] * mask
+                    else:
+                        noise_k = noise[k]
                     if rms:
                         sq = drift * drift
                         if start + k == 0:
@@ -562,13 +588,13 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
                             V.mul_(cfg.rmsprop_alpha).add_(sq, alpha=1 - cfg.rmsprop_alpha)
                         G = _rms_preconditioner(V, cfg.rmsprop_delta)
                         if per_chain:
-                            W.add_(h_eps * G * drift).add_(s_eps * G.sqrt() * noise[k])
+                            W.add_(h_eps * G * drift).add_(s_eps * G.sqrt() * noise_k)
                         else:
-                            W.addcmul_(G, drift, value=h_eps).addcmul_(G.sqrt(), noise[k], value=s_eps)
+                            W.addcmul_(G, drift, value=h_eps).addcmul_(G.sqrt(), noise_k, value=s_eps)
                     elif per_chain:
-                        W.add_(h_eps * drift).add_(s_eps * noise[k])
+                        W.add_(h_eps * drift).add_(s_eps * noise_k)
                     else:
-                        W.add_(drift, alpha=h_eps).add_(noise[k], alpha=s_eps)
+                        W.add_(drift, alpha=h_eps).add_(noise_k, alpha=s_eps)
             bl = torch.stack(block_loss).double().cpu()
             if center_loss:
                 bc = (psl[idx.to(psl.device)].mean(-1) if psl is not None else block_center.double()).cpu()
