@@ -109,12 +109,23 @@ def repeated_sequence_losses(model: torch.nn.Module, tokens: torch.Tensor) -> tu
 
 def head_scores(model: torch.nn.Module, repeated: torch.Tensor, text: torch.Tensor | None = None) -> dict:
     """All scores at once: ``{"induction", "previous_token", "current_token"}`` as ``(layers, heads)`` arrays
-    (the last two on ``text`` if given, else on ``repeated``) and ``{"loss_first", "loss_second", "icl"}``."""
-    probe = repeated if text is None else text
-    first, second = repeated_sequence_losses(model, repeated)
-    return {"induction": induction_score(model, repeated), "previous_token": previous_token_score(model, probe),
-            "current_token": current_token_score(model, probe), "loss_first": first, "loss_second": second,
-            "icl": second - first}
+    (the last two on ``text`` if given, else on ``repeated``) and ``{"loss_first", "loss_second", "icl"}``.
+    One forward pass per probe: the same numbers as the single-score functions."""
+    L = _check_repeated(repeated)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits, pat_rep = model(repeated, return_attention=True)
+            pat_text = pat_rep if text is None else model(_check_tokens(text), return_attention=True)[1]
+    finally:
+        model.train(was_training)
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), repeated[:, 1:], reduction="none")
+    first, second = float(nll[:, :L - 1].mean()), float(nll[:, L:].mean())
+    q = torch.arange(1, pat_text.shape[-1])
+    return {"induction": _offset_score(pat_rep, torch.arange(L, 2 * L), -L + 1),
+            "previous_token": _offset_score(pat_text, q, -1), "current_token": _offset_score(pat_text, q, 0),
+            "loss_first": first, "loss_second": second, "icl": second - first}
 
 
 def head_scores_over_trajectory(trajectory, template: torch.nn.Module, repeated: torch.Tensor,

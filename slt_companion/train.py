@@ -396,8 +396,8 @@ def lm_settings() -> dict:
     return {
         "corpus": {"kind": "code", "max_chars": 2_000_000}, "repeat_span": (4, 16),
         "model": {"n_ctx": 32, "d_model": 64, "num_heads": 4, "num_layers": 2, "seed": 0},
-        "num_steps": size(4000, 150), "batch_size": 64, "seq_len": 32, "lr": 3e-3, "weight_decay": 0.05,
-        "grad_clip": 1.0, "num_log_checkpoints": size(22, 6), "num_linear_checkpoints": size(8, 2), "seed": 0,
+        "num_steps": size(8000, 100), "batch_size": 64, "seq_len": 32, "lr": 3e-3, "weight_decay": 0.05,
+        "grad_clip": 1.0, "num_log_checkpoints": size(22, 6), "num_linear_checkpoints": size(10, 2), "seed": 0,
         "llc": {"num_chains": size(4, 2), "num_burnin": 0, "num_draws": size(100, 12), "batch_size": 32,
                 "step_size": 1e-3, "nbeta": 30.0, "localization": 200.0, "seed": 0},
         "llc_data": size(2048, 128), "probe": size(64, 16), "eval": size(256, 64),
@@ -407,3 +407,47 @@ def lm_settings() -> dict:
 
 
 __all__ += ["lm_settings"]
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats): ``logits (..., T, V)`` against integer targets ``y (..., T)``."""
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@dataclass
+class LMRun:
+    """The Part III language-model run: ``corpus`` (:class:`slt_companion.data.CharCorpus`), ``trajectory``,
+    ``make_model()`` (a fresh :class:`~slt_companion.models.AttentionOnlyLM` of the run's shape, the template for
+    :meth:`Trajectory.model_at`), ``loss_fn`` (:func:`lm_loss`) and the ``settings`` (:func:`lm_settings`)."""
+
+    corpus: object
+    trajectory: Trajectory
+    make_model: Callable
+    loss_fn: Callable
+    settings: dict
+
+
+def lm_run(settings: dict | None = None, *, progress: bool = True) -> LMRun:
+    """Train the two-layer attention-only language model of Part III with ``settings`` (default
+    :func:`lm_settings`), or read its trajectory from the cache: the chapters on stages in a language model and on
+    the refined LLC of its heads share this one run."""
+    from .data import char_corpus
+    from .models import AttentionOnlyLM
+
+    S = lm_settings() if settings is None else settings
+    corpus = char_corpus(**S["corpus"])
+
+    def make_model():
+        return AttentionOnlyLM(corpus.vocab_size, **S["model"])
+
+    checkpoints = log_checkpoint_steps(S["num_steps"], S["num_log_checkpoints"], linear=S["num_linear_checkpoints"])
+    traj = train(make_model(), lm_loss, corpus.batch_fn(S["batch_size"], S["seq_len"], repeat_span=S["repeat_span"]),
+                 num_steps=S["num_steps"], lr=S["lr"], optimizer="adamw", weight_decay=S["weight_decay"],
+                 schedule="constant", grad_clip=S["grad_clip"], checkpoints=checkpoints, seed=S["seed"], device="cpu",
+                 cache_name="lm-run",
+                 cache_config={"corpus": S["corpus"], "repeat_span": list(S["repeat_span"]), "batch": S["batch_size"],
+                               "seq_len": S["seq_len"], "loss": "cross-entropy"}, progress=progress)
+    return LMRun(corpus, traj, make_model, lm_loss, S)
+
+
+__all__ += ["lm_loss", "LMRun", "lm_run"]

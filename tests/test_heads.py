@@ -130,3 +130,15 @@ def test_lm_settings_are_the_documented_sizes():
     s = lm_settings()
     assert s["model"]["num_layers"] == 2 and s["llc"]["nbeta"] == 30.0 and s["llc"]["localization"] == 200.0
     assert s["paper"]["stage_ends"] == [900, 6_500, 8_500, 17_500, 50_000]
+
+
+def test_head_scores_agree_with_the_single_score_functions():
+    V = 13
+    model = AttentionOnlyLM(V, n_ctx=16, d_model=16, num_heads=2, seed=3)
+    rep = repeated_tokens(5, 8, V, seed=2)
+    text = torch.randint(0, V, (5, 12), generator=torch.Generator().manual_seed(1))
+    s = head_scores(model, rep, text)
+    assert np.allclose(s["induction"], induction_score(model, rep))
+    assert np.allclose(s["previous_token"], previous_token_score(model, text))
+    assert np.allclose(s["current_token"], current_token_score(model, text))
+    assert (s["loss_first"], s["loss_second"]) == pytest.approx(repeated_sequence_losses(model, rep))
