@@ -342,7 +342,8 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
         p_V(w_V)\propto\exp\Big\{-n\beta L_n(w_V, w^*_{\setminus V}) - \frac\gamma2\|w_V - w_V^*\|^2\Big\}.
 
     All groups run together: ``len(groups) * num_chains`` chains over the union of the groups' parameters, chain
-    ``g * num_chains + j`` moving only group ``g``'s coordinates (``chain_mask`` of :func:`slt_companion.sampling.sgld`).
+    ``g * num_chains + j`` moving only group ``g``'s coordinates (``chain_mask`` of
+    :func:`slt_companion.sampling.sgld`).
     Each group's estimate has the same distribution as ``estimate_llc(..., params=groups[name])`` with the same
     settings (paired baseline); only the random numbers differ. Passing data other than the training data gives
     the weight- and data-refined LLC.
@@ -366,6 +367,10 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
     ------
     ValueError
         No groups, a selector that selects nothing or names unknown parameters, or two groups sharing a parameter.
+
+    On a CPU this is *slower* than one :func:`estimate_llc` call per group (about 1.4 times for the eight heads of
+    Part III's language model, ``benchmarks/refined_llc_heads.py``): every chain also computes the gradients of
+    the other groups' weights. It pays where one batched launch beats many small ones (a GPU).
 
     Used in: Part III, "The refined LLC of attention heads".
     """
