@@ -348,14 +348,14 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
     settings (paired baseline); only the random numbers differ. Passing data other than the training data gives
     the weight- and data-refined LLC.
 
+    The arguments not listed below are those of :func:`estimate_llc`.
+
     Parameters
     ----------
     groups : ``{name: selector}``, each selector as ``params=`` of :func:`estimate_llc` (names, a prefix such as
         ``"blocks.1.heads.2"``, or a predicate). Groups must be non-empty and must not share parameters.
     step_size : a float :math:`\varepsilon` shared by all groups, or ``"auto"`` (:func:`auto_step_size` for each
         group separately; each group's chains then run with its own step size).
-
-    The other arguments are those of :func:`estimate_llc`.
 
     Returns
     -------
@@ -368,6 +368,8 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
     ValueError
         No groups, a selector that selects nothing or names unknown parameters, or two groups sharing a parameter.
 
+    Notes
+    -----
     On a CPU this is *slower* than one :func:`estimate_llc` call per group (about 1.4 times for the eight heads of
     Part III's language model, ``benchmarks/refined_llc_heads.py``): every chain also computes the gradients of
     the other groups' weights. It pays where one batched launch beats many small ones (a GPU).

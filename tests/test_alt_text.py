@@ -53,7 +53,6 @@ def _is_real_alt(src: str, alt: str | None) -> bool:
 
 #: Pages still being written when the alt-text check was added; remove each one as its figures get alt text.
 PENDING = {
-    "book/partIII_development/head_rllc",
 }
 
 
