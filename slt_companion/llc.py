@@ -59,6 +59,21 @@ def _fmt_eps(eps) -> str:
     return "(" + ", ".join(f"{e:.3g}" for e in eps) + ")" if isinstance(eps, tuple) else f"{eps:.3g}"
 
 
+def _config_to_dict(config: SamplerConfig) -> dict:
+    """A sampler configuration as cacheable numbers (a per-chain step size becomes a list; unset entries dropped)."""
+    cfg = config.to_dict()
+    if isinstance(cfg["step_size"], tuple):
+        cfg["step_size"] = list(cfg["step_size"])
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def _config_from_dict(d: dict) -> SamplerConfig:
+    cfg = dict(d)
+    if isinstance(cfg.get("step_size"), list):
+        cfg["step_size"] = tuple(cfg["step_size"])
+    return SamplerConfig(**cfg)
+
+
 @dataclass
 class LLCEstimate:
     r"""The result of :func:`estimate_llc`.
@@ -97,23 +112,17 @@ class LLCEstimate:
 
     def to_dict(self) -> dict:
         """Numbers and arrays only (for :func:`slt_companion.cache.cached`)."""
-        cfg = self.config.to_dict()
-        if isinstance(cfg["step_size"], tuple):
-            cfg["step_size"] = list(cfg["step_size"])
         return {"mean": self.mean, "std": self.std, "sem": self.sem, "per_chain": self.per_chain,
                 "llc_trace": self.llc_trace, "trace": self.trace, "init_loss": self.init_loss,
                 "ess": self.ess, "rhat": self.rhat, "baseline": self.baseline, "seconds": self.seconds,
-                "config": {k: v for k, v in cfg.items() if v is not None}}
+                "config": _config_to_dict(self.config)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LLCEstimate":
-        cfg = dict(d["config"])
-        if isinstance(cfg.get("step_size"), list):
-            cfg["step_size"] = tuple(cfg["step_size"])
         return cls(mean=float(d["mean"]), std=float(d["std"]), sem=float(d["sem"]),
                    per_chain=np.asarray(d["per_chain"]), llc_trace=np.asarray(d["llc_trace"]),
                    trace=np.asarray(d["trace"]), init_loss=float(d["init_loss"]), ess=float(d["ess"]),
-                   rhat=float(d["rhat"]), config=SamplerConfig(**cfg), baseline=str(d["baseline"]),
+                   rhat=float(d["rhat"]), config=_config_from_dict(d["config"]), baseline=str(d["baseline"]),
                    seconds=float(d["seconds"]))
 
     def plot(self, ax=None, *, theory: float | None = None, title: str | None = None):
@@ -216,6 +225,21 @@ def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_s
     return factor / h_max, info
 
 
+def _sampling_defaults(model, num_draws, num_burnin, device):
+    """The estimators' shared defaults: 1000 draws (200 quick), burn-in max(500 (100 quick), draws / 2), and the
+    device of the model's parameters."""
+    if num_draws is None:
+        num_draws = _config.size(1000, 200)
+    if num_burnin is None:
+        num_burnin = max(_config.size(500, 100), int(num_draws) // 2)
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except (StopIteration, AttributeError):
+            device = None
+    return num_draws, num_burnin, device
+
+
 def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains: int = 4,
                  num_draws: int | None = None, num_burnin: int | None = None, step_size="auto",
                  localization: float = 1.0, nbeta: float | None = None, batch_size: int = 500, params=None,
@@ -258,15 +282,7 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     """
     if baseline not in ("paired", "full", "batch"):
         raise ValueError(f"baseline must be 'paired', 'full' or 'batch', got {baseline!r}")
-    if num_draws is None:
-        num_draws = _config.size(1000, 200)
-    if num_burnin is None:
-        num_burnin = max(_config.size(500, 100), int(num_draws) // 2)
-    if device is None:
-        try:
-            device = next(model.parameters()).device
-        except (StopIteration, AttributeError):
-            device = None
+    num_draws, num_burnin, device = _sampling_defaults(model, num_draws, num_burnin, device)
     prob = _Problem(model, loss_fn, data, params, device)
     if nbeta is None:
         nbeta = default_nbeta(prob.n)
@@ -280,9 +296,9 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
                          seed=seed, progress=progress, preconditioner=preconditioner, baseline=baseline)
 
 
-def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_size, localization, nbeta,
-              batch_size, seed, progress, preconditioner, baseline) -> LLCEstimate:
-    prob.check(batch_size)
+def _resolve_step_size(prob, step_size, *, nbeta, localization, batch_size, seed, preconditioner=None):
+    """``(step_size, extras)``: a number passes through; ``"auto"`` runs :func:`auto_step_size` and records its
+    diagnostics in ``extras["auto_step"]``."""
     extras: dict = {}
     if isinstance(step_size, str):
         if step_size != "auto":
@@ -290,6 +306,14 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_s
         step_size, extras["auto_step"] = auto_step_size(prob, nbeta=nbeta, localization=localization,
                                                         batch_size=batch_size, seed=seed,
                                                         preconditioner=preconditioner)
+    return step_size, extras
+
+
+def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_size, localization, nbeta,
+              batch_size, seed, progress, preconditioner, baseline) -> LLCEstimate:
+    prob.check(batch_size)
+    step_size, extras = _resolve_step_size(prob, step_size, nbeta=nbeta, localization=localization,
+                                           batch_size=batch_size, seed=seed, preconditioner=preconditioner)
     cfg = SamplerConfig(step_size=step_size, nbeta=float(nbeta), localization=float(localization),
                         num_chains=int(num_chains), num_draws=int(num_draws), num_burnin=int(num_burnin),
                         batch_size=int(batch_size), seed=int(seed), preconditioner=preconditioner)
@@ -393,15 +417,7 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
                                  "refined-LLC groups must not overlap")
             owner[k] = gname
         selected[gname] = names
-    if num_draws is None:
-        num_draws = _config.size(1000, 200)
-    if num_burnin is None:
-        num_burnin = max(_config.size(500, 100), int(num_draws) // 2)
-    if device is None:
-        try:
-            device = next(model.parameters()).device
-        except (StopIteration, AttributeError):
-            device = None
+    num_draws, num_burnin, device = _sampling_defaults(model, num_draws, num_burnin, device)
     union = [k for k, _ in model.named_parameters() if k in owner]
     prob = _Problem(model, loss_fn, data, union, device)
     if nbeta is None:
@@ -692,25 +708,19 @@ class SusceptibilityEstimate:
 
     def to_dict(self) -> dict:
         """Numbers, strings and arrays only (for :func:`slt_companion.cache.cached`)."""
-        cfg = self.config.to_dict()
-        if isinstance(cfg["step_size"], tuple):
-            cfg["step_size"] = list(cfg["step_size"])
         return {"value": self.value, "per_chain": self.per_chain, "std": self.std, "sem": self.sem,
                 "perturbations": list(self.perturbations), "observables": list(self.observables),
                 "observable_trace": self.observable_trace, "perturbation_trace": self.perturbation_trace,
                 "mode": self.mode, "seconds": self.seconds,
-                "config": {k: v for k, v in cfg.items() if v is not None}}
+                "config": _config_to_dict(self.config)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SusceptibilityEstimate":
-        cfg = dict(d["config"])
-        if isinstance(cfg.get("step_size"), list):
-            cfg["step_size"] = tuple(cfg["step_size"])
         return cls(value=np.asarray(d["value"]), per_chain=np.asarray(d["per_chain"]), std=np.asarray(d["std"]),
                    sem=np.asarray(d["sem"]), perturbations=[str(s) for s in d["perturbations"]],
                    observables=[str(s) for s in d["observables"]],
                    observable_trace=np.asarray(d["observable_trace"]),
-                   perturbation_trace=np.asarray(d["perturbation_trace"]), config=SamplerConfig(**cfg),
+                   perturbation_trace=np.asarray(d["perturbation_trace"]), config=_config_from_dict(d["config"]),
                    mode=str(d["mode"]), seconds=float(d["seconds"]))
 
 
@@ -836,18 +846,10 @@ def susceptibility(model: torch.nn.Module, loss_fn: Callable, data, perturbation
         raise ValueError(f"mode must be 'mixture' (ΔL = L_q' − L_n) or 'add' (ΔL = L_q'), got {mode!r}")
     if isinstance(thin, bool) or not isinstance(thin, (int, np.integer)) or thin < 1:
         raise ValueError(f"thin must be an integer ≥ 1, got {thin!r}")
-    if num_draws is None:
-        num_draws = _config.size(1000, 200)
-    if num_burnin is None:
-        num_burnin = max(_config.size(500, 100), int(num_draws) // 2)
+    num_draws, num_burnin, device = _sampling_defaults(model, num_draws, num_burnin, device)
     if isinstance(num_draws, (int, np.integer)) and not isinstance(num_draws, bool) and num_draws // thin < 4:
         raise ValueError(f"num_draws // thin must be at least 4 to estimate a covariance, got "
                          f"num_draws={num_draws}, thin={thin}")
-    if device is None:
-        try:
-            device = next(model.parameters()).device
-        except (StopIteration, AttributeError):
-            device = None
     prob = _Problem(model, loss_fn, data, params, device)
     if nbeta is None:
         nbeta = default_nbeta(prob.n)
@@ -877,12 +879,8 @@ def susceptibility(model: torch.nn.Module, loss_fn: Callable, data, perturbation
     _eval_observables(prob, obs, prob.center[None])
     with cpu_threads(auto_threads(prob.device, num_chains * min(batch_size, prob.n) * prob.D)):
         prob.check(batch_size)
-        extras: dict = {}
-        if isinstance(step_size, str):
-            if step_size != "auto":
-                raise ValueError(f"step_size must be a positive number or 'auto', got {step_size!r}")
-            step_size, extras["auto_step"] = auto_step_size(prob, nbeta=nbeta, localization=localization,
-                                                            batch_size=batch_size, seed=seed)
+        step_size, extras = _resolve_step_size(prob, step_size, nbeta=nbeta, localization=localization,
+                                               batch_size=batch_size, seed=seed)
         cfg = SamplerConfig(step_size=step_size, nbeta=float(nbeta), localization=float(localization),
                             num_chains=int(num_chains), num_draws=int(num_draws), num_burnin=int(num_burnin),
                             batch_size=int(batch_size), seed=int(seed))
