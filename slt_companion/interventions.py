@@ -15,8 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._checks import check_int
 from .data import RegressionData
 from .sampling import cpu_threads
+from .tms import _batched_forward, _sgd_loop
 
 __all__ = ["tms_data_frequencies", "feature_slice", "train_tms"]
 
@@ -39,10 +41,9 @@ def tms_data_frequencies(n: int, frequencies, *, seed: int = 0, dtype: torch.dty
     uniform weights give the distribution of :func:`slt_companion.data.tms_data` (not the same draws). The target
     is the input (``y = x``). Deterministic for a fixed ``seed``.
     """
-    if isinstance(n, bool) or int(n) != n or int(n) < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = check_int("n", n)
     p = _frequencies(frequencies)
-    n, c = int(n), p.numel()
+    c = p.numel()
     gen = torch.Generator().manual_seed(int(seed))
     a = torch.multinomial(p, n, replacement=True, generator=gen)
     mu = torch.rand(n, generator=gen, dtype=torch.float64)
@@ -76,9 +77,7 @@ def train_tms(X, *, steps: int = 10_000, lr: float = 0.05, batch_size: int = 100
     X = torch.as_tensor(X).double()
     if X.ndim != 3:
         raise ValueError(f"X must have shape (runs, n, n_features), got {tuple(X.shape)}")
-    for name, v in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(v, bool) or int(v) != v or int(v) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    steps, batch_size = check_int("steps", steps), check_int("batch_size", batch_size)
     if not lr > 0 or not init_scale > 0:
         raise ValueError(f"lr and init_scale must be > 0, got lr={lr!r}, init_scale={init_scale!r}")
     R, n, c = X.shape
@@ -86,22 +85,12 @@ def train_tms(X, *, steps: int = 10_000, lr: float = 0.05, batch_size: int = 100
     W = (torch.randn(R, 2, c, generator=gen, dtype=torch.float64) * init_scale).requires_grad_(True)
     b = torch.zeros(R, c, dtype=torch.float64, requires_grad=True)
     ar = torch.arange(R)[:, None]
-
-    def forward(xb):
-        return torch.relu((xb @ W.transpose(-1, -2)) @ W + b[:, None, :])
-
-    it = range(int(steps))
+    it = range(steps)
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=f"SGD, {R} runs", mininterval=1.0)
     with cpu_threads(1):
-        for _ in it:
-            xb = X[ar, torch.randint(0, n, (R, int(batch_size)), generator=gen)]
-            loss = ((forward(xb) - xb) ** 2).sum(-1).mean(-1).sum()
-            gW, gb = torch.autograd.grad(loss, (W, b))
-            with torch.no_grad():
-                W -= lr * gW
-                b -= lr * gb
+        _sgd_loop(it, set(), R, n, batch_size, gen, X, W, b, lr, ar, record=None)   # tms.train_sgd's loop, no checkpoints
         with torch.no_grad():
-            train_loss = ((forward(X) - X) ** 2).sum(-1).mean(-1)
+            train_loss = ((_batched_forward(W, b, X) - X) ** 2).sum(-1).mean(-1)
     return {"W": W.detach().numpy().copy(), "b": b.detach().numpy().copy(), "train_loss": train_loss.numpy().copy()}
