@@ -47,8 +47,8 @@ def _check_repeated(tokens) -> int:
 
 
 @torch.no_grad()
-def attention_patterns(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``(batch, layers, heads, T, T)`` attention patterns of ``model`` on ``tokens`` (row = query)."""
+def _forward(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, patterns)`` of ``model`` in eval mode (its training flag restored afterwards)."""
     tokens = _check_tokens(tokens)
     was_training = model.training
     model.eval()
@@ -59,7 +59,17 @@ def attention_patterns(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Te
     if not (isinstance(out, tuple) and len(out) == 2 and out[1].ndim == 5):
         raise TypeError("model(tokens, return_attention=True) must return (logits, patterns) with patterns of shape "
                         "(batch, layers, heads, T, T), as AttentionOnlyLM does")
-    return out[1]
+    return out
+
+
+def attention_patterns(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``(batch, layers, heads, T, T)`` attention patterns of ``model`` on ``tokens`` (row = query)."""
+    return _forward(model, tokens)[1]
+
+
+def _half_losses(logits: torch.Tensor, tokens: torch.Tensor, L: int) -> tuple[float, float]:
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")   # (B, 2L - 1)
+    return float(nll[:, :L - 1].mean()), float(nll[:, L:].mean())
 
 
 def _offset_score(patterns: torch.Tensor, queries: torch.Tensor, offset: int) -> np.ndarray:
@@ -91,20 +101,12 @@ def induction_score(model: torch.nn.Module, tokens: torch.Tensor) -> np.ndarray:
     return _offset_score(pat, torch.arange(L, 2 * L), -L + 1)
 
 
-@torch.no_grad()
 def repeated_sequence_losses(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[float, float]:
     """``(first, second)``: mean next-token cross-entropy (nats) predicting positions ``1..L-1`` of the first half
     and positions ``L+1..2L-1`` of the copy (the copy's first token is left out: it is not yet repeated). The
     in-context learning score of Olsson et al. is ``second − first``."""
     L = _check_repeated(tokens)
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(tokens)
-    finally:
-        model.train(was_training)
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")   # (B, 2L - 1)
-    return float(nll[:, :L - 1].mean()), float(nll[:, L:].mean())
+    return _half_losses(_forward(model, tokens)[0], tokens, L)
 
 
 def head_scores(model: torch.nn.Module, repeated: torch.Tensor, text: torch.Tensor | None = None) -> dict:
@@ -112,16 +114,9 @@ def head_scores(model: torch.nn.Module, repeated: torch.Tensor, text: torch.Tens
     (the last two on ``text`` if given, else on ``repeated``) and ``{"loss_first", "loss_second", "icl"}``.
     One forward pass per probe: the same numbers as the single-score functions."""
     L = _check_repeated(repeated)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits, pat_rep = model(repeated, return_attention=True)
-            pat_text = pat_rep if text is None else model(_check_tokens(text), return_attention=True)[1]
-    finally:
-        model.train(was_training)
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), repeated[:, 1:], reduction="none")
-    first, second = float(nll[:, :L - 1].mean()), float(nll[:, L:].mean())
+    logits, pat_rep = _forward(model, repeated)
+    pat_text = pat_rep if text is None else _forward(model, text)[1]
+    first, second = _half_losses(logits, repeated, L)
     q = torch.arange(1, pat_text.shape[-1])
     return {"induction": _offset_score(pat_rep, torch.arange(L, 2 * L), -L + 1),
             "previous_token": _offset_score(pat_text, q, -1), "current_token": _offset_score(pat_text, q, 0),
