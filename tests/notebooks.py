@@ -1,32 +1,21 @@
-"""The book's pages as seen by the tests: listing them from _toc.yml, converting MyST notebooks for nbval,
-and executing one page from the command line.
+"""The book's pages as seen by the tests: listing them from _toc.yml and their execution times.
 
     python tests/notebooks.py list                 # every page in _toc.yml (docname, source, is_notebook)
-    python tests/notebooks.py to-ipynb DEST        # MyST notebooks -> DEST/<same path>.ipynb for `pytest --nbval-lax`
-    python tests/notebooks.py run PAGE.md [...]    # execute pages with nbclient, report the failing cell and time
     python tests/notebooks.py exec-table BUILD [--record full|quick]
                                                    # per-chapter execution times of the last build in BUILD
                                                    # (e.g. _build), read from its jupyter-cache; --record writes
                                                    # them to book/_data/run_times.json for the {runtime} role
 
-The converted notebooks get one extra first cell (tagged ``nbval-test-setup``) that turns
-DeprecationWarning/FutureWarning raised from ``slt_companion`` into errors (STYLE.md, convention 10).
+Executing pages is tests/nbexec.py's job (``python tests/nbexec.py PAGE.md`` runs one page and reports the
+failing cell).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-WARNINGS_CELL = (
-    "import warnings\n"
-    "for _category in (DeprecationWarning, FutureWarning):\n"
-    "    warnings.filterwarnings('error', category=_category, module=r'slt_companion(\\..*)?$')"
-)
-
 
 def _walk(entries, out):
     for entry in entries or []:
@@ -61,46 +50,6 @@ def is_notebook(path: Path) -> bool:
         return True
     head = path.read_text(encoding="utf-8")[:2000]
     return head.startswith("---") and ("jupytext:" in head or "kernelspec:" in head)
-
-
-def read_notebook(path: Path):
-    import jupytext
-
-    # fmt matters: with a sparse header jupytext may guess plain markdown and run nothing (STACK.md)
-    return jupytext.read(path, fmt="md:myst") if path.suffix == ".md" else jupytext.read(path)
-
-
-def to_ipynb(dest: Path, root: Path = ROOT) -> list[Path]:
-    """Convert every notebook page in _toc.yml into ``dest`` (mirroring paths) for nbval."""
-    import nbformat
-
-    written = []
-    for docname in toc_docnames(root):
-        src = source_of(docname, root)
-        if not is_notebook(src):
-            continue
-        nb = read_notebook(src)
-        setup = nbformat.v4.new_code_cell(WARNINGS_CELL)
-        setup.metadata["tags"] = ["nbval-test-setup"]
-        nb.cells.insert(0, setup)
-        out = dest / f"{docname}.ipynb"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, out)
-        written.append(out)
-    if not written:
-        raise SystemExit("to-ipynb: _toc.yml lists no notebook pages")
-    return written
-
-
-def run(path: Path, timeout: int = 1200) -> float:
-    """Execute one page in its own directory; raise with the failing cell's traceback. Returns seconds."""
-    from nbclient import NotebookClient
-
-    nb = read_notebook(path)
-    start = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    return time.perf_counter() - start
 
 
 def execution_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, float | None]]:
@@ -160,7 +109,7 @@ def record_times(build_dir: Path, mode: str, root: Path = ROOT) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"list", "to-ipynb", "run", "exec-table"}:
+    if not argv or argv[0] not in {"list", "exec-table"}:
         print(__doc__)
         return 2
     cmd, args = argv[0], argv[1:]
@@ -175,21 +124,6 @@ def main(argv: list[str]) -> int:
         print(exec_table(Path(args[0])))
         if len(args) == 3:
             record_times(Path(args[0]), args[2])
-    elif cmd == "to-ipynb":
-        if len(args) != 1:
-            print("usage: notebooks.py to-ipynb DEST")
-            return 2
-        for out in to_ipynb(Path(args[0])):
-            print(f"to-ipynb: {out}")
-    else:
-        status = 0
-        for arg in args:
-            try:
-                print(f"run: {arg}: ok in {run(Path(arg).resolve()):.1f} s")
-            except Exception as err:  # report and go on with the next page
-                print(f"run: {arg}: FAILED\n{err}")
-                status = 1
-        return status
     return 0
 
 

@@ -15,6 +15,17 @@ def test_quick_build_has_no_warnings(quick_book):
     assert not warnings, "\n".join(warnings)
 
 
+def test_quick_build_executed_no_notebook(quick_book):
+    """Execute once: tests/test_notebooks.py ran every page into the build's jupyter-cache, so the build found
+    each page there and started no kernel (a page whose cache key did not match would run a second time)."""
+    from nbexec import notebook_pages
+
+    log = (quick_book.parents[1] / "build.log").read_text()
+    executed = [line for line in log.splitlines() if "Executing notebook" in line or "Executed notebook" in line]
+    assert not executed, "the quick build executed pages again:\n" + "\n".join(executed)
+    assert log.count("Using cached notebook") == len(notebook_pages()), log[-3000:]
+
+
 def test_every_toc_page_is_built(quick_book):
     for docname in toc_docnames():
         assert (quick_book / f"{docname}.html").is_file(), f"{docname}.html missing from the build"

@@ -2,25 +2,54 @@
 
 sphinx-book-theme only copies the executed notebook next to the sources when a launch button (Binder,
 Colab, ...) is configured, and those need a network, so they are off in this book. This does the copy
-itself: ``_build/jupyter_execute/<page>.ipynb`` (written by MyST-NB, outputs included) goes to
-``_build/html/_sources/<page>.ipynb`` and the theme's download menu gains an ``.ipynb`` entry.
+itself: ``_build/jupyter_execute/<page>.ipynb`` (written by MyST-NB) goes to
+``_build/html/_sources/<page>.ipynb``, outputs included, and the theme's download menu gains an ``.ipynb`` entry.
+
+MyST-NB 1.4 writes that file *without* outputs when it took them from the jupyter-cache (it saves the notebook
+it read, not the one it merged with the cache: every page of an unchanged rebuild, and every page that
+``tests/nbexec.py`` executed before the build). The outputs are then merged in from the cache here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from shutil import copy2
+
+
+def _has_outputs(nb) -> bool:
+    return any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
+
+
+def _executed_notebook(app, pagename):
+    """The page's notebook with its outputs, or None for a plain Markdown page."""
+    import nbformat
+
+    written = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
+    if not written.is_file():
+        return None
+    nb = nbformat.read(written, as_version=4)
+    if _has_outputs(nb) or not any(cell.cell_type == "code" for cell in nb.cells):
+        return nb
+    from jupyter_cache import get_cache
+
+    cache_path = app.config.nb_execution_cache_path or Path(app.outdir).parent / ".jupyter_cache"
+    try:
+        _, nb = get_cache(str(cache_path)).merge_match_into_notebook(nb)
+    except KeyError:
+        pass  # not in the cache (e.g. execution off): offer the notebook as it is
+    return nb
 
 
 def _offer_ipynb(app, pagename, templatename, context, doctree):
     if not context.get("sourcename", "").endswith((".md", ".md.txt")):
         return
-    executed = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
-    if not executed.is_file():
+    nb = _executed_notebook(app, pagename)
+    if nb is None:
         return  # a plain Markdown page, not a notebook
+    import nbformat
+
     target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
-    copy2(executed, target)
+    nbformat.write(nb, target)
     context["ipynb_source"] = f"{pagename}.ipynb"
 
 

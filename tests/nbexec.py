@@ -1,0 +1,265 @@
+"""Execute the book's notebook pages once each, in a way that cannot hang silently, straight into the
+jupyter-cache that Jupyter Book reads.
+
+    python tests/nbexec.py --cache _build/.jupyter_cache [--timeout S] [--force] [PAGE.md ...]
+        # every notebook page of _toc.yml when no page is named; a page already in the cache is skipped;
+        # the per-cell timeout defaults to execute.timeout in _config.yml
+
+Both consumers go through :func:`execute_page`:
+
+- ``make test``: ``tests/test_notebooks.py`` runs every page once with ``SLT_QUICK=1`` (one pytest item per
+  page, failing with the cell that failed) into the quick build's cache; the quick ``-W`` build then renders
+  those executions instead of running the notebooks again (``tests/test_book.py`` checks it executed none);
+- ``make book``: every page full size into ``_build/.jupyter_cache`` before ``jupyter-book build``.
+
+What makes it safe to run beside anything else on the machine:
+
+- **No ports.** Each kernel talks to its client over IPC (Unix-domain sockets) in a private temporary
+  directory, never over TCP: two executions in two processes cannot pick the same port. (With TCP, a kernel
+  went idle while its client waited forever, twice, when two notebook runs overlapped.)
+- **A hang is a failure with a stack.** Every cell has a timeout. Before the code cells run, the kernel
+  registers :mod:`faulthandler` on ``SIGUSR1``; when a cell times out the client sends that signal, and the
+  kernel's Python stack of every thread goes into the error message, so the report says where it hung.
+- **One execution, one cache entry.** The page is read with MyST-NB's own reader, so the cache key (a hash of
+  the code cells and their metadata) is the one Jupyter Book computes when it builds the page; it then finds
+  the execution in the cache and does not run a kernel.
+
+The same set-up code also turns DeprecationWarning/FutureWarning raised from ``slt_companion`` into errors
+(STYLE.md, convention 10), silently, without adding a cell to the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # IPython colours its tracebacks; a failure message is plain text
+
+#: runs silently in every kernel before the first cell; ``{dump}`` is the file the stack goes to
+KERNEL_SETUP = """\
+import faulthandler as _slt_fh, signal as _slt_signal, warnings as _slt_warnings
+_slt_fh.register(_slt_signal.SIGUSR1, file=open({dump!r}, "w"), all_threads=True, chain=False)
+for _slt_category in (DeprecationWarning, FutureWarning):
+    _slt_warnings.filterwarnings("error", category=_slt_category, module=r"slt_companion(\\..*)?$")
+del _slt_fh, _slt_signal, _slt_warnings, _slt_category
+"""
+
+
+@dataclass
+class PageRun:
+    """What happened when one page was executed.
+
+    Attributes: ``path`` (the page), ``seconds`` (wall time of the execution, kernel start included),
+    ``cached`` (True when the cache already held this page and nothing ran), ``error`` (None on success,
+    else a report naming the cell, its line in the page, and the traceback or the kernel's stack),
+    ``transport`` (how the client talked to the kernel: ``"ipc"``).
+    """
+
+    path: Path
+    seconds: float
+    cached: bool = False
+    error: str | None = None
+    transport: str = "ipc"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def md_config(root: Path = ROOT):
+    """MyST-Parser's configuration as ``_config.yml`` sets it (the reader needs it to split the page into cells)."""
+    import yaml
+    from myst_parser.config.main import MdParserConfig
+
+    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
+    extensions = (config.get("parse") or {}).get("myst_enable_extensions") or []
+    return MdParserConfig(enable_extensions=set(extensions))
+
+
+def config_timeout(root: Path = ROOT) -> float:
+    """``execute.timeout`` of ``_config.yml`` (the full-size build's per-cell timeout, seconds)."""
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
+    return float((config.get("execute") or {}).get("timeout", 1200))
+
+
+def read_page(path: Path, root: Path = ROOT):
+    """The page as the notebook MyST-NB builds from it (same cells, same metadata, hence the same cache key)."""
+    import nbformat
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    path = Path(path)
+    if path.suffix == ".ipynb":
+        return nbformat.read(path, as_version=4)
+    return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), config=md_config(root),
+                                       add_source_map=True, path=str(path))
+
+
+def _client_class():
+    """nbclient's NotebookClient over IPC, with the stack dump on timeout (built lazily: nbclient is slow to import)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
+
+    class PageClient(NotebookClient):
+        def __init__(self, nb, *, socket_dir: str, dump_path: str, **kwargs):
+            super().__init__(nb, **kwargs)
+            self._socket_dir = socket_dir
+            self._dump_path = dump_path
+
+        def create_kernel_manager(self):
+            # Unix-domain sockets under a private directory: absolute paths (the kernel runs in the page's
+            # directory, not ours) that no other process can choose.
+            self.km = AsyncKernelManager(kernel_name=self.kernel_name or "python3", transport="ipc",
+                                         ip=os.path.join(self._socket_dir, "k"),
+                                         connection_file=os.path.join(self._socket_dir, "kernel.json"))
+            return self.km
+
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            msg_id = kc.execute(KERNEL_SETUP.format(dump=self._dump_path), silent=True, store_history=False)
+            reply = await self.async_wait_for_reply(msg_id)
+            if reply is None or reply["content"]["status"] != "ok":
+                raise RuntimeError(f"the kernel set-up code failed: {reply and reply['content']}")
+            return kc
+
+        def kernel_stack(self) -> str:
+            """Ask the kernel for its Python stack (SIGUSR1 -> faulthandler) and return what it wrote."""
+            process = getattr(getattr(self.km, "provisioner", None), "process", None)
+            if process is None or process.poll() is not None:
+                return "(the kernel process is gone: no stack)"
+            os.kill(process.pid, signal.SIGUSR1)  # the kernel alone, not its process group
+            deadline = time.monotonic() + 5
+            text = ""
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                text = Path(self._dump_path).read_text(errors="replace")
+                if text.strip():
+                    time.sleep(0.2)  # let it finish writing
+                    return Path(self._dump_path).read_text(errors="replace")
+            return "(the kernel wrote no stack within 5 s)"
+
+        async def _async_handle_timeout(self, timeout, cell=None):
+            raise CellTimeoutError(
+                f"no reply from the kernel within the cell timeout of {timeout:g} s (a hang, or a cell too slow "
+                f"for its budget).\n--- the cell:\n{cell.source if cell is not None else '?'}\n"
+                f"--- the kernel's Python stack at the timeout (main thread first, most recent call first):\n"
+                f"{_main_thread_first(self.kernel_stack())}")
+
+    return PageClient
+
+
+def _main_thread_first(dump: str) -> str:
+    """faulthandler lists the current (main) thread last; the reader wants it first."""
+    blocks = dump.strip().split("\n\n")
+    main = [b for b in blocks if b.startswith("Current thread")]
+    return "\n\n".join(main + [b for b in blocks if not b.startswith("Current thread")])
+
+
+def _failing_cell(nb, err) -> str:
+    """'cell K (line L of the page)' for the first code cell whose outputs hold an error, or the last one run."""
+    source_map = nb.metadata.get("source_map")
+    failed = None
+    code = [(index, cell) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    for number, (index, cell) in enumerate(code, start=1):
+        if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
+            failed = number, index
+            break
+        if cell.get("execution_count") is not None:
+            failed = number, index  # the last cell that started; a timed-out cell has a count, no error output
+    if failed is None:
+        return "before the first code cell (kernel start or set-up)"
+    number, index = failed
+    line = f" (line {source_map[index] + 1} of the page)" if source_map else ""
+    return f"code cell {number} of {len(code)}{line}"
+
+
+def execute_page(path: Path, *, cache_dir: Path | None = None, timeout: float = 1200, root: Path = ROOT,
+                 force: bool = False) -> PageRun:
+    """Execute one notebook page in its own directory, over IPC, with a per-cell ``timeout`` (seconds).
+
+    With ``cache_dir``, a page whose code is already cached there is not run again (unless ``force``), and a
+    successful run is stored there as Jupyter Book would store it (``execution_seconds`` in its data)."""
+    path = Path(path).resolve()
+    nb = read_page(path, root)
+    cache = None
+    if cache_dir is not None:
+        from jupyter_cache import get_cache
+
+        cache = get_cache(str(cache_dir))
+        if not force:
+            try:
+                cache.match_cache_notebook(nb)
+                return PageRun(path, 0.0, cached=True)
+            except KeyError:
+                pass
+    start = time.perf_counter()
+    error = None
+    with tempfile.TemporaryDirectory(prefix="slt-nb-") as tmp:
+        dump = os.path.join(tmp, "stack.txt")
+        client = _client_class()(nb, socket_dir=tmp, dump_path=dump, timeout=max(1, math.ceil(timeout)), kernel_name="python3",
+                                 allow_errors=False, record_timing=False,
+                                 resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute(cwd=str(path.parent))
+        except Exception as err:  # nbclient's CellExecutionError / CellTimeoutError / DeadKernelError, or set-up
+            error = (f"{path.relative_to(root) if path.is_relative_to(root) else path}: failed at "
+                     f"{_failing_cell(nb, err)}: {type(err).__name__}\n{err}")
+            if not str(err).strip():
+                error += traceback.format_exc()
+            error = ANSI.sub("", error)
+    seconds = time.perf_counter() - start
+    if error is None and cache is not None:
+        from jupyter_cache.base import CacheBundleIn
+
+        cache.cache_notebook_bundle(CacheBundleIn(nb, str(path), data={"execution_seconds": seconds}),
+                                    check_validity=False, overwrite=True)
+    return PageRun(path, seconds, error=error)
+
+
+def notebook_pages(root: Path = ROOT) -> list[Path]:
+    """Every notebook page of _toc.yml, in reading order."""
+    from notebooks import is_notebook, source_of, toc_docnames
+
+    return [source_of(d, root) for d in toc_docnames(root) if is_notebook(source_of(d, root))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pages", nargs="*", type=Path, help="pages to execute (default: every notebook page)")
+    parser.add_argument("--cache", type=Path, help="jupyter-cache directory to read and fill")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="per-cell timeout in seconds (default: execute.timeout of _config.yml)")
+    parser.add_argument("--force", action="store_true", help="execute even the pages already in the cache")
+    args = parser.parse_args(argv)
+    pages = args.pages or notebook_pages()
+    timeout = args.timeout if args.timeout is not None else config_timeout()
+    failed = []
+    for page in pages:
+        print(f"execute: {page} ...", flush=True)
+        run = execute_page(page, cache_dir=args.cache, timeout=timeout, force=args.force)
+        status = "cached" if run.cached else ("ok" if run.ok else "FAILED")
+        print(f"execute: {page}: {status}" + ("" if run.cached else f" in {run.seconds:.1f} s"), flush=True)
+        if not run.ok:
+            print(run.error, flush=True)
+            failed.append(page)
+    if failed:
+        print(f"execute: {len(failed)} page(s) failed: " + ", ".join(map(str, failed)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Every notebook page of the book executed once (SLT_QUICK=1), one test per page, and the executor itself:
+kernels over IPC that cannot collide, a timeout that reports where the kernel hung, an error that names the cell.
+
+The executions land in the quick build's jupyter-cache (``quick_exec_cache``), from which the quick ``-W``
+build renders the pages without running them again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import CELL_TIMEOUT_S, PAGE_BUDGET_S, ROOT, page_seconds
+from nbexec import execute_page, notebook_pages
+
+PAGES = notebook_pages()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT).with_suffix("")) for p in PAGES])
+def test_page_executes(page, quick_exec_cache):
+    run = execute_page(page, cache_dir=quick_exec_cache, timeout=CELL_TIMEOUT_S, force=True)
+    page_seconds[str(page.relative_to(ROOT))] = run.seconds
+    if not run.ok:
+        pytest.fail(run.error, pytrace=False)
+    assert run.seconds <= PAGE_BUDGET_S, \
+        f"{page.relative_to(ROOT)} took {run.seconds:.0f} s with SLT_QUICK=1, over its {PAGE_BUDGET_S:.0f} s budget"
+
+
+# ---- the executor, on small pages of its own ------------------------------------------------------------
+
+HEADER = textwrap.dedent("""\
+    ---
+    jupytext:
+      text_representation:
+        format_name: myst
+    kernelspec:
+      display_name: Python 3
+      language: python
+      name: python3
+    ---
+
+    # A page
+    """)
+
+
+def _page(tmp_path: Path, name: str, *cells: str) -> Path:
+    body = "".join(f"\nSome text.\n\n```{{code-cell}} ipython3\n{textwrap.dedent(c).strip()}\n```\n" for c in cells)
+    path = tmp_path / f"{name}.md"
+    path.write_text(HEADER + body)
+    return path
+
+
+def test_a_failing_cell_is_named_with_its_line(tmp_path):
+    page = _page(tmp_path, "fails", "x = 1", "raise ValueError('the bad value')")
+    run = execute_page(page, timeout=60)
+    assert not run.ok
+    assert "code cell 2 of 2" in run.error and "ValueError: the bad value" in run.error, run.error
+    lines = page.read_text().splitlines()
+    first_line = lines.index("raise ValueError('the bad value')") + 1  # the cell's first line, counted from 1
+    assert f"(line {first_line} of the page)" in run.error, run.error
+    assert "\x1b[" not in run.error  # no terminal colour codes in a failure message
+
+
+def test_a_hang_fails_with_the_kernels_stack(tmp_path):
+    page = _page(tmp_path, "hangs", """
+        import time
+        def wait_for_something_that_never_comes():
+            time.sleep(120)
+        wait_for_something_that_never_comes()
+        """)
+    run = execute_page(page, timeout=4)
+    assert not run.ok and "CellTimeoutError" in run.error and "cell timeout of 4 s" in run.error, run.error
+    assert "wait_for_something_that_never_comes" in run.error, run.error  # the kernel's stack, from faulthandler
+    assert run.seconds < 60
+
+
+def test_warnings_from_the_package_are_errors_in_pages(tmp_path):
+    page = _page(tmp_path, "warns", """
+        import warnings
+        warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module="slt_companion.llc")
+        """)
+    run = execute_page(page, timeout=60)
+    assert not run.ok and "DeprecationWarning" in run.error
+
+
+def test_the_cache_serves_a_page_once(tmp_path):
+    page = _page(tmp_path, "once", "print(6 * 7)")
+    first = execute_page(page, cache_dir=tmp_path / "cache", timeout=60)
+    second = execute_page(page, cache_dir=tmp_path / "cache", timeout=60)
+    assert first.ok and not first.cached and second.cached
+    page.write_text(page.read_text().replace("6 * 7", "6 * 8"))  # code changed: executed again
+    assert not execute_page(page, cache_dir=tmp_path / "cache", timeout=60).cached
+
+
+def test_two_executions_at_once_in_two_processes(tmp_path):
+    """Two pages executed at the same moment by two processes, each kernel checking that it talks over IPC
+    (no TCP port that the other could take)."""
+    check = """
+        import json, time
+        from ipykernel.connect import get_connection_info
+        info = json.loads(get_connection_info())
+        assert info["transport"] == "ipc", info
+        time.sleep(2)
+        print("done", info["ip"])
+        """
+    pages = [_page(tmp_path, f"p{i}", check, "print(sum(range(10**6)))") for i in range(2)]
+    script = "import sys; sys.path.insert(0, 'tests'); from nbexec import main; sys.exit(main(sys.argv[1:]))"
+    procs = [subprocess.Popen([sys.executable, "-c", script, "--timeout", "60", str(p)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in pages]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    for proc, out in zip(procs, outs):
+        assert proc.returncode == 0, out
+        assert ": ok in" in out, out
