@@ -129,11 +129,29 @@ def _client_class():
 
         async def async_start_new_kernel_client(self):
             kc = await super().async_start_new_kernel_client()
+            # nbclient's own SIGINT/SIGTERM handler shuts the kernel down and then goes on with the next page;
+            # ours also records the signal, so that execute_page stops the whole run (Ctrl-C, a CI timeout).
+            import asyncio
+
+            loop = asyncio.get_event_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(signum, self._stop, signum)
+                except (RuntimeError, NotImplementedError, ValueError):
+                    pass  # not the main thread: nbclient's handlers (or none) stay
             msg_id = kc.execute(KERNEL_SETUP.format(dump=self._dump_path), silent=True, store_history=False)
             reply = await self.async_wait_for_reply(msg_id)
             if reply is None or reply["content"]["status"] != "ok":
                 raise RuntimeError(f"the kernel set-up code failed: {reply and reply['content']}")
             return kc
+
+        stopped_by: int | None = None
+
+        def _stop(self, signum: int) -> None:
+            import asyncio
+
+            self.stopped_by = signum
+            self._async_cleanup_kernel_future = asyncio.ensure_future(self._async_cleanup_kernel())
 
         def kernel_stack(self) -> str:
             """Ask the kernel for its Python stack (SIGUSR1 -> faulthandler) and return what it wrote."""
@@ -215,6 +233,8 @@ def execute_page(path: Path, *, cache_dir: Path | None = None, timeout: float = 
         try:
             client.execute(cwd=str(path.parent))
         except Exception as err:  # nbclient's CellExecutionError / CellTimeoutError / DeadKernelError, or set-up
+            if client.stopped_by is not None:  # the kernel is already shut down; stop here, not at the next page
+                raise KeyboardInterrupt(f"stopped by signal {client.stopped_by} while executing {path}") from err
             error = (f"{path.relative_to(root) if path.is_relative_to(root) else path}: failed at "
                      f"{_failing_cell(nb, err)}: {type(err).__name__}\n{err}")
             if not str(err).strip():
@@ -249,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for page in pages:
         print(f"execute: {page} ...", flush=True)
-        run = execute_page(page, cache_dir=args.cache, timeout=timeout, force=args.force)
+        try:
+            run = execute_page(page, cache_dir=args.cache, timeout=timeout, force=args.force)
+        except KeyboardInterrupt as stop:
+            print(f"execute: {stop or 'interrupted'}; the remaining pages were not run", flush=True)
+            return 130
         status = "cached" if run.cached else ("ok" if run.ok else "FAILED")
         print(f"execute: {page}: {status}" + ("" if run.cached else f" in {run.seconds:.1f} s"), flush=True)
         if not run.ok:

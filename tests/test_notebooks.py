@@ -114,3 +114,25 @@ def test_two_executions_at_once_in_two_processes(tmp_path):
     for proc, out in zip(procs, outs):
         assert proc.returncode == 0, out
         assert ": ok in" in out, out
+
+
+def test_a_signal_stops_the_whole_run(tmp_path):
+    """SIGTERM (a CI timeout) or Ctrl-C while a page runs stops the run and its kernel, not just that page."""
+    import signal
+    import time
+
+    started = tmp_path / "first-page-started"
+    slow = _page(tmp_path, "slow", f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(120)")
+    marker = tmp_path / "second-page-ran"
+    second = _page(tmp_path, "second", f"open({str(marker)!r}, 'w').close()")
+    script = "import sys; sys.path.insert(0, 'tests'); from nbexec import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", script, "--timeout", "200", str(slow), str(second)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:  # the kernel sleeps in the first page's cell
+        time.sleep(0.2)
+    assert started.exists(), "the first page never started"
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "the remaining pages were not run" in out and not marker.exists(), out
