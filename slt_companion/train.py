@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -186,7 +187,8 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         key made of ``cache_config``, the training settings and a fingerprint of the initial model; ``cache_config``
         must describe whatever ``loss_fn`` and ``batch_fn`` do (they cannot be hashed). The run is then also resumable.
     stop_at : stop after this step, save the resumable state and return the partial trajectory (not cached);
-        the next call with the same arguments continues from there.
+        the next call with the same arguments continues from there -- with a freshly initialised model or with the
+        same (now partly trained) model object: the stopped weights are recognised as a state of the run.
     num_threads : CPU threads during training; ``None``: one thread for models under a million parameters on the
         CPU (faster there, and much faster on a busy machine), else torch's setting.
     grad_clip : clip the gradient's global norm to this value before each step (``None``: no clipping; the
@@ -227,11 +229,16 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
 
     if cache_name is None:
         return Trajectory.from_dict(run())
-    key = {"user": dict(cache_config or {}), "train": settings, "model": _fingerprint(model), "device": dev.type}
+    base = {"user": dict(cache_config or {}), "train": settings, "device": dev.type}
+    fingerprint = _fingerprint(model)
+    key = _resumed_key(cache_name, base, fingerprint)
     path = _cache.entry_path(cache_name, key)
     partial = path.with_name(path.name[:-4] + ".partial.pt")
-    if stop_at is not None:
-        return Trajectory.from_dict(run(partial))
+    if stop_at is not None and int(stop_at) < num_steps:
+        traj = Trajectory.from_dict(run(partial))
+        # the model now holds the stopped weights: remember which run they belong to
+        _write_resume_pointer(cache_name, base, _fingerprint(model), key["model"])
+        return traj
     result = _cache.cached(cache_name, key, lambda: run(partial))
     if partial.exists():
         partial.unlink()
@@ -240,6 +247,45 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         for (name, p), v in zip(model.named_parameters(), traj.state_dict(-1).values()):
             p.copy_(v.to(p))
     return traj
+
+
+def _pointer_name(cache_name: str) -> str:
+    return f"{cache_name}.resume"
+
+
+def _resumed_key(cache_name: str, base: dict, fingerprint: str) -> dict:
+    """The cache key of a run started from the model whose parameters have ``fingerprint``.
+
+    After ``train(..., stop_at=k)`` the model object holds the weights of step ``k``; a pointer file (written by
+    :func:`_write_resume_pointer`) maps their fingerprint to the fingerprint of the initial model, so that a later
+    ``train(...)`` with the same object continues *that* run (from its saved state, or its cached result) instead of
+    starting a new one from the step-``k`` weights labelled as step 0. Without a pointer, or when the run it names
+    has neither a saved state nor a cached result, the key is that of the model as passed.
+    """
+    own = {**base, "model": fingerprint}
+    pointer = _cache.entry_path(_pointer_name(cache_name), own)
+    if not pointer.exists():
+        return own
+    try:
+        origin = str(_cache.load(pointer)["model"])
+    except (ValueError, KeyError, TypeError):
+        return own
+    key = {**base, "model": origin}
+    path = _cache.entry_path(cache_name, key)
+    if path.exists() or path.with_name(path.name[:-4] + ".partial.pt").exists():
+        return key
+    return own
+
+
+def _write_resume_pointer(cache_name: str, base: dict, stopped: str, origin: str) -> None:
+    """Record that weights with fingerprint ``stopped`` are a stopped state of the run from ``origin``."""
+    pointer = _cache.entry_path(_pointer_name(cache_name), {**base, "model": stopped})
+    try:
+        _cache.save(pointer, {"model": origin})
+    except OSError as err:
+        warnings.warn(f"could not write the resume pointer {pointer} ({err}); to resume this run, call train() "
+                      "again with a freshly initialised model rather than the stopped one", RuntimeWarning,
+                      stacklevel=3)
 
 
 _OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "entropy-sgd")

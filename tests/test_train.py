@@ -98,3 +98,22 @@ def test_train_errors():
         train(small(), mse, SAMPLER.batch_fn(4), num_steps=5, checkpoints=[0, 9], progress=False)
     with pytest.raises(FloatingPointError, match="lr"):
         train(small(), lambda o, y: (o * float("nan")).mean(), SAMPLER.batch_fn(4), num_steps=5, progress=False)
+
+
+def test_stopped_model_object_resumes_its_own_run(tmp_path, monkeypatch):
+    # issue 20.1: train(m, stop_at=k) then train(m) with the same object continues the run; it used to start a new
+    # one from the step-k weights labelled as step 0 (the cache key fingerprinted the partly trained model)
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    ref = run(seed=3)
+    m = small()
+    init = [p.detach().clone() for p in m.parameters()]
+    kw = dict(lr=3e-3, progress=False, checkpoints=[0, 1, 5, 10, 20, 30], num_steps=30, seed=3,
+              cache_name="test-train", cache_config={"t": 2})
+    train(m, mse, SAMPLER.batch_fn(8), stop_at=12, **kw)
+    full = train(m, mse, SAMPLER.batch_fn(8), **kw)
+    assert torch.equal(full.params, ref.params) and np.array_equal(full.train_loss, ref.train_loss)
+    assert torch.equal(full.params[0], torch.cat([p.reshape(-1) for p in init]))     # step 0 = the initialisation
+    assert all(torch.equal(a, b) for a, b in zip(m.parameters(), full.model_at(-1, small()).parameters()))
+    assert not list(tmp_path.glob("*.partial.pt"))
+    fresh = train(small(), mse, SAMPLER.batch_fn(8), **kw)      # the cached result is that of the initial model
+    assert torch.equal(fresh.params, ref.params)
