@@ -273,6 +273,33 @@ def _as_xy(data, device):
     return x.to(device), y.to(device)
 
 
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise a ValueError naming ``name`` if the floating tensor ``t`` holds NaN or inf (rows along dim 0)."""
+    if not t.is_floating_point() and not t.is_complex():
+        return
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad.reshape(t.shape[0], -1).any(1)).flatten()
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf entries (in {rows.numel()} rows, the first is row "
+                         f"{int(rows[0])}); drop or impute those rows before sampling")
+
+
+def _broadcast_mismatch(out: torch.Tensor, y: torch.Tensor, n: int):
+    """The shape ``out`` and ``y`` broadcast to with ``n`` rows, if that is larger than either (else ``None``).
+
+    An output ``(n, 1)`` against targets ``(n,)`` broadcasts to ``(n, n)`` inside an elementwise loss: every output
+    is compared with every target, a wrong loss without an error. Pairs that do not broadcast at all (class scores
+    ``(n, K)`` against labels ``(n,)``) or broadcast to one of their own shapes are not flagged."""
+    if out.ndim == 0 or y.ndim == 0 or out.shape[0] != y.shape[0] or out.shape == y.shape:
+        return None
+    so, sy = (n,) + tuple(out.shape[1:]), (n,) + tuple(y.shape[1:])
+    try:
+        full = tuple(torch.broadcast_shapes(so, sy))
+    except RuntimeError:
+        return None
+    return full if full not in (so, sy) else None
+
+
 class _Problem:
     """The model made functional over a flat parameter vector, with the data on the device."""
 
@@ -307,6 +334,12 @@ class _Problem:
         self.frozen = {k: v.detach() for k, v in named.items() if k not in self.names}
         self.frozen.update({k: v for k, v in model.named_buffers()})
         self.center = torch.cat([named[k].detach().reshape(-1) for k in self.names]).to(self.device)
+        bad = [k for k in self.names if not bool(torch.isfinite(named[k].detach()).all())]
+        if bad:
+            raise ValueError(f"the model's parameters {bad} hold NaN/inf: the centre w* must be finite (train or "
+                             "load the model again)")
+        _check_finite("data x", self.x)
+        _check_finite("data y", self.y)
         # optional fast paths (see the module docstring); used only when every parameter is sampled
         fwd = getattr(model, "forward_batched", None)
         self.fast_forward = fwd if callable(fwd) and len(self.names) == len(named) else None
@@ -376,6 +409,39 @@ class _Problem:
             return None
         return vals.double()
 
+    @torch.no_grad()
+    def _check_loss_at_center(self, out, loss, b: int) -> None:
+        """Before any sampling: output/target shapes that broadcast, a non-finite loss at w*, a summed loss."""
+        if isinstance(out, torch.Tensor):
+            full = _broadcast_mismatch(out, self.y[:b], self.n)
+            if full is not None:
+                want = (-1,) + tuple(out.shape[1:])
+                raise ValueError(
+                    f"model(x) has shape {tuple(out.shape)} but y has shape {tuple(self.y[:b].shape)} (first {b} rows): "
+                    f"inside loss_fn they broadcast to {full} with the full data, comparing every output with every "
+                    f"target, which gives a wrong λ̂ without an error. Make y match the output, e.g. "
+                    f"y = y.reshape{want}, or reshape the model's output to y's shape")
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError(f"model(x) is NaN/inf at the centre w* on the first {b} rows of data (x and the "
+                                 "parameters are finite): check the model's forward")
+        if not math.isfinite(float(loss)):
+            raise ValueError(f"loss_fn(model(x), y) is {float(loss)} at the centre w* on the first {b} rows of data "
+                             "(x, y and model(x) are finite): check loss_fn (a log of zero, a division by zero?)")
+        full_loss = self.full_loss(self.center)
+        if not math.isfinite(full_loss):
+            raise ValueError(f"loss_fn(model(x), y) is {full_loss} at the centre w* on the full data (finite on its "
+                             f"first {b} rows): the model or the loss is not finite on some samples")
+        k = min(self.n // 2, 4)
+        xs, ys = self.x[:2 * k], self.y[:2 * k]
+        both = float(self.loss_fn(self.model(xs), ys))
+        halves = float(self.loss_fn(self.model(xs[:k]), ys[:k])) + float(self.loss_fn(self.model(xs[k:]), ys[k:]))
+        tol = 1e-4 * abs(both) + 1e-6
+        if abs(both - halves) <= tol < abs(both - halves / 2):
+            raise ValueError(
+                "loss_fn(model(x), y) adds up the per-sample losses of the batch instead of averaging them (its value "
+                f"on {2 * k} rows is the sum of its values on two halves of {k}); λ̂ = nβ·ΔL would be off by the batch "
+                "size. Return the mean over the batch (e.g. reduction='mean', or divide by len(y))")
+
     def check(self, batch_size: int):
         """Run one vmapped forward/backward on two chains; translate failures into clear errors."""
         buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
@@ -397,6 +463,7 @@ class _Problem:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("loss_fn(model(x), y) must return a scalar tensor (the mean loss over the batch); "
                              f"got {type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}")
+        self._check_loss_at_center(out, loss, b)
         try:
             losses, grad = self.losses_and_grads(W, xb, yb)
             changed = [k for k, v in self.model.named_buffers() if not torch.equal(v, buffers[k])]

@@ -1,5 +1,6 @@
 """The LLC estimator: accuracy on a reduced-rank regression, determinism, the paired baseline, errors."""
 
+import copy
 import math
 
 import numpy as np
@@ -161,3 +162,54 @@ def test_toy_potential_exact_converges_and_matches_the_regular_case():
     assert 0.35 < b < 0.55
     with pytest.raises(ValueError, match="exponents"):
         toy_potential_exact((0, 0), 100)
+
+
+# ---- issue 20: bad input is an error before sampling, never a silently wrong λ̂ -------------------------------
+def _small_problem(out_dim=1, n=200):
+    d = teacher_student(n, 3, out_dim, 1, seed=1)
+    return DeepLinearNetwork([3, 2, out_dim]).fit_least_squares(d.x, d.y), d
+
+
+FAST = dict(num_chains=2, num_draws=20, num_burnin=0, step_size=1e-4, progress=False)
+
+
+def test_targets_that_broadcast_against_the_output_are_an_error():
+    # issue 20.2: y (n,) against model(x) (n, 1) broadcast to (n, n) inside the loss and gave a wrong λ̂ silently
+    m, d = _small_problem()
+    with pytest.raises(ValueError, match=r"broadcast to \(200, 200\).*y = y.reshape\(-1, 1\)"):
+        estimate_llc(m, lambda o, y: 0.5 * ((o - y) ** 2).mean(), (d.x, d.y[:, 0]), **FAST)
+    est = estimate_llc(m, lambda o, y: 0.5 * ((o - y) ** 2).mean(), (d.x, d.y), **FAST)   # matching shapes run
+    assert math.isfinite(est.mean)
+
+
+def test_a_loss_summed_over_the_batch_is_an_error():
+    # issue 20.3: a summed loss makes λ̂ wrong by the batch size; it was detected (per_sample_losses) but not reported
+    m, d = _small_problem()
+    with pytest.raises(ValueError, match="adds up the per-sample losses.*mean"):
+        estimate_llc(m, lambda o, y: 0.5 * ((o - y) ** 2).sum(), d.xy, **FAST)
+    with pytest.raises(ValueError, match="adds up"):          # also with a baseline that never calls per_sample_losses
+        estimate_llc(m, lambda o, y: 0.5 * ((o - y) ** 2).sum(), d.xy, baseline="full", **FAST)
+
+
+def test_non_finite_data_or_loss_is_named_before_sampling():
+    # issue 20.4: NaN/inf in the data or the loss at w* were blamed on dropout, the fast path or the step size
+    m, d = _small_problem()
+    x, y = d.x.clone(), d.y.clone()
+    x[150, 1] = float("nan")
+    y[7, 0] = float("inf")
+    for data, name in (((x, d.y), "data x holds 1 NaN/inf entries .* row 150"), ((d.x, y), "data y .* row 7")):
+        with pytest.raises(ValueError, match=name) as err:
+            estimate_llc(m, mse, data, **FAST)
+        assert "dropout" not in str(err.value) and "step" not in str(err.value)
+    with pytest.raises(ValueError, match=r"loss_fn\(model\(x\), y\) is nan at the centre w\*") as err:
+        estimate_llc(m, lambda o, t: mse(o, t) * float("nan"), d.xy, **FAST)
+    assert "dropout" not in str(err.value)
+    big = d.y.clone()
+    big[100, 0] = 1e30                      # finite data whose loss overflows: not "step size too large at step 0"
+    with pytest.raises(ValueError, match="is inf at the centre w\\* on the full data"):
+        estimate_llc(m, mse, (d.x, big), **FAST)
+    bad = copy.deepcopy(m)
+    with torch.no_grad():
+        next(bad.parameters())[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="parameters .* NaN/inf"):
+        estimate_llc(bad, mse, d.xy, **FAST)
