@@ -3,7 +3,8 @@
 The book's long runs go through :func:`cached`: the first build computes and stores, an unchanged
 rebuild loads. Changing any config value, the package version or any source file of the package changes
 the key, so results are never stale. An entry that cannot be read (truncated file, edited by hand) is reported with a warning and
-recomputed -- never a crash and never a silently wrong number.
+recomputed -- never a crash and never a silently wrong number; a result that cannot be written (read-only or
+uncreatable folder) is returned with a warning -- a finished computation is never lost.
 
 Entries are ``.npz`` files read with ``allow_pickle=False`` (no code runs on load). A result is a
 ``dict`` whose values are numbers, strings, booleans, ``None``, lists of numbers, NumPy arrays,
@@ -95,9 +96,13 @@ def entry_path(name: str, config: dict) -> Path:
     return cache_dir() / f"{safe}-{cache_key(name, config)}.npz"
 
 
+#: the layout of an entry's ``__meta__`` record; an entry without it (or with another) is treated as corrupt
+_FORMAT = 2
+
+
 def _flatten(result: dict, prefix: str, arrays: dict, meta: dict) -> None:
     for key, value in result.items():
-        if not isinstance(key, str) or "/" in key or key == _META:
+        if not isinstance(key, str) or "/" in key:
             raise TypeError(f"result keys must be strings without '/', got {key!r}")
         path = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -128,16 +133,53 @@ def _flatten(result: dict, prefix: str, arrays: dict, meta: dict) -> None:
             )
 
 
-def save(path: Path, result: dict) -> None:
-    """Write ``result`` to ``path`` atomically (a temporary file, then a rename)."""
-    arrays: dict = {}
-    meta: dict = {}
-    _flatten(result, "", arrays, meta)
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # exists but not ours (PermissionError), or cannot tell
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list:
+    """Delete the temporary files of :func:`atomic_write` in ``folder`` whose writing process is gone (killed
+    mid-write, so its own clean-up never ran). Returns the paths removed."""
+    removed = []
+    try:
+        candidates = list(Path(folder).glob(".*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        parts = tmp.name.split(".")
+        try:                 # .<target name>.<pid>.<random>.tmp
+            pid = int(parts[-3])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` atomically: ``write(file_object)`` fills a temporary file next to it, which then replaces it.
+
+    The temporary file is named ``.<name>.<pid>.<random>.tmp``; one left behind by a killed process is deleted by
+    the next write into the same folder (:func:`remove_stale_temporaries`). Raises ``OSError`` if the folder cannot
+    be created or written.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    remove_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{_META: np.array(json.dumps(meta))}, **arrays)
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -145,31 +187,61 @@ def save(path: Path, result: dict) -> None:
         raise
 
 
+def save(path: Path, result: dict) -> None:
+    """Write ``result`` to ``path`` atomically (:func:`atomic_write`).
+
+    Arrays are stored under generated names (``a0``, ``a1``, ...) and the result's own keys only in the metadata,
+    so any key -- ``file``, ``allow_pickle`` -- round-trips."""
+    arrays: dict = {}
+    entries: dict = {}
+    _flatten(result, "", arrays, entries)
+    stored = {}
+    for i, (key, value) in enumerate(arrays.items()):
+        stored[f"a{i}"] = value
+        entries[key]["array"] = f"a{i}"
+    header = np.array(json.dumps({"format": _FORMAT, "entries": entries}))
+    atomic_write(path, lambda fh: np.savez(fh, **{_META: header}, **stored))
+
+
+_KINDS = ("dict", "value", "array", "tensor")
+
+
 def load(path: Path) -> dict:
-    """Read an entry written by :func:`save`. Raises ``ValueError`` if it is corrupt."""
+    """Read an entry written by :func:`save`. Raises ``ValueError`` if it is corrupt (unreadable, or metadata that
+    is not what :func:`save` writes)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(str(npz[_META]))
-            arrays = {k: npz[k] for k in npz.files if k != _META}
-    except Exception as err:  # zipfile.BadZipFile, OSError, KeyError, JSONDecodeError, ...
+            header = json.loads(str(npz[_META]))
+            if not isinstance(header, dict) or header.get("format") != _FORMAT \
+                    or not isinstance(header.get("entries"), dict):
+                raise ValueError(f"metadata is not a format-{_FORMAT} record")
+            entries = header["entries"]
+            arrays = {}
+            for key, entry in entries.items():
+                if not isinstance(entry, dict) or entry.get("kind") not in _KINDS:
+                    raise ValueError(f"bad metadata for {key!r}: {entry!r}")
+                if entry["kind"] in ("array", "tensor"):
+                    arrays[key] = npz[entry["array"]]
+    except Exception as err:  # zipfile.BadZipFile, OSError, KeyError, JSONDecodeError, TypeError, ...
         raise ValueError(f"cache entry {path} is corrupt ({type(err).__name__}: {err})") from err
     result: dict = {}
-    for key in sorted(meta, key=lambda k: k.count("/")):
-        *parents, leaf = key.split("/")
-        node = result
-        for part in parents:
-            node = node[part]
-        kind = meta[key]["kind"]
-        if kind == "dict":
-            node[leaf] = {}
-        elif kind == "value":
-            node[leaf] = meta[key]["value"]
-        elif kind in ("array", "tensor"):
-            if key not in arrays:
-                raise ValueError(f"cache entry {path} is corrupt (array {key!r} missing)")
-            node[leaf] = torch.from_numpy(arrays[key]) if kind == "tensor" else arrays[key]
-        else:
-            raise ValueError(f"cache entry {path} is corrupt (unknown kind {kind!r})")
+    try:
+        for key in sorted(entries, key=lambda k: k.count("/")):
+            *parents, leaf = key.split("/")
+            node = result
+            for part in parents:
+                node = node[part]
+            if not isinstance(node, dict):
+                raise TypeError(f"{key!r} lies under a value that is not a dict")
+            kind = entries[key]["kind"]
+            if kind == "dict":
+                node[leaf] = {}
+            elif kind == "value":
+                node[leaf] = entries[key]["value"]
+            else:
+                node[leaf] = torch.from_numpy(arrays[key]) if kind == "tensor" else arrays[key]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"cache entry {path} is corrupt ({type(err).__name__}: {err})") from err
     return result
 
 
@@ -178,10 +250,11 @@ def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: boo
 
     ``compute`` takes no arguments and returns a dict (see the module docstring for what it may hold).
     ``refresh=True`` recomputes and overwrites. A corrupt entry gives a ``RuntimeWarning`` and is
-    recomputed. Delete the file (:func:`entry_path`) to force a recomputation by hand.
+    recomputed; a result that cannot be written (a read-only or uncreatable folder) gives a ``RuntimeWarning``
+    and is returned all the same. Delete the file (:func:`entry_path`) to force a recomputation by hand.
     """
     path = entry_path(name, config)
-    if path.exists() and not refresh:
+    if not refresh and _exists(path):
         try:
             return load(path)
         except ValueError as err:
@@ -189,5 +262,17 @@ def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: boo
     result = compute()
     if not isinstance(result, dict):
         raise TypeError(f"compute() for {name!r} must return a dict, got {type(result).__name__}")
-    save(path, result)
+    try:
+        save(path, result)
+    except OSError as err:   # a finished computation is never lost because the cache cannot be written
+        warnings.warn(f"could not store the result of {name!r} in the cache ({type(err).__name__}: {err}); "
+                      "returning it uncached. Set SLT_CACHE_DIR to a writable folder to keep results.",
+                      RuntimeWarning, stacklevel=2)
     return result
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False

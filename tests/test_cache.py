@@ -96,3 +96,72 @@ def test_package_source_is_part_of_the_key(monkeypatch):
     base = cache.cache_key("demo", {"a": 1})
     monkeypatch.setattr(cache, "package_fingerprint", lambda: "edited")
     assert cache.cache_key("demo", {"a": 1}) != base
+
+
+# ---- issue 20: the cache never loses a finished computation, and malformed entries are recomputed ------------
+def test_unwritable_cache_warns_and_returns_the_result(tmp_path, monkeypatch):
+    # issue 20.5: a finished computation was discarded when the cache could not be written
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SLT_CACHE_DIR", str(blocker / "cache"))          # uncreatable (works as root too)
+    with pytest.warns(RuntimeWarning, match="could not store the result of 'demo'.*SLT_CACHE_DIR"):
+        out = cache.cached("demo", {"a": 1}, lambda: {"lam": 0.5, "arr": np.arange(3)})
+    assert out["lam"] == 0.5 and out["arr"].tolist() == [0, 1, 2]
+    monkeypatch.setattr(cache.os, "replace", _raise_permission)             # a read-only folder: the rename fails
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path / "ro"))
+    with pytest.warns(RuntimeWarning, match="PermissionError"):
+        assert cache.cached("demo", {"a": 1}, lambda: {"lam": 0.25}) == {"lam": 0.25}
+    assert not list((tmp_path / "ro").iterdir())                           # and no temporary file is left
+
+
+def _raise_permission(*args):
+    raise PermissionError(13, "Read-only file system")
+
+
+def test_any_result_key_round_trips():
+    # issue 20.5: a key named `file` made np.savez fail; `allow_pickle` was swallowed by it and never stored
+    res = {"file": np.arange(3), "allow_pickle": torch.tensor([1.0]), "__meta__": 2, "a0": np.ones(2),
+           "nested": {"file": 1.5, "kwds": np.zeros(1)}}
+    cache.cached("demo", {"k": 1}, lambda: res)
+    back = cache.cached("demo", {"k": 1}, lambda: pytest.fail("must load, not recompute"))
+    assert back["file"].tolist() == [0, 1, 2] and torch.equal(back["allow_pickle"], torch.tensor([1.0]))
+    assert back["__meta__"] == 2 and back["a0"].tolist() == [1.0, 1.0]
+    assert back["nested"]["file"] == 1.5 and back["nested"]["kwds"].tolist() == [0.0]
+
+
+@pytest.mark.parametrize("meta", ["{}", "[]", "5", '"text"', '{"lam": {"kind": "value"}}',
+                                  '{"format": 2, "entries": {"lam": {"kind": "value"}}}',
+                                  '{"format": 2, "entries": {"a/b": {"kind": "value", "value": 1}}}',
+                                  '{"format": 2, "entries": {"lam": 5}}',
+                                  '{"format": 2, "entries": {"t": {"kind": "tensor", "array": "a9"}}}',
+                                  '{"format": 2, "entries": {"a": {"kind": "value", "value": 1}, '
+                                  '"a/b": {"kind": "value", "value": 2}}}'])
+def test_malformed_metadata_is_a_corrupt_entry(meta):
+    # issue 20.6: malformed metadata returned {} or raised KeyError/TypeError instead of being recomputed
+    path = cache.entry_path("demo", {"m": 1})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        np.savez(fh, __meta__=np.array(meta))
+    with pytest.raises(ValueError, match="corrupt"):
+        cache.load(path)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert cache.cached("demo", {"m": 1}, lambda: {"lam": 0.75}) == {"lam": 0.75}
+    assert cache.load(path) == {"lam": 0.75}
+    assert cache.cached("demo", {"e": 1}, dict) == {}                        # an empty result is not corrupt
+    assert cache.cached("demo", {"e": 1}, lambda: pytest.fail("must load")) == {}
+
+
+def test_a_killed_write_leaves_no_temporary_file_behind():
+    # issue 20.8: a write killed mid-way left a stray .tmp in the cache folder for ever
+    import subprocess
+    import sys
+
+    child = ("import os, numpy as np\n"
+             "from slt_companion import cache\n"
+             "np.savez = lambda fh, **kw: (fh.write(b'partial'), fh.flush(), os._exit(9))\n"
+             "cache.cached('demo', {'k': 1}, lambda: {'x': np.ones(3)})\n")
+    assert subprocess.run([sys.executable, "-c", child], timeout=120).returncode == 9
+    folder = cache.cache_dir()
+    assert [p for p in folder.iterdir() if p.name.endswith(".tmp")]         # the killed writer left one
+    assert cache.cached("demo", {"k": 1}, lambda: {"x": 2})["x"] == 2
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
