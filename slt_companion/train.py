@@ -223,9 +223,9 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
                 "checkpoints": [int(c) for c in ckpts], "seed": int(seed),
                 "grad_clip": None if grad_clip is None else float(grad_clip)}
 
-    def run(partial_path=None) -> dict:
+    def run(partial_path=None, restart_ok=True) -> dict:
         return _run(model, loss_fn, batch_fn, settings, ckpts, dev, partial_path, stop_at, progress, num_threads,
-                    opt_factory)
+                    opt_factory, restart_ok)
 
     if cache_name is None:
         return Trajectory.from_dict(run())
@@ -234,14 +234,18 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     key = _resumed_key(cache_name, base, fingerprint)
     path = _cache.entry_path(cache_name, key)
     partial = path.with_name(path.name[:-4] + ".partial.pt")
+    restart_ok = key["model"] == fingerprint      # the model passed is the run's initialisation
     if stop_at is not None and int(stop_at) < num_steps:
-        traj = Trajectory.from_dict(run(partial))
+        traj = Trajectory.from_dict(run(partial, restart_ok))
         # the model now holds the stopped weights: remember which run they belong to
         _write_resume_pointer(cache_name, base, _fingerprint(model), key["model"])
         return traj
-    result = _cache.cached(cache_name, key, lambda: run(partial))
-    if partial.exists():
-        partial.unlink()
+    result = _cache.cached(cache_name, key, lambda: run(partial, restart_ok))
+    for leftover in (partial, partial.with_name(partial.name + ".tmp")):   # (the second: written by older versions)
+        try:
+            leftover.unlink(missing_ok=True)
+        except OSError:
+            pass
     traj = Trajectory.from_dict(result)
     with torch.no_grad():                       # leave the model trained, as without the cache
         for (name, p), v in zip(model.named_parameters(), traj.state_dict(-1).values()):
@@ -307,8 +311,27 @@ def _make_optimizer(model, s, opt_factory):
     return EntropySGD(params, lr=s["lr"], weight_decay=s["weight_decay"], seed=s["seed"])
 
 
+def _load_partial(path, model, opt, N: int, ckpts) -> tuple:
+    """Read a saved training state and load it into ``model`` and ``opt``; raise on anything inconsistent.
+
+    Returns ``(start, seconds, losses, lrs, kept)``."""
+    state = torch.load(path, weights_only=True)
+    start = int(state["step"])
+    if not 0 < start < N:
+        raise ValueError(f"saved step {start} is not in (0, num_steps={N})")
+    losses, lrs = state["losses"].numpy(), state["lrs"].numpy()
+    if losses.shape != (N,) or lrs.shape != (N,):
+        raise ValueError(f"saved losses have shape {losses.shape}, expected ({N},)")
+    kept = {int(k): v for k, v in zip(state["kept_steps"].tolist(), state["kept"])}
+    if not set(kept) <= {int(c) for c in ckpts}:
+        raise ValueError(f"saved checkpoints {sorted(kept)[:5]} are not in this run's schedule")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return start, float(state["seconds"]), losses, lrs, kept
+
+
 def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progress, num_threads,
-         opt_factory=None) -> dict:
+         opt_factory=None, restart_ok=True) -> dict:
     from tqdm.auto import tqdm
 
     N = s["num_steps"]
@@ -321,24 +344,45 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
     kept: dict[int, torch.Tensor] = {}
     start, elapsed = 0, 0.0
     if partial_path is not None and os.path.exists(partial_path):
-        state = torch.load(partial_path, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, elapsed = int(state["step"]), float(state["seconds"])
-        losses[:start] = state["losses"].numpy()[:start]
-        lrs[:start] = state["lrs"].numpy()[:start]
-        kept = {int(k): v for k, v in zip(state["kept_steps"].tolist(), state["kept"])}
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            start, elapsed, saved_losses, saved_lrs, kept = _load_partial(partial_path, model, opt, N, ckpts)
+            losses[:start], lrs[:start] = saved_losses[:start], saved_lrs[:start]
+        except Exception as err:      # truncated or foreign file: never let it block every later run
+            with torch.no_grad():
+                model.load_state_dict(initial)
+            opt = _make_optimizer(model, s, opt_factory)
+            start, elapsed, kept = 0, 0.0, {}
+            aside = f"{partial_path}.corrupt"
+            try:
+                os.replace(partial_path, aside)
+            except OSError:
+                aside = None
+            reason = (str(err).strip().splitlines() or [""])[0][:160]
+            what = (f"the saved training state {partial_path} cannot be resumed ({type(err).__name__}: {reason}); "
+                    + (f"moved it to {aside}" if aside else "could not move it aside"))
+            if not restart_ok:
+                raise RuntimeError(
+                    f"{what}. The model passed holds the weights of that stopped run, not its initialisation, so "
+                    "the run cannot restart from step 0: call train() with a freshly initialised model") from err
+            warnings.warn(f"{what}; restarting the run from step 0.", RuntimeWarning, stacklevel=4)
+    can_save = partial_path is not None
 
     def save_partial(step):
-        if partial_path is None:
+        nonlocal can_save
+        if not can_save:
             return
-        os.makedirs(os.path.dirname(partial_path) or ".", exist_ok=True)
-        tmp = f"{partial_path}.tmp"
         ks = sorted(kept)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": elapsed,
-                    "losses": torch.from_numpy(losses), "lrs": torch.from_numpy(lrs),
-                    "kept_steps": torch.tensor(ks, dtype=torch.int64), "kept": [kept[k] for k in ks]}, tmp)
-        os.replace(tmp, partial_path)
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": elapsed,
+                 "losses": torch.from_numpy(losses), "lrs": torch.from_numpy(lrs),
+                 "kept_steps": torch.tensor(ks, dtype=torch.int64), "kept": [kept[k] for k in ks]}
+        try:
+            _cache.atomic_write(partial_path, lambda fh: torch.save(state, fh))
+        except OSError as err:        # keep training; only resumability is lost
+            can_save = False
+            warnings.warn(f"could not save the training state to {partial_path} ({type(err).__name__}: {err}); "
+                          "training goes on, but an interruption will not be resumable", RuntimeWarning,
+                          stacklevel=4)
 
     if start == 0 and 0 in ckpts:
         kept[0] = _flat(model)

@@ -117,3 +117,38 @@ def test_stopped_model_object_resumes_its_own_run(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.partial.pt"))
     fresh = train(small(), mse, SAMPLER.batch_fn(8), **kw)      # the cached result is that of the initial model
     assert torch.equal(fresh.params, ref.params)
+
+
+def test_corrupt_training_checkpoint_is_named_moved_aside_and_the_run_restarts(tmp_path, monkeypatch):
+    # issue 20.7: a corrupt partial checkpoint blocked every later run with a raw torch error naming no file
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    ref = run(seed=3)
+    run(seed=3, cache_name="test-train", cache_config={"t": 3}, stop_at=12)
+    (partial,) = tmp_path.glob("*.partial.pt")
+    partial.write_bytes(partial.read_bytes()[:200])                      # truncated by a crash
+    with pytest.warns(RuntimeWarning, match=f"{partial.name} cannot be resumed.*moved it to .*corrupt.*step 0"):
+        full = run(seed=3, cache_name="test-train", cache_config={"t": 3})
+    assert torch.equal(full.params, ref.params) and np.array_equal(full.train_loss, ref.train_loss)
+    assert not partial.exists() and partial.with_name(partial.name + ".corrupt").exists()
+    # the same object stopped and then corrupted cannot restart from its trained weights: a clear error, no wrong run
+    m = small()
+    kw = dict(lr=3e-3, progress=False, checkpoints=[0, 1, 5, 10, 20, 30], num_steps=30, seed=3,
+              cache_name="test-train", cache_config={"t": 4})
+    train(m, mse, SAMPLER.batch_fn(8), stop_at=12, **kw)
+    (partial,) = [p for p in tmp_path.glob("*.partial.pt")]
+    partial.write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match=f"{partial.name} cannot be resumed.*freshly initialised model"):
+        train(m, mse, SAMPLER.batch_fn(8), **kw)
+    assert torch.equal(train(small(), mse, SAMPLER.batch_fn(8), **kw).params, ref.params)
+
+
+def test_unwritable_cache_does_not_lose_the_training_run(tmp_path, monkeypatch):
+    # issue 20.5: with a cache folder that cannot be created, the finished trajectory comes back with warnings
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("SLT_CACHE_DIR", str(blocker / "cache"))
+    ref = run(seed=3)
+    with pytest.warns(RuntimeWarning, match="could not"):
+        traj = run(seed=3, cache_name="test-train", cache_config={"t": 5})
+    assert torch.equal(traj.params, ref.params)
+
