@@ -1,9 +1,11 @@
 """Offer every notebook page as an executed ``.ipynb`` in the page's download menu.
 
-sphinx-book-theme only copies the executed notebook next to the sources when a launch button (Binder,
-Colab, ...) is configured, and those need a network, so they are off in this book. This does the copy
-itself: ``_build/jupyter_execute/<page>.ipynb`` (written by MyST-NB) goes to
-``_build/html/_sources/<page>.ipynb``, outputs included, and the theme's download menu gains an ``.ipynb`` entry.
+sphinx-book-theme copies the executed notebook next to the sources only when a launch button (Binder,
+Colab, ...) is configured, and it copies MyST-NB's file as it is (see below). This does the copy itself:
+``_build/jupyter_execute/<page>.ipynb`` (written by MyST-NB) goes to ``_build/html/_sources/<page>.ipynb``,
+outputs included, and the theme's download menu gains an ``.ipynb`` entry. The merged notebook is also written
+back over MyST-NB's file, so the theme's own copy (with launch buttons on, right after this) is the same.
+The ``notebooks`` branch that Colab opens is made of these files (.github/workflows/book.yml).
 
 MyST-NB 1.4 writes that file *without* outputs when it took them from the jupyter-cache (it saves the notebook
 it read, not the one it merged with the cache: every page of an unchanged rebuild, and every page that
@@ -50,6 +52,8 @@ def _offer_ipynb(app, pagename, templatename, context, doctree):
     target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)
+    # sphinx-book-theme's launch buttons copy jupyter_execute/<page>.ipynb over the target next (priority 501)
+    nbformat.write(nb, Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb")
     context["ipynb_source"] = f"{pagename}.ipynb"
 
 
