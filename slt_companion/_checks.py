@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -16,3 +17,23 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     if not ok or int(value) < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
     return int(value)
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a ``float`` if it is a finite number > 0 (≥ 0 with ``allow_zero``), else raise a
+    ValueError naming ``name``.
+
+    Python, NumPy and one-element torch numbers are accepted (``np.float32(1e-3)``, ``torch.tensor(0.5)``);
+    booleans, non-finite values and non-numbers are refused.
+    """
+    v = value
+    if hasattr(v, "numel") and hasattr(v, "item") and not isinstance(v, bool):   # a torch tensor
+        v = v.item() if v.numel() == 1 and not v.is_complex() else None
+    elif hasattr(v, "ndim") and getattr(v, "ndim", None) == 0 and hasattr(v, "item"):   # a 0-d NumPy array
+        v = v.item()
+    ok = (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+          and (float(v) > 0 or (allow_zero and float(v) == 0)))
+    if not ok:
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(v)

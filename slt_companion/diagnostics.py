@@ -22,7 +22,13 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["ess", "rhat", "split_chains", "rank_normalize", "autocovariance", "SGLDDivergenceError"]
+__all__ = ["ess", "rhat", "split_chains", "rank_normalize", "autocovariance", "SGLDDivergenceError",
+           "NegativeLLCWarning"]
+
+
+class NegativeLLCWarning(RuntimeWarning):
+    """An LLC estimate came out negative beyond its error, or negative from chains that disagree (R̂ > 1.1): not an
+    estimate of λ ≥ 0. A page that shows such a value on purpose can filter this class alone."""
 
 
 class SGLDDivergenceError(RuntimeError):

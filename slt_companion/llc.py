@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from . import config as _config
-from .diagnostics import ess as _ess, rhat as _rhat
+from .diagnostics import NegativeLLCWarning, ess as _ess, rhat as _rhat
 from .sampling import SamplerConfig, SGLDResult, _Problem, auto_threads, cpu_threads, sgld
 
 __all__ = ["estimate_llc", "estimate_refined_llcs", "LLCEstimate", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
@@ -204,8 +205,12 @@ def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_s
     xb, yb = prob.x[sel], prob.y[sel]
     center = prob.center[None]
     h0 = float(_hessian_top_eig(prob, center, xb[None], yb[None], nbeta, localization, seed=seed)[0])
-    if not math.isfinite(h0) or h0 <= 0:
+    if not math.isfinite(h0):
         raise ValueError("the loss has a non-finite Hessian at the centre w*; check the model and loss_fn")
+    if h0 <= 0:
+        raise ValueError(f"the Hessian of nβ·L + γ/2·‖w − w*‖² at the centre w* is zero (the loss is flat there and "
+                         f"localization={localization!r}), so step_size='auto' has no curvature to scale by; pass a "
+                         "number as step_size, or a localization > 0")
     ladder = tuple(factor / h0 * 2.0 ** (3 - i) for i in range(rungs))
     cfg = SamplerConfig(step_size=ladder, nbeta=nbeta, localization=localization, num_chains=rungs,
                         num_draws=pilot_steps, num_burnin=0, batch_size=batch_size, seed=int(seed) + 1,
@@ -335,6 +340,28 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_s
     return _summarize(llc_trace, res.loss.numpy(), init_loss, cfg, baseline, res.seconds, extras)
 
 
+#: R̂ above this says the chains disagree (Vehtari et al. 2021 recommend 1.01 for final results; 1.1 is a clear failure)
+RHAT_WARN = 1.1
+
+
+def _warn_if_negative(mean: float, sem: float, rhat: float) -> None:
+    """Warn when λ̂ < 0 beyond its Monte Carlo error, or < 0 with chains that disagree (R̂ > :data:`RHAT_WARN`).
+
+    The LLC is never negative: a negative estimate means the chains found lower loss than at w* (w* is not a local
+    minimum) or did not converge. An estimate within two standard errors of 0, from agreeing chains, passes."""
+    if not mean < 0:
+        return
+    unconverged = rhat == rhat and rhat > RHAT_WARN
+    significant = not (sem == sem) or mean + 2 * sem < 0
+    if unconverged or significant:
+        why = (f"the chains disagree (R̂ = {rhat:.2f} > {RHAT_WARN})" if unconverged
+               else f"it is {-mean / sem:.1f} standard errors below 0" if sem == sem and sem > 0 else "")
+        warnings.warn(f"λ̂ = {mean:.4g} is negative{': ' + why if why else ''}. The LLC is ≥ 0, so this is not an "
+                      "estimate: the chains found lower loss than at w* (is w* a local minimum? train longer) or did "
+                      "not converge (use a smaller step_size, a larger localization or more burn-in; see est.plot())",
+                      NegativeLLCWarning, stacklevel=5)
+
+
 def _summarize(llc_trace: np.ndarray, trace: np.ndarray, init_loss: float, cfg: SamplerConfig, baseline: str,
                seconds: float, extras: dict) -> LLCEstimate:
     per_chain = llc_trace.mean(axis=1)
@@ -345,6 +372,7 @@ def _summarize(llc_trace: np.ndarray, trace: np.ndarray, init_loss: float, cfg: 
     else:
         e, r = float("nan"), float("nan")
     sem = float(llc_trace.std(ddof=1) / math.sqrt(e)) if e == e and e > 0 else float("nan")
+    _warn_if_negative(mean, sem, r)
     return LLCEstimate(mean=mean, std=std, sem=sem, per_chain=per_chain, llc_trace=llc_trace,
                        trace=trace, init_loss=init_loss, ess=e, rhat=r, config=cfg,
                        baseline=baseline, seconds=seconds, extras=extras)

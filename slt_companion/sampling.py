@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ._checks import check_positive
 from .config import resolve_device
 from .diagnostics import SGLDDivergenceError
 
@@ -121,10 +122,9 @@ class SamplerConfig:
     def __post_init__(self):
         def positive(name, allow_zero=False):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
-                    or (v == 0 and not allow_zero):
-                bound = "≥ 0" if allow_zero else "> 0"
-                raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
+            f = check_positive(name, v, allow_zero=allow_zero)
+            if type(v) not in (int, float):    # a NumPy or torch number: stored as a plain float
+                object.__setattr__(self, name, f)
 
         def count(name, minimum):
             v = getattr(self, name)
@@ -135,10 +135,7 @@ class SamplerConfig:
             if len(self.step_size) != self.num_chains:
                 raise ValueError(f"step_size has {len(self.step_size)} values but num_chains={self.num_chains}; "
                                  "give one step size, or one per chain")
-            for v in self.step_size:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                    raise ValueError(f"every step_size must be a finite number > 0, got {v!r}")
-            object.__setattr__(self, "step_size", tuple(float(v) for v in self.step_size))
+            object.__setattr__(self, "step_size", tuple(check_positive("every step_size", v) for v in self.step_size))
         else:
             positive("step_size")
         positive("nbeta")
@@ -213,6 +210,10 @@ def select_params(model: nn.Module, params=None) -> list[str]:
         if unknown:
             raise ValueError(f"params names {unknown} are not parameters of the model; "
                              f"its parameters are {list(named)}")
+        twice = sorted({k for k in names if names.count(k) > 1})
+        if twice:
+            raise ValueError(f"params lists {twice} more than once, which would sample them twice (doubling the "
+                             "dimension); list each parameter name once")
     if not names:
         raise ValueError(f"params={params!r} selects no parameters; the model's parameters are {list(named)}")
     return names

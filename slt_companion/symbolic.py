@@ -99,9 +99,14 @@ def fisher_information(model, params: Sequence[sp.Symbol], inputs: Sequence[sp.S
             f"model has symbols {sorted(map(str, unknown))} that are neither params nor inputs; "
             "list them in params or inputs, or substitute values for them first."
         )
-    sigma2 = sp.sympify(noise_variance)
-    if sigma2.is_positive is False or sigma2.is_zero:
-        raise ValueError(f"noise_variance must be positive, got {noise_variance!r}")
+    try:
+        sigma2 = sp.sympify(noise_variance)
+    except (sp.SympifyError, TypeError) as err:
+        raise ValueError(f"noise_variance must be a positive number or sympy expression, got {noise_variance!r}") from err
+    if sigma2.has(sp.nan, sp.zoo, sp.oo, -sp.oo) or sigma2.is_finite is False or sigma2.is_positive is False \
+            or sigma2.is_zero:
+        raise ValueError(f"noise_variance must be a finite positive number (σ², or a positive sympy symbol), "
+                         f"got {noise_variance!r}")
 
     grad = sp.Matrix([sp.diff(model, p) for p in params])
     pointwise = grad * grad.T / sigma2

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import cache as _cache
+from ._checks import check_positive
 from .config import resolve_device
 from .sampling import cpu_threads
 
@@ -197,8 +198,7 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     num_steps = int(num_steps)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    lr = check_positive("lr", lr)
     if not callable(optimizer) and optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)} or a callable params -> Optimizer, "
                          f"got {optimizer!r}")
@@ -214,8 +214,8 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         raise ValueError(f"checkpoints must be steps in [0, num_steps={num_steps}], got {list(ckpts)[:5]}...")
     if stop_at is not None and not (0 < int(stop_at) <= num_steps):
         raise ValueError(f"stop_at must lie in [1, num_steps={num_steps}], got {stop_at!r}")
-    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
-        raise ValueError(f"grad_clip must be None or a finite number > 0, got {grad_clip!r}")
+    if grad_clip is not None:
+        grad_clip = check_positive("grad_clip (or None)", grad_clip)
     dev = resolve_device(device)
     model.to(dev)
     settings = {"num_steps": num_steps, "lr": float(lr), "optimizer": optimizer, "betas": [float(b) for b in betas],

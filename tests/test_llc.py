@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -213,3 +214,58 @@ def test_non_finite_data_or_loss_is_named_before_sampling():
         next(bad.parameters())[0, 0] = float("inf")
     with pytest.raises(ValueError, match="parameters .* NaN/inf"):
         estimate_llc(bad, mse, d.xy, **FAST)
+
+
+def test_numpy_and_torch_numbers_are_accepted():
+    # issue 20.8: np.float32(1e-4) or torch.tensor(1e-4) was rejected as "must be a finite number > 0"
+    m, d = _small_problem()
+    ref = estimate_llc(m, mse, d.xy, **FAST)
+    for cast in (np.float32, np.float64, torch.tensor):
+        kw = {**FAST, "step_size": cast(1e-4), "localization": cast(1.0), "nbeta": cast(default_nbeta(200))}
+        est = estimate_llc(m, mse, d.xy, **kw)
+        assert isinstance(est.config.step_size, float) and isinstance(est.config.nbeta, float)
+        assert est.mean == pytest.approx(ref.mean, rel=1e-5)
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+        estimate_llc(m, mse, d.xy, **{**FAST, "step_size": np.float32(-1e-4)})
+
+
+def test_a_flat_loss_is_not_called_non_finite():
+    # issue 20.8: a zero Hessian (flat loss, localization=0) was reported as "a non-finite Hessian"
+    m, d = _small_problem()
+    with pytest.raises(ValueError, match="is zero .*pass a number as step_size, or a localization > 0") as err:
+        estimate_llc(m, lambda o, y: 0.0 * o.sum() + 1.0, d.xy, **{**FAST, "step_size": "auto", "localization": 0.0})
+    assert "non-finite" not in str(err.value)
+
+
+def test_duplicate_params_names_are_an_error():
+    # issue 20.8: params=["layers.0.weight"] * 2 sampled that weight twice (doubling the dimension)
+    d = teacher_student(200, 3, 1, 1, seed=1)
+    m = DeepLinearNetwork([3, 2, 2, 1]).fit_least_squares(d.x, d.y)
+    with pytest.raises(ValueError, match=r"params lists \['layers.0.weight'\] more than once"):
+        estimate_llc(m, mse, d.xy, params=["layers.0.weight", "layers.0.weight"], **FAST)
+    assert estimate_llc(m, mse, d.xy, params=["layers.0.weight"], **FAST).mean == estimate_llc(
+        m, mse, d.xy, params="layers.0", **FAST).mean
+
+
+def test_a_negative_estimate_warns():
+    # issue 20.8: a negative λ̂ (here with R̂ ≈ 2: chains that disagree) was returned without a warning
+    from slt_companion.diagnostics import NegativeLLCWarning
+    from slt_companion.llc import _summarize
+    from slt_companion.sampling import SamplerConfig
+
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=200)
+    noise = np.random.default_rng(0).normal(size=(2, 200))
+    disagree = np.stack([noise[0] - 6.0, noise[1] + 2.0])
+    with pytest.warns(NegativeLLCWarning, match=r"λ̂ = -2.* negative: the chains disagree \(R̂ = 1\.[5-9]\d > 1\.1\)"):
+        est = _summarize(disagree, disagree, 0.0, cfg, "paired", 0.0, {})
+    assert est.mean < 0 and est.rhat > 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _summarize(noise - 0.01, noise, 0.0, cfg, "paired", 0.0, {})      # within its error of 0: no warning
+    m, d = _small_problem()
+    off = copy.deepcopy(m)                              # w* away from the minimum: the chains go downhill
+    with torch.no_grad():
+        next(off.parameters()).add_(0.5)
+    with pytest.warns(NegativeLLCWarning, match="negative.*local minimum"):
+        est = estimate_llc(off, mse, d.xy, **{**FAST, "step_size": 1e-3, "num_draws": 50})
+    assert est.mean < 0

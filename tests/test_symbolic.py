@@ -68,3 +68,13 @@ def test_mismatched_parameters_are_value_errors():
         fisher_information(a * x, [a], [x], noise_variance=-1)
     with pytest.raises(ValueError, match="free symbols"):
         fisher_rank(fisher_information(a * b * x, [a, b], [x], input_points=[1]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), sp.nan, sp.oo, sp.zoo])
+def test_non_finite_noise_variance_is_an_error(bad):
+    # issue 20.8: noise_variance=nan was accepted and gave a matrix of nan
+    a, b, x = sp.symbols("a b x")
+    with pytest.raises(ValueError, match="noise_variance must be a finite positive number"):
+        fisher_information(a * b * x, [a, b], [x], noise_variance=bad)
+    s = sp.Symbol("s", positive=True)                 # a positive symbol is still fine
+    assert fisher_information(a * x, [a], [x], noise_variance=s)[0, 0] == x ** 2 / s

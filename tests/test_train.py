@@ -152,3 +152,14 @@ def test_unwritable_cache_does_not_lose_the_training_run(tmp_path, monkeypatch):
         traj = run(seed=3, cache_name="test-train", cache_config={"t": 5})
     assert torch.equal(traj.params, ref.params)
 
+
+
+def test_numpy_and_torch_numbers_are_accepted_for_lr_and_grad_clip():
+    # issue 20.8: lr=np.float32(3e-3) was rejected as "must be a finite number > 0"
+    kw = dict(progress=False, checkpoints=[0, 1, 5, 10, 20, 30], num_steps=30, seed=1)
+    ref = train(small(), mse, SAMPLER.batch_fn(8), lr=2 ** -8, grad_clip=0.5, **kw)   # exact in float32
+    for cast in (np.float32, np.float64, torch.tensor):
+        traj = train(small(), mse, SAMPLER.batch_fn(8), lr=cast(2 ** -8), grad_clip=cast(0.5), **kw)
+        assert np.array_equal(traj.lr, ref.lr) and torch.equal(traj.params, ref.params)
+    with pytest.raises(ValueError, match="grad_clip"):
+        run(grad_clip=np.float32(-1.0))
