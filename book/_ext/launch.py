@@ -105,7 +105,16 @@ def _fix_colab_and_check_cell(app, pagename, templatename, context, doctree):
             f"(run `python book/_ext/launch.py` to write it into every page)", location=pagename)
 
 
+def _substitutions(app, config):
+    """``{{ book_link }}`` and ``{{ repository_link }}`` in any page: the online book and the repository."""
+    repo_url = config.html_theme_options.get("repository_url", "").rstrip("/")
+    if repo_url:
+        config.myst_substitutions = {**(config.myst_substitutions or {}),
+                                     "book_link": f"<{pages_url(repo_url)}>", "repository_link": f"<{repo_url}>"}
+
+
 def setup(app):
+    app.connect("config-inited", _substitutions)
     # after sphinx-book-theme has built its launch buttons (priority 501)
     app.connect("html-page-context", _fix_colab_and_check_cell, priority=510)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
