@@ -157,3 +157,80 @@ def test_code_cells_have_copy_buttons(browser, site):
     finally:
         page.close()
     assert cells > 5 and buttons == cells, f"{buttons} copy buttons for {cells} code cells"
+
+
+# ---- issue 18: launch buttons, licence footer, version and release notes --------------------------------------
+LAUNCH = """() => ({
+  launch: Array.from(document.querySelectorAll('.dropdown-launch-buttons a.dropdown-item'))
+               .map(a => [a.textContent.trim(), a.href]),
+  repo: Array.from(document.querySelectorAll('a.btn-source-repository-button')).map(a => a.href),
+  footer: (document.querySelector('.extra_footer') || {textContent: ''}).textContent,
+})"""
+
+
+def test_launch_buttons_link_to_binder_colab_and_the_repository(browser, site, quick_book):
+    """Every page has the repository button and the licence footer; every notebook page has exactly a Binder
+    link (its .md on the branch, opened by binder/'s environment) and a Colab link (its executed .ipynb on the
+    notebooks branch, which .github/workflows/book.yml fills from _build/html/_sources), all derived from
+    repository.url in _config.yml. Neither the pages nor opening the launch menu request anything off the site."""
+    import sys
+
+    import yaml
+
+    from notebooks import ROOT, is_notebook, source_of
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import launch
+
+    repo = launch.repository_url()
+    org, name = launch.github_parts(repo)
+    branch = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["branch"]
+    page = browser.new_page()
+    off_site: list[str] = []
+    page.on("request", lambda req: None if req.url.startswith((site, "data:")) or FONT.search(req.url)
+            else off_site.append(req.url))
+    notebooks: list[str] = []
+    try:
+        for docname in toc_docnames():
+            page.goto(f"{site}/{docname}.html", wait_until="domcontentloaded")
+            seen = page.evaluate(LAUNCH)
+            assert seen["repo"] == [repo], f"{docname}: repository button {seen['repo']}"
+            assert "MIT" in seen["footer"] and "CC BY 4.0" in seen["footer"], f"{docname}: footer {seen['footer']!r}"
+            if not is_notebook(source_of(docname)):
+                assert seen["launch"] == [], f"{docname} is not a notebook but offers {seen['launch']}"
+                continue
+            notebooks.append(docname)
+            assert seen["launch"] == [
+                ["Binder", f"https://mybinder.org/v2/gh/{org}/{name}/{branch}?urlpath=lab/tree/{docname}.md"],
+                ["Colab", f"https://colab.research.google.com/github/{org}/{name}/blob/notebooks/{docname}.ipynb"],
+            ], f"{docname}: launch buttons {seen['launch']}"
+            assert (ROOT / f"{docname}.md").is_file()                       # what Binder opens
+            assert (quick_book / "_sources" / f"{docname}.ipynb").is_file()  # what the notebooks branch holds
+        # a reader opens the rocket menu: the two links show, and still nothing is loaded from elsewhere
+        assert notebooks, "no notebook page in _toc.yml"
+        page.goto(f"{site}/{notebooks[-1]}.html", wait_until="networkidle")
+        page.click(".dropdown-launch-buttons button.dropdown-toggle", timeout=10_000)
+        page.wait_for_selector(".dropdown-launch-buttons a.dropdown-item:has-text('Colab')", state="visible",
+                               timeout=10_000)
+        page.wait_for_timeout(300)
+    finally:
+        page.close()
+    assert not off_site, f"requests off the site: {off_site}"
+
+
+def test_front_page_shows_version_release_notes_and_how_to_cite(browser, site):
+    import slt_companion
+
+    page = browser.new_page()
+    try:
+        page.goto(f"{site}/book/intro.html", wait_until="networkidle")
+        text = page.inner_text("main")
+        notes = page.eval_on_selector_all("main a", "els => els.filter(e => e.textContent.trim() === 'release notes')"
+                                                    ".map(e => e.href)")
+        page.goto(notes[0], wait_until="networkidle")
+        changelog = page.inner_text("main")
+    finally:
+        page.close()
+    assert f"version {slt_companion.__version__}" in text and "How to cite" in text and "CC BY 4.0" in text
+    assert notes and notes[0].endswith("/book/changelog.html")
+    assert f"{slt_companion.__version__} (" in changelog and "Release notes" in changelog
