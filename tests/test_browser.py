@@ -175,6 +175,7 @@ def test_launch_buttons_link_to_binder_colab_and_the_repository(browser, site, q
     repository.url in _config.yml. Neither the pages nor opening the launch menu request anything off the site."""
     import sys
 
+    import nbformat
     import yaml
 
     from notebooks import ROOT, is_notebook, source_of
@@ -205,7 +206,10 @@ def test_launch_buttons_link_to_binder_colab_and_the_repository(browser, site, q
                 ["Colab", f"https://colab.research.google.com/github/{org}/{name}/blob/notebooks/{docname}.ipynb"],
             ], f"{docname}: launch buttons {seen['launch']}"
             assert (ROOT / f"{docname}.md").is_file()                       # what Binder opens
-            assert (quick_book / "_sources" / f"{docname}.ipynb").is_file()  # what the notebooks branch holds
+            # what the notebooks branch holds, and Colab runs: the install cell comes first
+            first = next(c for c in nbformat.read(quick_book / "_sources" / f"{docname}.ipynb", as_version=4).cells
+                         if c.cell_type == "code")
+            assert "google.colab" in first.source and f"git+{repo}" in first.source, f"{docname}: {first.source}"
         # a reader opens the rocket menu: the two links show, and still nothing is loaded from elsewhere
         assert notebooks, "no notebook page in _toc.yml"
         page.goto(f"{site}/{notebooks[-1]}.html", wait_until="networkidle")
