@@ -322,7 +322,7 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_s
     cfg = SamplerConfig(step_size=step_size, nbeta=float(nbeta), localization=float(localization),
                         num_chains=int(num_chains), num_draws=int(num_draws), num_burnin=int(num_burnin),
                         batch_size=int(batch_size), seed=int(seed), preconditioner=preconditioner)
-    init_loss = prob.full_loss(prob.center)
+    init_loss = prob.center_loss()  # computed by prob.check above
     res: SGLDResult = sgld(model, loss_fn, None, cfg, progress=progress, center_loss=(baseline == "paired"),
                            num_threads=None, _problem=prob)
     draws = res.draws.numpy()
@@ -475,7 +475,7 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
         cfg = SamplerConfig(step_size=step_size, nbeta=float(nbeta), localization=float(localization),
                             num_chains=C, num_draws=int(num_draws), num_burnin=int(num_burnin),
                             batch_size=int(batch_size), seed=int(seed))
-        init_loss = prob.full_loss(prob.center)
+        init_loss = prob.center_loss()  # computed by prob.check above
         res: SGLDResult = sgld(model, loss_fn, None, cfg, progress=progress, center_loss=True, num_threads=None,
                                chain_mask=mask, _problem=prob)
     llc_all = cfg.nbeta * (res.draws.numpy() - res.center_loss[:, cfg.num_burnin:].numpy())

@@ -335,6 +335,7 @@ class _Problem:
         self.frozen = {k: v.detach() for k, v in named.items() if k not in self.names}
         self.frozen.update({k: v for k, v in model.named_buffers()})
         self.center = torch.cat([named[k].detach().reshape(-1) for k in self.names]).to(self.device)
+        self._center_loss: float | None = None  # L(w*) on the full data: see center_loss()
         bad = [k for k in self.names if not bool(torch.isfinite(named[k].detach()).all())]
         if bad:
             raise ValueError(f"the model's parameters {bad} hold NaN/inf: the centre w* must be finite (train or "
@@ -380,6 +381,12 @@ class _Problem:
             losses = self.batched_losses(Wg, xb, yb)
             (grad,) = torch.autograd.grad(losses.sum(), Wg)
         return losses.detach(), grad
+
+    def center_loss(self) -> float:
+        """L(w*) on the full data, computed once per problem (by :meth:`check`, or on first use)."""
+        if self._center_loss is None:
+            self._center_loss = self.full_loss(self.center)
+        return self._center_loss
 
     @torch.no_grad()
     def full_loss(self, w: torch.Tensor, chunk: int = 65536) -> float:
@@ -428,7 +435,7 @@ class _Problem:
         if not math.isfinite(float(loss)):
             raise ValueError(f"loss_fn(model(x), y) is {float(loss)} at the centre w* on the first {b} rows of data "
                              "(x, y and model(x) are finite): check loss_fn (a log of zero, a division by zero?)")
-        full_loss = self.full_loss(self.center)
+        full_loss = self.center_loss()
         if not math.isfinite(full_loss):
             raise ValueError(f"loss_fn(model(x), y) is {full_loss} at the centre w* on the full data (finite on its "
                              f"first {b} rows): the model or the loss is not finite on some samples")
@@ -721,7 +728,7 @@ def local_posterior_grid(model: nn.Module, loss_fn: Callable, data, *, nbeta: fl
         yb = prob.y.expand(Wc.shape[0], *prob.y.shape)
         losses.append(prob.batched_losses(Wc, xb, yb).double().cpu())
     L = torch.cat(losses).numpy().reshape(A.shape)
-    L0 = prob.full_loss(prob.center)
+    L0 = prob.center_loss()
     logp = -nbeta * (L - L0) - 0.5 * localization * ((A - c[0]) ** 2 + (B - c[1]) ** 2)
     dens = np.exp(logp - logp.max())
     dens /= dens.sum() * (g1[1] - g1[0]) * (g2[1] - g2[0])
