@@ -39,7 +39,6 @@ QUICK_BUILD_TIMEOUT_S = float(os.environ.get("SLT_QUICK_BUILD_TIMEOUT_S", "900")
 #: seconds per notebook page, filled by tests/test_notebooks.py, shown in the terminal summary
 page_seconds: dict[str, float] = {}
 _quick_build_returncode: int | None = None  # set once the build has run; read by the terminal summary
-_quick_out_fresh = False
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -65,13 +64,10 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(scope="session")
 def quick_exec_cache() -> Path:
     """The quick build's jupyter-cache, emptied once per session (quick pages never mix with full-size ones)."""
-    global _quick_out_fresh
     if not QUICK:
         pytest.fail("notebook and book tests need SLT_QUICK=1 (run them through `make test`)")
-    if not _quick_out_fresh:
-        shutil.rmtree(QUICK_OUT, ignore_errors=True)
-        QUICK_EXEC_CACHE.parent.mkdir(parents=True)
-        _quick_out_fresh = True
+    shutil.rmtree(QUICK_OUT, ignore_errors=True)
+    QUICK_EXEC_CACHE.parent.mkdir(parents=True)
     return QUICK_EXEC_CACHE
 
 

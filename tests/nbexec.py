@@ -31,6 +31,7 @@ The same set-up code also turns DeprecationWarning/FutureWarning raised from ``s
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import re
@@ -62,37 +63,38 @@ class PageRun:
 
     Attributes: ``path`` (the page), ``seconds`` (wall time of the execution, kernel start included),
     ``cached`` (True when the cache already held this page and nothing ran), ``error`` (None on success,
-    else a report naming the cell, its line in the page, and the traceback or the kernel's stack),
-    ``transport`` (how the client talked to the kernel: ``"ipc"``).
+    else a report naming the cell, its line in the page, and the traceback or the kernel's stack).
     """
 
     path: Path
     seconds: float
     cached: bool = False
     error: str | None = None
-    transport: str = "ipc"
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
+@functools.lru_cache(maxsize=None)
+def book_config(root: Path = ROOT) -> dict:
+    """``_config.yml``, read once."""
+    import yaml
+
+    return yaml.safe_load((root / "_config.yml").read_text()) or {}
+
+
 def md_config(root: Path = ROOT):
     """MyST-Parser's configuration as ``_config.yml`` sets it (the reader needs it to split the page into cells)."""
-    import yaml
     from myst_parser.config.main import MdParserConfig
 
-    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
-    extensions = (config.get("parse") or {}).get("myst_enable_extensions") or []
+    extensions = (book_config(root).get("parse") or {}).get("myst_enable_extensions") or []
     return MdParserConfig(enable_extensions=set(extensions))
 
 
 def config_timeout(root: Path = ROOT) -> float:
     """``execute.timeout`` of ``_config.yml`` (the full-size build's per-cell timeout, seconds)."""
-    import yaml
-
-    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
-    return float((config.get("execute") or {}).get("timeout", 1200))
+    return float((book_config(root).get("execute") or {}).get("timeout", 1200))
 
 
 def read_page(path: Path, root: Path = ROOT):
@@ -186,7 +188,7 @@ def _main_thread_first(dump: str) -> str:
     return "\n\n".join(main + [b for b in blocks if not b.startswith("Current thread")])
 
 
-def _failing_cell(nb, err) -> str:
+def _failing_cell(nb) -> str:
     """'cell K (line L of the page)' for the first code cell whose outputs hold an error, or the last one run."""
     source_map = nb.metadata.get("source_map")
     failed = None
@@ -236,7 +238,7 @@ def execute_page(path: Path, *, cache_dir: Path | None = None, timeout: float = 
             if client.stopped_by is not None:  # the kernel is already shut down; stop here, not at the next page
                 raise KeyboardInterrupt(f"stopped by signal {client.stopped_by} while executing {path}") from err
             error = (f"{path.relative_to(root) if path.is_relative_to(root) else path}: failed at "
-                     f"{_failing_cell(nb, err)}: {type(err).__name__}\n{err}")
+                     f"{_failing_cell(nb)}: {type(err).__name__}\n{err}")
             if not str(err).strip():
                 error += traceback.format_exc()
             error = ANSI.sub("", error)
