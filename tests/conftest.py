@@ -24,10 +24,12 @@ from slt_companion.config import QUICK
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/notebooks.py, tests/nbexec.py: helper modules
 
-#: wall-clock budget per notebook page in quick mode (seconds); override with SLT_PAGE_BUDGET_S
+#: wall-clock budget per notebook page in quick mode (seconds; override with SLT_PAGE_BUDGET_S). A page over it
+#: is flagged in the terminal summary but does not fail: machines here are noisy (one CI run took a 13 s page to
+#: 102 s), and speed is measured by benchmarks, not timed tests (DEVELOPERS.md)
 PAGE_BUDGET_S = float(os.environ.get("SLT_PAGE_BUDGET_S", "90"))
-#: per-cell timeout in quick mode: no single cell may take longer than the whole page's budget
-CELL_TIMEOUT_S = float(os.environ.get("SLT_CELL_TIMEOUT_S", str(PAGE_BUDGET_S)))
+#: per-cell timeout in quick mode, the hang guard: a cell that runs this long fails with the kernel's stack
+CELL_TIMEOUT_S = float(os.environ.get("SLT_CELL_TIMEOUT_S", "300"))
 
 QUICK_OUT = ROOT / "_build" / "quick"
 #: where the quick build's jupyter-book looks for executed notebooks (<path-output>/_build/.jupyter_cache)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CELL_TIMEOUT_S, PAGE_BUDGET_S, ROOT, page_seconds
+from conftest import CELL_TIMEOUT_S, ROOT, page_seconds
 from nbexec import execute_page, notebook_pages
 
 PAGES = notebook_pages()
@@ -25,8 +25,6 @@ def test_page_executes(page, quick_exec_cache):
     page_seconds[str(page.relative_to(ROOT))] = run.seconds
     if not run.ok:
         pytest.fail(run.error, pytrace=False)
-    assert run.seconds <= PAGE_BUDGET_S, \
-        f"{page.relative_to(ROOT)} took {run.seconds:.0f} s with SLT_QUICK=1, over its {PAGE_BUDGET_S:.0f} s budget"
 
 
 # ---- the executor, on small pages of its own ------------------------------------------------------------
