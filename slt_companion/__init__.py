@@ -11,6 +11,10 @@ Every number in the book is computed by a function in this package. Modules, one
 - :mod:`slt_companion.bayes`    -- exact Bayesian posteriors and free energies of low-dimensional models
 - :mod:`slt_companion.sampling` -- SGLD over many chains at once (vmap over a stacked chain dimension)
 - :mod:`slt_companion.llc`      -- ``estimate_llc``: the local learning coefficient and its diagnostics
+- :mod:`slt_companion.stepsize` -- the automatic SGLD step size (``step_size="auto"``)
+- :mod:`slt_companion.groundtruth` -- the ground-truth suite: models whose λ is known exactly
+- :mod:`slt_companion.calibration` -- λ̂ over a grid of step sizes and localisations
+- :mod:`slt_companion.susceptibility` -- susceptibilities: posterior response to up-weighting data
 - :mod:`slt_companion.diagnostics` -- ESS, R-hat, divergence detection
 - :mod:`slt_companion.models`   -- the book's models (deep linear networks, the toy model of superposition, ...)
 - :mod:`slt_companion.tms`      -- the toy model of superposition's k-gon critical points
