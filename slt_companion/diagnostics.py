@@ -35,12 +35,12 @@ class SGLDDivergenceError(RuntimeError):
     """An SGLD chain produced a non-finite or exploding loss. Attributes: ``step``, ``chain``, ``loss``, ``step_size``."""
 
     def __init__(self, *, step: int, chain: int, loss: float, step_size: float, what: str = "a non-finite loss"):
-        self.step, self.chain, self.loss, self.step_size = step, chain, loss, step_size
+        self.step, self.chain, self.loss, self.step_size, self.what = step, chain, loss, step_size, what
         smaller = step_size / 10
         super().__init__(
             f"SGLD diverged at step {step} (chain {chain}): {what} (loss = {loss:.6g}). "
             f"The step size ε = {step_size:.3g} is too large for this model and temperature; "
-            f"try step_size={smaller:.3g} (10× smaller) or step_size='auto'."
+            f"try step_size={smaller:.3g} (10× smaller), or a larger localization."
         )
 
 

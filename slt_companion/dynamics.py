@@ -246,13 +246,19 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
 
     ``checkpoints``: indices into the trajectory (default: all). Each estimate is centred at that checkpoint's
     parameters, with the same ``data``, sampler settings and ``seed``. Returns ``{"steps", "mean", "std",
-    "sem", "init_loss", "rhat", "per_chain"}`` as arrays (``per_chain``: checkpoints × chains). With
-    ``cache_name`` the whole curve is cached under ``cache_config`` + the sampler settings + a fingerprint of the
-    trajectory. A tqdm bar counts checkpoints.
+    "sem", "init_loss", "rhat", "ess", "converged", "per_chain"}`` as arrays (``per_chain``: checkpoints × chains;
+    ``converged``: R̂ ≤ 1.01 and ESS ≥ 400 at that checkpoint, :mod:`slt_companion.convergence`). Instead of one
+    warning per checkpoint, a single :class:`~slt_companion.convergence.LLCConvergenceWarning` lists the
+    unconverged checkpoints (also when the curve comes from the cache): a figure must mark them and no claim may
+    rest on them. With ``cache_name`` the whole curve is cached under ``cache_config`` + the sampler settings + a
+    fingerprint of the trajectory. A tqdm bar counts checkpoints.
     """
+    import warnings
+
     from tqdm.auto import tqdm
 
     from . import cache as _cache
+    from .convergence import LLCConvergenceWarning
     from .llc import estimate_llc
 
     idx = list(range(len(trajectory))) if checkpoints is None else [int(i) for i in checkpoints]
@@ -261,19 +267,33 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
         rows = []
         for i in tqdm(idx, desc="LLC over checkpoints", disable=not progress):
             model = trajectory.model_at(i, template)
-            est = estimate_llc(model, loss_fn, data, progress=False, **llc_kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", LLCConvergenceWarning)   # summarised once below
+                est = estimate_llc(model, loss_fn, data, progress=False, **llc_kwargs)
             rows.append(est)
         return {"steps": np.asarray([int(trajectory.steps[i]) for i in idx], dtype=np.int64),
                 "mean": np.array([e.mean for e in rows]), "std": np.array([e.std for e in rows]),
                 "sem": np.array([e.sem for e in rows]), "init_loss": np.array([e.init_loss for e in rows]),
-                "rhat": np.array([e.rhat for e in rows]), "per_chain": np.stack([e.per_chain for e in rows])}
+                "rhat": np.array([e.rhat for e in rows]), "ess": np.array([e.ess for e in rows]),
+                "converged": np.array([e.converged for e in rows], dtype=bool),
+                "per_chain": np.stack([e.per_chain for e in rows])}
 
     if cache_name is None:
-        return compute()
-    fp = float(trajectory.params.double().sum()), float(trajectory.params.double().abs().sum())
-    key = {"user": dict(cache_config or {}), "llc": {k: v for k, v in llc_kwargs.items()},
-           "checkpoints": idx, "trajectory": [repr(fp[0]), repr(fp[1]), len(trajectory)]}
-    return _cache.cached(cache_name, key, compute)
+        out = compute()
+    else:
+        fp = float(trajectory.params.double().sum()), float(trajectory.params.double().abs().sum())
+        key = {"user": dict(cache_config or {}), "llc": {k: v for k, v in llc_kwargs.items()},
+               "checkpoints": idx, "trajectory": [repr(fp[0]), repr(fp[1]), len(trajectory)]}
+        out = _cache.cached(cache_name, key, compute)
+    bad = np.flatnonzero(~np.asarray(out["converged"], dtype=bool))
+    if bad.size:
+        steps = [int(out["steps"][k]) for k in bad]
+        warnings.warn(f"λ̂ did not converge at {bad.size} of {len(out['steps'])} checkpoints (training steps "
+                      f"{steps[:8]}{' …' if len(steps) > 8 else ''}; R̂ up to {np.nanmax(out['rhat'][bad]):.3f}, ESS "
+                      f"down to {np.nanmin(out['ess'][bad]):.0f}): those points are not results. Mark them "
+                      "(result['converged']), or sample longer (num_draws='auto' or more num_draws).",
+                      LLCConvergenceWarning, stacklevel=2)
+    return out
 
 
 __all__ += ["llc_over_trajectory"]

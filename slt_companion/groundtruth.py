@@ -7,36 +7,203 @@ Used in: Part II, "Validation against known λ"; ``tests/test_ground_truth.py``.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from . import config as _config
 from .llc import default_nbeta, estimate_llc, half_mse
 
-__all__ = ["GROUND_TRUTH", "ground_truth_problem", "run_ground_truth", "PAPER_TOY_POTENTIALS", "toy_potential_exact"]
+__all__ = ["GROUND_TRUTH", "ground_truth_case", "ground_truth_problem", "run_ground_truth", "crossing_exact", "Polynomial",
+           "mse_loss", "PAPER_TOY_POTENTIALS", "toy_potential_exact"]
 
 
 # --------------------------------------------------------------------------------------------------
 # The ground-truth suite: models whose learning coefficient is known exactly
 # --------------------------------------------------------------------------------------------------
 
-#: name -> definition. "monomial": f(x; w) = x·∏ w_j^{k_j} on noise-free data (L_n is the normal-crossing
-#: potential itself), λ from :func:`slt_companion.symbolic.rlct`; "dln": teacher-student regression with
-#: n = 10,000 and unit noise, centred at the empirical minimiser, λ from :func:`slt_companion.theory.dln_rlct`
-#: (= :func:`~slt_companion.theory.rrr_rlct` for two layers).
+def _dln(widths, rank, n=10_000, noise=1.0, center="fit"):
+    return {"kind": "dln", "widths": tuple(widths), "rank": rank, "n": n, "noise": noise, "center": center}
+
+
+def _crossing(exponents, n=10_000, localization=1.0):
+    return {"kind": "monomial", "exponents": tuple(exponents), "n": n, "localization": localization}
+
+
+#: name -> definition, in four families (Part II, "Validation against known λ"):
+#:
+#: - ``"dln"``: teacher--student regression :math:`y = W^*x + \sigma\xi` (``noise`` σ = 1 or 0), loss ½‖y − f‖²,
+#:   centred at the least-squares fit (``center="fit"``) or, noise-free, at a balanced factorisation of the teacher
+#:   that uses only the first ``rank`` hidden units (``"teacher"``: the deepest point of the true set, other rows and
+#:   columns zero). Target: λ of :func:`slt_companion.theory.dln_rlct` (Aoyagi 2024; = Aoyagi & Watanabe 2005 for
+#:   two layers, "RRR").
+#: - ``"monomial"``: :math:`f(x; w) = x\prod_j w_j^{k_j}` on noise-free data (:math:`L_n` is the normal crossing
+#:   itself), with localisation γ = 1 (the prior N(0, I)) or 0 (no prior). Target: the exact value of
+#:   :math:`n\beta(\E[L_n] - L_n(0))` by quadrature (:func:`crossing_exact`), with λ from
+#:   :func:`slt_companion.symbolic.rlct` beside it.
+#: - ``"devinterp crossing"``, ``"devinterp rrr"``, ``"devinterp ordinality"``: devinterp 1.3.2's own ground-truth
+#:   tests (``tests/slt/sampler_accuracy_test.py``, ``rrr_test.py``, ``sampler_ordinality_test.py``), restated:
+#:   the same models, data, seeds and loss (``mse_loss``, no ½), estimated with our defaults, and judged by
+#:   devinterp's criterion (the truth within 3.5 chain standard deviations; within 40 %; λ̂ at the origin ≤ λ̂ at
+#:   ``[1, …, 1, 0]``) as well as by ours.
 GROUND_TRUTH = {
-    "normal crossing w²": {"kind": "monomial", "exponents": (2,), "n": 100_000},
-    "normal crossing w₁w₂²": {"kind": "monomial", "exponents": (1, 2), "n": 100_000},
-    "RRR 4-3-4, rank 1": {"kind": "dln", "widths": (4, 3, 4), "rank": 1, "n": 10_000},
-    "RRR 5-4-5, rank 2": {"kind": "dln", "widths": (5, 4, 5), "rank": 2, "n": 10_000},
-    "DLN 5-4-3-4-5, rank 2": {"kind": "dln", "widths": (5, 4, 3, 4, 5), "rank": 2, "n": 10_000},
-    "DLN 6-4-2-4-6, rank 1": {"kind": "dln", "widths": (6, 4, 2, 4, 6), "rank": 1, "n": 10_000},
+    "RRR 5-4-5, rank 2": _dln((5, 4, 5), 2),
+    "RRR 4-3-4, rank 1": _dln((4, 3, 4), 1),
+    "RRR 6-3-2, rank 1": _dln((6, 3, 2), 1),
+    "RRR 5-4-5, rank 2, noise-free at the teacher": _dln((5, 4, 5), 2, noise=0.0, center="teacher"),
+    "RRR 3-2-5, rank 1, noise-free at the teacher": _dln((3, 2, 5), 1, noise=0.0, center="teacher"),
+    "RRR 4-3-4, rank 0, noise-free at the teacher": _dln((4, 3, 4), 0, noise=0.0, center="teacher"),
+    "DLN 3-3-3-3, full rank, noise-free at the teacher": _dln((3, 3, 3, 3), 3, noise=0.0, center="teacher"),
+    "DLN 3-3-3, rank 1, noise-free at the teacher": _dln((3, 3, 3), 1, noise=0.0, center="teacher"),
+    "DLN 2-3-4, rank 1, noise-free at the teacher": _dln((2, 3, 4), 1, noise=0.0, center="teacher"),
+    "DLN 4-3-3, rank 1, noise-free at the teacher": _dln((4, 3, 3), 1, noise=0.0, center="teacher"),
+    "DLN 5-4-3-4-5, rank 2": _dln((5, 4, 3, 4, 5), 2),
+    "DLN 6-4-2-4-6, rank 1": _dln((6, 4, 2, 4, 6), 1),
+    "DLN 4-2-4-2-4, rank 2 (bottlenecks)": _dln((4, 2, 4, 2, 4), 2),
+    "normal crossing w²": _crossing((2,)),
+    "normal crossing w², no prior": _crossing((2,), localization=0.0),
+    "normal crossing w³, no prior": _crossing((3,), localization=0.0),
+    "normal crossing w₁w₂": _crossing((1, 1)),
+    "normal crossing w₁w₂²": _crossing((1, 2)),
+    "normal crossing w₁²w₂²": _crossing((2, 2)),
+    "normal crossing w₁²w₂³": _crossing((2, 3)),
+    "normal crossing w₁³w₂³": _crossing((3, 3)),
+    **{f"devinterp crossing {list(k)}": {"kind": "devinterp crossing", "powers": k, "lam": lam}
+       for k, lam in [((0, 1), 0.5), ((1, 1), 0.5), ((0, 2), 0.25), ((1, 2), 0.25), ((2, 2), 0.25),
+                      ((0, 3), 0.166), ((1, 3), 0.166), ((2, 3), 0.166), ((3, 3), 0.166)]},
+    **{f"devinterp RRR {m}-{h}-{n}": {"kind": "devinterp rrr", "widths": (m, h, n)}
+       for m, h, n in [(5, 3, 5), (5, 4, 5), (4, 3, 8), (8, 3, 4), (3, 8, 4)]},
+    "devinterp ordinality, 2-d": {"kind": "devinterp ordinality", "dim": 2},
+    "devinterp ordinality, 10-d": {"kind": "devinterp ordinality", "dim": 10},
 }
 
 
+def mse_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``torch.nn.functional.mse_loss``: the loss devinterp's tests use (mean squared error, no ½)."""
+    return torch.nn.functional.mse_loss(out, y)
 
-def ground_truth_problem(name: str, *, seed: int = 0):
-    """``(model, data, lam, multiplicity)`` for a case of :data:`GROUND_TRUTH`; ``lam`` an exact ``sympy.Rational``."""
+
+class Polynomial(torch.nn.Module):
+    r"""devinterp's test model :math:`f(x; w) = x\prod_j w_j^{k_j}` (``x`` of shape ``(batch,)``), exponents
+    may be 0 (a factor :math:`w^0`, whose second derivative torch cannot form at 0). Starts at ``init`` (0)."""
+
+    def __init__(self, powers, init=None):
+        super().__init__()
+        self.register_buffer("powers", torch.tensor(list(powers), dtype=torch.float32), persistent=False)
+        start = torch.zeros(len(powers)) if init is None else torch.tensor(list(init), dtype=torch.float32)
+        self.weights = torch.nn.Parameter(start)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.prod(self.weights ** self.powers)
+
+
+def _devinterp_crossing_data(n: int = 1000):
+    """devinterp's normal-crossing data: seed 42, x ~ N(0, 2²), y = 0.25·N(0, 1), n = 1000."""
+    torch.manual_seed(42)
+    np.random.seed(42)
+    x = torch.normal(0, 2, size=(n,))
+    y = 0.25 * torch.normal(0, 1, size=(n,))
+    return x, y
+
+
+def crossing_exact(exponents, x, y, *, nbeta: float, loss_scale: float = 0.5, localization: float = 1.0,
+                   points: int = 801) -> float:
+    r"""The exact :math:`n\beta(\E[L_n(w)] - L_n(0))` for :math:`f(x; w) = x\,w_1^{k_1}w_2^{k_2}` (or one weight)
+    with the loss ``loss_scale``·(y − f)² averaged over the data, under
+    :math:`p(w) \propto \exp\{-n\beta(L_n(w) - L_n(0)) - \frac\gamma2\|w\|^2\}`: the quantity the LLC estimator
+    estimates at :math:`w^* = 0` (at finite :math:`n\beta` it differs from λ by lower-order terms). A 2-D grid
+    graded towards the axes, ``points`` per axis on [−5, 5] (values agree with 1201 and 2401 points to 1e-4).
+    """
+    k = tuple(int(v) for v in exponents) + ((0,) if len(exponents) == 1 else ())
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    sxx, sxy = float((x * x).mean()), float((x * y).mean())
+    scale = 1e-3
+    u = np.linspace(-np.arcsinh(5 / scale), np.arcsinh(5 / scale), int(points))
+    w = scale * np.sinh(u)
+    weights = np.gradient(w)
+    W1, W2 = np.meshgrid(w, w, indexing="ij")
+    p = (W1 ** k[0] if k[0] else 1.0) * (W2 ** k[1] if k[1] else 1.0)
+    dL = loss_scale * (p * p * sxx - 2 * p * sxy)
+    logd = -nbeta * dL - 0.5 * localization * (W1 ** 2 + W2 ** 2)
+    dens = np.exp(logd - logd.max()) * weights[:, None] * weights[None, :]
+    return float((nbeta * dL * dens).sum() / dens.sum())
+
+
+def ground_truth_case(name: str, *, seed: int = 0) -> dict:
+    """Everything one case needs: ``model``, ``loss_fn``, ``data`` (x, y), ``localization``, ``lam`` (λ, a float),
+    ``target`` (what a correct estimator converges to: λ, or the exact finite-n value), ``target_kind``,
+    ``criterion`` (``"10%"``, ``"3.5 sd"``, ``"40%"`` or ``"ordinality"``) and, for ordinality, ``points``."""
     from .data import monomial_data, teacher_student
     from .models import DeepLinearNetwork, MonomialModel
+    from .theory import dln_rlct
+
+    if name not in GROUND_TRUTH:
+        raise ValueError(f"unknown ground-truth case {name!r}; the cases are {list(GROUND_TRUTH)}")
+    case = GROUND_TRUTH[name]
+    kind = case["kind"]
+    out = {"name": name, "family": kind, "localization": 1.0, "criterion": "10%"}
+    if kind == "dln":
+        widths = case["widths"]
+        d = teacher_student(case["n"], widths[0], widths[-1], case["rank"], noise_std=case["noise"], seed=seed)
+        model = DeepLinearNetwork(widths)
+        if case["center"] == "teacher":
+            model.set_product(d.teacher)
+        else:
+            model.fit_least_squares(d.x, d.y)
+        lam = float(dln_rlct(list(widths), case["rank"])[0])
+        out.update(model=model, loss_fn=half_mse, data=(d.x, d.y), lam=lam, target=lam, target_kind="λ")
+    elif kind == "monomial":
+        model, lam, mult = _monomial(case["exponents"])
+        d = monomial_data(case["n"], seed=seed)
+        nb = default_nbeta(case["n"])
+        target = crossing_exact(case["exponents"], d.x, d.y, nbeta=nb, localization=case["localization"])
+        out.update(model=model, loss_fn=half_mse, data=(d.x, d.y), lam=lam, target=target,
+                   target_kind="exact at this n", localization=case["localization"])
+    elif kind == "devinterp crossing":
+        x, y = _devinterp_crossing_data()
+        target = crossing_exact(case["powers"], x, y, nbeta=default_nbeta(len(x)), loss_scale=1.0)
+        out.update(model=Polynomial(case["powers"]), loss_fn=mse_loss, data=(x[:, None], y[:, None]),
+                   lam=float(case["lam"]), target=target, target_kind="exact at this n", criterion="3.5 sd")
+    elif kind == "devinterp rrr":
+        m, h, n_out = case["widths"]
+        torch.manual_seed(1)
+        x, y = torch.randn(1000, m), torch.randn(1000, n_out)     # devinterp: y is pure noise, the truth is 0
+        model = DeepLinearNetwork((m, h, n_out)).fit_least_squares(x, y)
+        lam = float(rrr_lam_devinterp(m, h, n_out))
+        out.update(model=model, loss_fn=mse_loss, data=(x, y), lam=lam, target=lam, target_kind="λ",
+                   criterion="40%")
+    else:   # ordinality: the origin and [1, ..., 1, 0]
+        dim = case["dim"]
+        x, y = _devinterp_crossing_data()
+        out.update(model=Polynomial([2] * dim), loss_fn=mse_loss, data=(x[:, None], y[:, None]), lam=0.25,
+                   target=float("nan"), target_kind="order", criterion="ordinality",
+                   points=[[0.0] * dim, [1.0] * (dim - 1) + [0.0]])
+    return out
+
+
+def rrr_lam_devinterp(m: int, h: int, n: int) -> float:
+    """λ of reduced-rank regression with true rank 0, the four cases as devinterp's ``rrr_test.py`` writes them."""
+    from .theory import rrr_rlct
+
+    return float(rrr_rlct(m, n, h, 0)[0])
+
+
+def _monomial(exponents):
+    import sympy as sp
+
+    from .models import MonomialModel
+    from .symbolic import rlct
+
+    ws = sp.symbols(f"w1:{len(exponents) + 1}", real=True)
+    K = sp.Mul(*[w ** (2 * k) for w, k in zip(ws, exponents)])
+    lam, mult = rlct(K, list(ws))
+    return MonomialModel(exponents), float(lam), int(mult)
+
+
+def ground_truth_problem(name: str, *, seed: int = 0):
+    """``(model, data, lam, multiplicity)`` for a case of :data:`GROUND_TRUTH` of the families ``"dln"`` and
+    ``"monomial"`` (loss ½‖y − f‖²); ``lam`` an exact ``sympy.Rational``. See :func:`ground_truth_case` for all."""
+    from .data import monomial_data, teacher_student
+    from .models import DeepLinearNetwork
 
     if name not in GROUND_TRUTH:
         raise ValueError(f"unknown ground-truth case {name!r}; the cases are {list(GROUND_TRUTH)}")
@@ -49,42 +216,95 @@ def ground_truth_problem(name: str, *, seed: int = 0):
         ws = sp.symbols(f"w1:{len(case['exponents']) + 1}", real=True)
         K = sp.Mul(*[w ** (2 * k) for w, k in zip(ws, case["exponents"])])
         lam, mult = rlct(K, list(ws))
-        return MonomialModel(case["exponents"]), monomial_data(case["n"], seed=seed), lam, mult
+        return _monomial(case["exponents"])[0], monomial_data(case["n"], seed=seed), lam, mult
+    if case["kind"] != "dln":
+        raise ValueError(f"{name!r} is a {case['kind']} case; use ground_truth_case({name!r})")
     from .theory import dln_rlct
 
-    d = teacher_student(case["n"], case["widths"][0], case["widths"][-1], case["rank"], seed=seed)
-    model = DeepLinearNetwork(case["widths"]).fit_least_squares(d.x, d.y)
-    lam, mult = dln_rlct(list(case["widths"]), case["rank"])
+    widths = case["widths"]
+    d = teacher_student(case["n"], widths[0], widths[-1], case["rank"], noise_std=case["noise"], seed=seed)
+    model = DeepLinearNetwork(widths)
+    if case["center"] == "teacher":
+        model.set_product(d.teacher)
+    else:
+        model.fit_least_squares(d.x, d.y)
+    lam, mult = dln_rlct(list(widths), case["rank"])
     return model, d, lam, mult
 
 
-def run_ground_truth(names=None, *, num_chains: int | None = None, num_draws: int | None = None, seed: int = 0,
-                     progress: bool = True) -> list[dict]:
-    """Estimate λ with the defaults of :func:`estimate_llc` on every case of :data:`GROUND_TRUTH` (cached).
+def _judge(case: dict, est_rows: list) -> dict:
+    """Whether a case passes: with a converged estimate, its own criterion; unconverged, the warning must have
+    fired (a wrong number without a warning is the failure this suite exists to catch)."""
+    if case["criterion"] == "ordinality":
+        a, b = est_rows
+        converged = a["converged"] and b["converged"]
+        holds = a["mean"] <= b["mean"]
+        return {"converged": converged, "holds": bool(holds), "passes": bool(holds or not converged)}
+    e = est_rows[0]
+    rel = e["mean"] / case["target"] - 1 if case["target"] else e["mean"] - case["target"]
+    within = abs(rel) <= 0.10
+    if case["criterion"] == "3.5 sd":
+        own = abs(e["mean"] - case["lam"]) < 3.5 * e["std"]
+    elif case["criterion"] == "40%":
+        own = abs(e["mean"] / case["lam"] - 1) <= 0.40
+    else:
+        own = within
+    return {"converged": e["converged"], "rel_error": float(rel), "within_10": bool(within),
+            "holds": bool(own), "passes": bool((e["converged"] and within and own) or (not e["converged"] and e["warned"]))}
 
-    Only the number of chains (8; 4 in ``SLT_QUICK`` mode) and draws (4000; 800) are set. Returns one dict
-    per case: ``name``, ``theory``, ``mean``, ``std``, ``sem``, ``ess``, ``rhat``, ``rel_error``,
-    ``step_size``, ``seconds``. Used in: Part II, "Validation against known λ".
+
+def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress: bool = True, **llc_kwargs) -> list[dict]:
+    """Estimate every case of :data:`GROUND_TRUTH` with the **defaults** of :func:`estimate_llc` and 4 chains
+    (cached per case). ``llc_kwargs`` overrides defaults (the suite is meant to be run without any).
+
+    Returns one dict per case: ``name``, ``family``, ``theory`` (λ), ``target`` and ``target_kind``, ``mean``,
+    ``std``, ``sem``, ``ess``, ``rhat``, ``converged``, ``warned`` (an :class:`~slt_companion.llc.LLCConvergenceWarning`
+    was issued), ``stop_reason``, ``rel_error`` (against the target), ``within_10``, ``criterion`` and ``holds``
+    (the case's own criterion), ``passes`` (converged and right, or unconverged and warned), ``step_size``,
+    ``steps`` (burn-in + draws per chain) and ``seconds``. Ordinality cases carry ``means`` at both points.
+    Used in: Part II, "Validation against known λ"; ``tests/test_ground_truth.py``.
     """
+    import warnings
+
     from . import cache
+    from .llc import LLCConvergenceWarning
 
     names = list(GROUND_TRUTH) if names is None else list(names)
-    num_chains = _config.size(8, 4) if num_chains is None else int(num_chains)
-    num_draws = _config.size(4000, 800) if num_draws is None else int(num_draws)
     rows = []
     for name in names:
         def compute(name=name):
-            model, data, lam, mult = ground_truth_problem(name, seed=seed)
-            est = estimate_llc(model, half_mse, data.xy, num_chains=num_chains, num_draws=num_draws, seed=seed,
-                               progress=progress)
-            return {"name": name, "theory": float(lam), "theory_str": str(lam), "multiplicity": int(mult),
-                    "mean": est.mean, "std": est.std, "sem": est.sem, "ess": est.ess, "rhat": est.rhat,
-                    "rel_error": est.mean / float(lam) - 1, "step_size": float(est.config.step_size),
-                    "num_chains": num_chains, "num_draws": num_draws, "num_burnin": est.config.num_burnin,
-                    "seconds": est.seconds}
+            case = ground_truth_case(name, seed=seed)
+            centers = case.get("points", [None])
+            ests = []
+            for pt in centers:
+                model = case["model"]
+                if pt is not None:
+                    with torch.no_grad():
+                        model.weights.copy_(torch.tensor(pt))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", LLCConvergenceWarning)
+                    est = estimate_llc(model, case["loss_fn"], case["data"], num_chains=num_chains, seed=seed,
+                                       localization=case["localization"], progress=progress, **llc_kwargs)
+                warned = any(issubclass(w.category, LLCConvergenceWarning) for w in caught)
+                for w in caught:
+                    if not issubclass(w.category, LLCConvergenceWarning):
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                eps = est.config.step_size
+                ests.append({"mean": est.mean, "std": est.std, "sem": est.sem, "ess": est.ess, "rhat": est.rhat,
+                             "converged": est.converged, "warned": warned, "stop_reason": est.stop_reason,
+                             "step_size": float(eps), "steps": est.config.num_burnin + est.config.num_draws,
+                             "seconds": est.seconds})
+            verdict = _judge(case, ests)
+            first = ests[-1] if case["criterion"] == "ordinality" else ests[0]
+            row = {"name": name, "family": case["family"], "theory": case["lam"], "target": case["target"],
+                   "target_kind": case["target_kind"], "criterion": case["criterion"], **first, **verdict,
+                   "warned": any(e["warned"] for e in ests), "seconds": sum(e["seconds"] for e in ests)}
+            if len(ests) > 1:
+                row["means"] = [e["mean"] for e in ests]
+            return row
         cfg = {"case": name, "definition": {k: list(v) if isinstance(v, tuple) else v
                                             for k, v in GROUND_TRUTH[name].items()},
-               "num_chains": num_chains, "num_draws": num_draws, "seed": seed}
+               "num_chains": num_chains, "seed": seed, "llc": dict(llc_kwargs), "quick": _config.QUICK}
         rows.append(cache.cached("llc-ground-truth", cfg, compute))
     return rows
 

@@ -29,19 +29,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
 from . import config as _config
+from .convergence import TARGET_ESS, TARGET_RHAT, ConvergenceRule, LLCConvergenceWarning, is_converged, warn_unconverged
 from .diagnostics import NegativeLLCWarning, ess as _ess, rhat as _rhat
 from .sampling import SamplerConfig, SGLDResult, _Problem, auto_threads, cpu_threads, sgld
 
 from .stepsize import AUTO_STEP_FACTOR, auto_step_size
 
-__all__ = ["estimate_llc", "estimate_refined_llcs", "LLCEstimate", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
+__all__ = ["estimate_llc", "estimate_refined_llcs", "LLCEstimate", "LLCConvergenceWarning", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
            "GROUND_TRUTH", "ground_truth_problem", "run_ground_truth", "calibration_sweep",
            "PAPER_TOY_POTENTIALS", "toy_potential_exact", "susceptibility", "SusceptibilityEstimate",
            "loss_observable"]
@@ -101,7 +102,11 @@ class LLCEstimate:
     - ``trace``: the minibatch loss :math:`L_{B_t}(w_t)` ``(chains, burn-in + draws)``;
     - ``init_loss``: :math:`L_n(w^*)` on the full data; ``ess``, ``rhat``: bulk ESS and rank-normalised split
       :math:`\hat R` of ``llc_trace`` (:mod:`slt_companion.diagnostics`); ``config``: the :class:`SamplerConfig` used
-      (with the step size actually chosen); ``seconds``: sampling wall time.
+      (with the step size actually chosen, and the burn-in and draws actually run); ``seconds``: sampling wall time;
+    - ``stop_reason``: why sampling ended -- ``"converged"`` (``num_draws="auto"`` reached its targets),
+      ``"max_draws"`` / ``"max_seconds"`` (its budget ran out first) or ``"fixed"`` (a number of draws was given);
+    - ``converged``: ``rhat`` ≤ 1.01 and ``ess`` ≥ 400 (:mod:`slt_companion.convergence`); an estimate that is not
+      converged is not a result, and :func:`estimate_llc` warns (:class:`LLCConvergenceWarning`).
     """
 
     mean: float
@@ -117,19 +122,38 @@ class LLCEstimate:
     baseline: str = "paired"
     seconds: float = 0.0
     extras: dict = field(default_factory=dict)
+    stop_reason: str = "fixed"
+
+    @property
+    def converged(self) -> bool:
+        """R̂ ≤ 1.01 and bulk ESS ≥ 400 (:func:`slt_companion.convergence.is_converged`)."""
+        return is_converged(self.rhat, self.ess)
+
+    def status(self) -> str:
+        """One line: converged or not, with R̂, ESS and why sampling stopped."""
+        head = "converged" if self.converged else "NOT CONVERGED, not a result"
+        return (f"{head}: R̂ = {self.rhat:.3f} (target ≤ {TARGET_RHAT}), ESS = {self.ess:.0f} (target ≥ "
+                f"{TARGET_ESS:.0f}), stopped: {self.stop_reason} after {self.config.num_burnin} + "
+                f"{self.config.num_draws} steps")
 
     def __repr__(self) -> str:
         return (f"LLCEstimate(mean={self.mean:.4g}, std={self.std:.3g}, sem={self.sem:.3g}, ess={self.ess:.0f}, "
                 f"rhat={self.rhat:.3f}, chains={self.config.num_chains}, draws={self.config.num_draws}, "
                 f"step_size={_fmt_eps(self.config.step_size)}, nbeta={self.config.nbeta:.4g}, "
-                f"localization={self.config.localization:g})")
+                f"localization={self.config.localization:g})\n  {self.status()}")
+
+    def to_arviz(self):
+        """The draws as an ArviZ object (``az.summary``, ``az.plot_trace``): :func:`slt_companion.arviz_interop.to_arviz`."""
+        from .arviz_interop import to_arviz
+
+        return to_arviz(self)
 
     def to_dict(self) -> dict:
         """Numbers and arrays only (for :func:`slt_companion.cache.cached`)."""
         return {"mean": self.mean, "std": self.std, "sem": self.sem, "per_chain": self.per_chain,
                 "llc_trace": self.llc_trace, "trace": self.trace, "init_loss": self.init_loss,
                 "ess": self.ess, "rhat": self.rhat, "baseline": self.baseline, "seconds": self.seconds,
-                "config": _config_to_dict(self.config)}
+                "config": _config_to_dict(self.config), "stop_reason": self.stop_reason}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LLCEstimate":
@@ -137,7 +161,7 @@ class LLCEstimate:
                    per_chain=np.asarray(d["per_chain"]), llc_trace=np.asarray(d["llc_trace"]),
                    trace=np.asarray(d["trace"]), init_loss=float(d["init_loss"]), ess=float(d["ess"]),
                    rhat=float(d["rhat"]), config=_config_from_dict(d["config"]), baseline=str(d["baseline"]),
-                   seconds=float(d["seconds"]))
+                   seconds=float(d["seconds"]), stop_reason=str(d.get("stop_reason", "fixed")))
 
     def plot(self, ax=None, *, theory: float | None = None, title: str | None = None):
         """Per-chain running λ̂ over draws (burn-in excluded), the overall estimate, and ``theory`` if given."""
@@ -156,17 +180,28 @@ class LLCEstimate:
             slt_plot.theory_line(ax, float(theory), rf"theory $\lambda = {float(theory):.4g}$")
         ax.set_xlabel("draw (after burn-in)")
         ax.set_ylabel(r"running $\hat\lambda$")
-        ax.set_title(title or f"LLC estimate: ESS {self.ess:.0f}, $\\hat R$ {self.rhat:.3f}")
+        ax.set_title(title or ("LLC estimate: " if self.converged else "LLC estimate, NOT CONVERGED: ")
+                     + f"ESS {self.ess:.0f}, $\\hat R$ {self.rhat:.3f}",
+                     color="black" if self.converged else "#B00020")
         ax.legend(fontsize=8.5)
         return ax
 
 
-def _sampling_defaults(model, num_draws, num_burnin, device):
-    """The estimators' shared defaults: 1000 draws (200 quick), burn-in max(500 (100 quick), draws / 2), and the
-    device of the model's parameters."""
+def _sampling_defaults(model, num_draws, num_burnin, device, *, auto_ok: bool = True):
+    """The estimators' shared defaults: ``num_draws="auto"`` (convergence-driven; burn-in is the first half of the
+    run, :mod:`slt_companion.convergence`), or for a fixed ``num_draws`` a burn-in of max(500 (100 quick),
+    num_draws / 2); and the device of the model's parameters. Without ``auto_ok`` the default is 1000 draws (200
+    quick)."""
     if num_draws is None:
-        num_draws = _config.size(1000, 200)
-    if num_burnin is None:
+        num_draws = "auto" if auto_ok else _config.size(1000, 200)
+    if isinstance(num_draws, str):
+        if num_draws != "auto" or not auto_ok:
+            alts = " or 'auto'" if auto_ok else ""
+            raise ValueError(f"num_draws must be a positive integer{alts}, got {num_draws!r}")
+        if num_burnin is not None:
+            raise ValueError("num_burnin must be None with num_draws='auto': the burn-in is the first half of the run "
+                             "(slt_companion.convergence); give a number of draws to fix the burn-in")
+    elif num_burnin is None:
         num_burnin = max(_config.size(500, 100), int(num_draws) // 2)
     if device is None:
         try:
@@ -176,11 +211,26 @@ def _sampling_defaults(model, num_draws, num_burnin, device):
     return num_draws, num_burnin, device
 
 
+def _plan(num_draws, num_burnin, max_draws, max_seconds):
+    """``(rule, num_burnin, num_draws)`` for :func:`slt_companion.sampling.sgld`: with ``num_draws="auto"`` a
+    :class:`ConvergenceRule` and the most steps it allows (burn-in 0; the stop rule sets the real split)."""
+    if num_draws != "auto":
+        if max_draws is not None or max_seconds is not None:
+            raise ValueError("max_draws and max_seconds apply to num_draws='auto' only; with a fixed num_draws the run "
+                             "length is num_burnin + num_draws")
+        return None, num_burnin, num_draws
+    from .sampling import BLOCK
+
+    rule = ConvergenceRule(max_draws=max_draws, max_seconds=max_seconds)
+    return rule, 0, rule.max_steps(BLOCK)
+
+
 def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains: int = 4,
-                 num_draws: int | None = None, num_burnin: int | None = None, step_size="auto",
+                 num_draws: int | str | None = None, num_burnin: int | None = None, step_size="auto",
                  localization: float = 1.0, nbeta: float | None = None, batch_size: int = 500, params=None,
                  seed: int = 0, device=None, progress: bool = True, preconditioner: str | None = None,
-                 baseline: str = "paired") -> LLCEstimate:
+                 baseline: str = "paired", max_draws: int | None = None,
+                 max_seconds: float | None = None) -> LLCEstimate:
     r"""Estimate the local learning coefficient :math:`\hat\lambda(w^*)` at the model's current parameters.
 
     Parameters
@@ -188,14 +238,24 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     model : nn.Module with a functional forward (:mod:`slt_companion.sampling`); its parameters are :math:`w^*`
         and are not modified.
     loss_fn : ``loss_fn(model(x), y)`` -> the *mean* per-sample negative log-likelihood of the batch.
-        The scale matters: :math:`\hat\lambda` is :math:`n\beta` times a loss difference, so a loss that is
-        not the NLL (e.g. MSE without the ½ for unit-variance noise) scales :math:`\hat\lambda` with it.
+        Scaling the loss by :math:`c` is the same as running at :math:`n\beta' = c\,n\beta`: the local posterior
+        :math:`\propto e^{-n\beta cL}` is a different temperature, and :math:`\hat\lambda = n\beta\,(\E[cL] - cL^*)
+        = n\beta'(\E_{\beta'}[L] - L^*)`, which targets the same :math:`\lambda` (it is temperature-free to
+        leading order; Part II, "Estimating λ", shows MSE and ½MSE agreeing). What changes is the effective
+        :math:`n\beta'` and with it the finite-temperature corrections and the automatic step size.
     data : ``(x, y)`` tensors, a ``TensorDataset``, or an object with ``.xy``. Passing data other than
         the training data gives the **data-refined LLC**.
-    num_chains, num_draws, num_burnin : chains run together; draws per chain after ``num_burnin`` steps.
-        Defaults: 1000 draws (200 in ``SLT_QUICK`` mode) and burn-in ``max(500, num_draws // 2)`` (100
-        instead of 500 in quick mode): the
-        soft, singular directions of the posterior relax slowly from :math:`w^*` (Part II, "Estimating λ").
+    num_chains : chains run together (4).
+    num_draws : ``"auto"`` (the default): sample until the chains have converged -- split :math:`\hat R` ≤ 1.01
+        and bulk ESS ≥ 400 on the second half of the run, the first half being burn-in -- or until
+        ``max_draws`` / ``max_seconds`` (:mod:`slt_companion.convergence`); ``stop_reason`` says which.
+        An integer fixes the number of draws per chain after ``num_burnin`` steps (default
+        ``max(500, num_draws // 2)``, 100 instead of 500 in ``SLT_QUICK`` mode); it is checked against the same
+        targets afterwards.
+    num_burnin : burn-in steps for a fixed ``num_draws`` (must be ``None`` with ``"auto"``).
+    max_draws, max_seconds : the budget of ``num_draws="auto"``: at most ``max_draws`` kept draws per chain
+        (default 5000, 1000 in ``SLT_QUICK`` mode; the run is twice as long) and ``max_seconds`` of sampling
+        (default none; a time budget makes the result machine-dependent).
     step_size : a float :math:`\varepsilon`, or ``"auto"`` (:func:`auto_step_size`, a short pilot run).
     localization : :math:`\gamma` (default 1: a weak tether that removes drift along flat directions
         while biasing :math:`\hat\lambda` by only a few percent; large values bias it low).
@@ -203,11 +263,20 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     batch_size : minibatch size per chain and step (clipped to ``n``).
     params : restrict sampling to some parameters (names, a name prefix, or a predicate ``(name, tensor)``):
         the **weight-refined LLC** of that component.
-    seed : chains use independent generators derived from it; same seed, same result on CPU.
+    seed : chains use independent generators derived from it; same seed, same result on CPU (a
+        convergence-driven run that stops after ``T`` steps equals a fixed run of ``T`` steps).
     device : ``None`` means the device the model's parameters are on (no silent copies); or ``"cpu"``,
         ``"cuda"``, ... (:func:`slt_companion.config.resolve_device`), which must match the model's device.
     preconditioner : ``None`` or ``"rmsprop"``.
     baseline : ``"paired"`` (default), ``"full"`` or ``"batch"`` -- see the module docstring.
+
+    Warns
+    -----
+    LLCConvergenceWarning
+        The chains ended unconverged (R̂ > 1.01 or ESS < 400): the number is not a result. The message names
+        R̂, the ESS and the fix; ``est.converged`` is False and ``repr(est)`` says so.
+    NegativeLLCWarning
+        λ̂ < 0 beyond its error.
 
     Raises
     ------
@@ -219,17 +288,28 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     if baseline not in ("paired", "full", "batch"):
         raise ValueError(f"baseline must be 'paired', 'full' or 'batch', got {baseline!r}")
     num_draws, num_burnin, device = _sampling_defaults(model, num_draws, num_burnin, device)
+    rule, burnin_run, draws_run = _plan(num_draws, num_burnin, max_draws, max_seconds)
     prob = _Problem(model, loss_fn, data, params, device)
     if nbeta is None:
         nbeta = default_nbeta(prob.n)
     # validate everything but the step size before any computation
     SamplerConfig(step_size=1.0, nbeta=nbeta, localization=localization, num_chains=num_chains,
-                  num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed,
+                  num_draws=draws_run, num_burnin=burnin_run, batch_size=batch_size, seed=seed,
                   preconditioner=preconditioner)
     with cpu_threads(auto_threads(prob.device, num_chains * min(batch_size, prob.n) * prob.D)):
-        return _estimate(prob, model, loss_fn, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-                         step_size=step_size, localization=localization, nbeta=nbeta, batch_size=batch_size,
-                         seed=seed, progress=progress, preconditioner=preconditioner, baseline=baseline)
+        est = _estimate(prob, model, loss_fn, num_chains=num_chains, num_draws=draws_run, num_burnin=burnin_run,
+                        rule=rule, step_size=step_size, localization=localization, nbeta=nbeta,
+                        batch_size=batch_size, seed=seed, progress=progress, preconditioner=preconditioner,
+                        baseline=baseline)
+    _warn_if_unconverged(est, "The LLC estimate")
+    return est
+
+
+def _warn_if_unconverged(est: LLCEstimate, what: str) -> None:
+    if not est.converged:
+        eps = est.config.step_size
+        warn_unconverged(f"{what} λ̂ = {est.mean:.4g}", est.rhat, est.ess, est.stop_reason,
+                         step_size=float(eps) if not isinstance(eps, tuple) else None, stacklevel=4)
 
 
 def _resolve_step_size(prob, step_size, *, nbeta, localization, batch_size, seed, preconditioner=None):
@@ -245,7 +325,97 @@ def _resolve_step_size(prob, step_size, *, nbeta, localization, batch_size, seed
     return step_size, extras
 
 
-def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_size, localization, nbeta,
+def _finish(res: SGLDResult, rule) -> tuple[SamplerConfig, str]:
+    """The configuration actually run and why it stopped (a stop rule that never fired used its whole budget)."""
+    cfg = res.config
+    if rule is None:
+        return cfg, "fixed"
+    reason = res.extras.get("stop_reason", "budget")
+    if reason == "budget":
+        T = cfg.num_burnin + cfg.num_draws
+        cfg = replace(cfg, num_burnin=T // 2, num_draws=T - T // 2)
+        reason = "max_draws"
+    return cfg, reason
+
+
+#: with step_size="auto", a run that diverges is restarted with a step this many times smaller, at most
+#: AUTO_RETRIES times: the pilot saw only the start of the chains, and a chain that later reaches stiffer
+#: regions (higher-order normal crossings) shows that the step was too large after all
+AUTO_SHRINK, AUTO_RETRIES = 4.0, 3
+
+
+class _StepTooLarge(Exception):
+    def __init__(self, h: float, eps: float, new_step_size):
+        self.h, self.eps, self.new_step_size = h, eps, new_step_size
+        super().__init__(f"curvature {h:.3g} at the chains' current states, ε·h = {eps * h:.2f}")
+
+
+#: with step_size="auto", the run restarts when the chains reach states this many times stiffer than the step
+#: was chosen for (ε·h > AUTO_RECHECK · AUTO_STEP_FACTOR), with ε = AUTO_STEP_FACTOR / h
+AUTO_RECHECK = 3.0
+
+
+def _curvature_check(prob, cfg):
+    """The check the convergence rule runs on the chains' current states: their top curvature (the pilot saw only
+    the start of the chains; at singular points the stiff regions are reached later, e.g. far along the axes of a
+    normal crossing)."""
+    from .stepsize import AUTO_STEP_FACTOR, _hessian_top_eig
+
+    if isinstance(cfg.step_size, tuple):
+        return None
+    eps = float(cfg.step_size)
+    gen = torch.Generator().manual_seed(int(cfg.seed) + 7919)
+    sel = torch.randperm(prob.n, generator=gen)[:min(prob.n, 2048)].to(prob.device)
+    xb, yb = prob.x[sel], prob.y[sel]
+
+    def check(W):
+        C = W.shape[0]
+        with torch.no_grad():
+            Wc = W.detach().clone()
+        h = _hessian_top_eig(prob, Wc, xb.expand(C, *xb.shape), yb.expand(C, *yb.shape), cfg.nbeta,
+                             cfg.localization, iters=10)
+        h_max = float(h.max())
+        if math.isfinite(h_max) and eps * h_max > AUTO_RECHECK * AUTO_STEP_FACTOR:
+            raise _StepTooLarge(h_max, eps, AUTO_STEP_FACTOR / h_max)
+
+    return check
+
+
+def _sample_retrying(prob, model, loss_fn, cfg, rule, llc_of, *, auto: bool, extras: dict, progress: bool,
+                     center_loss: bool, chain_mask=None) -> SGLDResult:
+    """One SGLD run (with the convergence rule's stop callback); with an automatic step size a divergence
+    restarts the whole run with the step :data:`AUTO_SHRINK` times smaller (recorded in
+    ``extras["auto_step"]["retries"]``), at most :data:`AUTO_RETRIES` times."""
+    from .diagnostics import SGLDDivergenceError
+    from .sampling import BLOCK
+
+    for attempt in range(AUTO_RETRIES + 1):
+        check = _curvature_check(prob, cfg) if auto and attempt < AUTO_RETRIES else None
+        stop = rule.stop_fn(llc_of, BLOCK, check) if rule is not None else None
+        try:
+            return sgld(model, loss_fn, None, cfg, progress=progress, center_loss=center_loss, num_threads=None,
+                        stop=stop, chain_mask=chain_mask, _problem=prob)
+        except _StepTooLarge as big:   # the last attempt runs without the check: its R̂/ESS still judge it
+            eps = big.new_step_size
+            extras["auto_step"].setdefault("retries", []).append({"why": str(big), "new_step_size": eps})
+            cfg = replace(cfg, step_size=eps)
+            continue
+        except SGLDDivergenceError as err:
+            if not auto:
+                raise
+            if attempt == AUTO_RETRIES:
+                raise SGLDDivergenceError(step=err.step, chain=err.chain, loss=err.loss, step_size=err.step_size,
+                                          what=f"{err.what}, after {AUTO_RETRIES} automatic restarts with "
+                                               f"{AUTO_SHRINK:g}× smaller steps") from err
+            eps = cfg.step_size
+            eps = tuple(e / AUTO_SHRINK for e in eps) if isinstance(eps, tuple) else eps / AUTO_SHRINK
+            extras["auto_step"].setdefault("retries", []).append({"step": err.step, "chain": err.chain,
+                                                                  "new_step_size": eps})
+            cfg = replace(cfg, step_size=eps)
+    raise AssertionError("unreachable")
+
+
+def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, step_size, localization, nbeta,
               batch_size, seed, progress, preconditioner, baseline) -> LLCEstimate:
     prob.check(batch_size)
     step_size, extras = _resolve_step_size(prob, step_size, nbeta=nbeta, localization=localization,
@@ -254,21 +424,29 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, step_s
                         num_chains=int(num_chains), num_draws=int(num_draws), num_burnin=int(num_burnin),
                         batch_size=int(batch_size), seed=int(seed), preconditioner=preconditioner)
     init_loss = prob.center_loss()  # computed by prob.check above
-    res: SGLDResult = sgld(model, loss_fn, None, cfg, progress=progress, center_loss=(baseline == "paired"),
-                           num_threads=None, _problem=prob)
-    draws = res.draws.numpy()
-    if baseline == "paired":
-        base = res.center_loss[:, cfg.num_burnin:].numpy()
-    elif baseline == "full":
+    if baseline == "full":
         base = init_loss
-    else:  # one minibatch, as a single-batch initial loss would give
+    elif baseline == "batch":  # one minibatch, as a single-batch initial loss would give
         gen = torch.Generator().manual_seed(int(seed) + 104729)
         sel = torch.randperm(prob.n, generator=gen)[:min(batch_size, prob.n)].to(prob.device)
         with torch.no_grad():
             base = float(loss_fn(model(prob.x[sel]), prob.y[sel]))
         extras["batch_init_loss"] = base
-    llc_trace = cfg.nbeta * (draws - base)
-    return _summarize(llc_trace, res.loss.numpy(), init_loss, cfg, baseline, res.seconds, extras)
+
+    def llc_of(loss, center, burnin):
+        ref = center[:, burnin:] if baseline == "paired" else base
+        return (cfg.nbeta * (loss[:, burnin:] - ref)).numpy()
+
+    from .sampling import BLOCK
+
+    res = _sample_retrying(prob, model, loss_fn, cfg, rule, llc_of, auto="auto_step" in extras, extras=extras,
+                           progress=progress, center_loss=(baseline == "paired"))
+    cfg = res.config
+    cfg, reason = _finish(res, rule)
+    llc_trace = llc_of(res.loss, res.center_loss, cfg.num_burnin)
+    est = _summarize(llc_trace, res.loss.numpy(), init_loss, cfg, baseline, res.seconds, extras)
+    est.stop_reason = reason
+    return est
 
 
 #: R̂ above this says the chains disagree (Vehtari et al. 2021 recommend 1.01 for final results; 1.1 is a clear failure)
@@ -312,7 +490,8 @@ def _summarize(llc_trace: np.ndarray, trace: np.ndarray, init_loss: float, cfg: 
 def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, groups: dict, *, num_chains: int = 4,
                           num_draws: int | None = None, num_burnin: int | None = None, step_size="auto",
                           localization: float = 1.0, nbeta: float | None = None, batch_size: int = 500,
-                          seed: int = 0, device=None, progress: bool = True) -> dict:
+                          seed: int = 0, device=None, progress: bool = True, max_draws: int | None = None,
+                          max_seconds: float | None = None) -> dict:
     r"""Weight-refined LLCs of several parameter groups (e.g. every attention head) in **one** batched SGLD run.
 
     For a group :math:`V` of the weights, the weight-refined LLC :math:`\hat\lambda_V(w^*)` is the estimator of
@@ -324,7 +503,8 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
         \hat\lambda_V(w^*) = n\beta\,\Big(\E_{w_V\sim p_V}[L_n(w_V, w^*_{\setminus V})] - L_n(w^*)\Big),\qquad
         p_V(w_V)\propto\exp\Big\{-n\beta L_n(w_V, w^*_{\setminus V}) - \frac\gamma2\|w_V - w_V^*\|^2\Big\}.
 
-    All groups run together: ``len(groups) * num_chains`` chains over the union of the groups' parameters, chain
+    ``num_draws="auto"`` (the default) runs until *every* group has converged (:mod:`slt_companion.convergence`);
+    unconverged groups are named in one :class:`LLCConvergenceWarning`. All groups run together: ``len(groups) * num_chains`` chains over the union of the groups' parameters, chain
     ``g * num_chains + j`` moving only group ``g``'s coordinates (``chain_mask`` of
     :func:`slt_companion.sampling.sgld`).
     Each group's estimate has the same distribution as ``estimate_llc(..., params=groups[name])`` with the same
@@ -377,6 +557,7 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
             owner[k] = gname
         selected[gname] = names
     num_draws, num_burnin, device = _sampling_defaults(model, num_draws, num_burnin, device)
+    rule, num_burnin, num_draws = _plan(num_draws, num_burnin, max_draws, max_seconds)
     union = [k for k, _ in model.named_parameters() if k in owner]
     prob = _Problem(model, loss_fn, data, union, device)
     if nbeta is None:
@@ -407,9 +588,18 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
                             num_chains=C, num_draws=int(num_draws), num_burnin=int(num_burnin),
                             batch_size=int(batch_size), seed=int(seed))
         init_loss = prob.center_loss()  # computed by prob.check above
+
+        def llc_of(loss, center, burnin):
+            return (cfg.nbeta * (loss[:, burnin:] - center[:, burnin:])).numpy()
+
+        from .sampling import BLOCK
+
+        groups_rows = [slice(g * num_chains, (g + 1) * num_chains) for g in range(G)]
+        stop = rule.stop_fn(llc_of, BLOCK, groups=groups_rows) if rule is not None else None
         res: SGLDResult = sgld(model, loss_fn, None, cfg, progress=progress, center_loss=True, num_threads=None,
-                               chain_mask=mask, _problem=prob)
-    llc_all = cfg.nbeta * (res.draws.numpy() - res.center_loss[:, cfg.num_burnin:].numpy())
+                               chain_mask=mask, stop=stop, _problem=prob)
+    cfg, reason = _finish(res, rule)
+    llc_all = llc_of(res.loss, res.center_loss, cfg.num_burnin)
     trace = res.loss.numpy()
     out = {}
     for g, gname in enumerate(selected):
@@ -420,6 +610,13 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
                               batch_size=cfg.batch_size, seed=cfg.seed)
         out[gname] = _summarize(llc_all[rows], trace[rows], init_loss, cfg_g, "paired", res.seconds,
                                 {**extras, "params": list(selected[gname])})
+        out[gname].stop_reason = reason
+    bad = {k: e for k, e in out.items() if not e.converged}
+    if bad:
+        worst = max(bad.values(), key=lambda e: e.rhat if e.rhat == e.rhat else float("inf"))
+        warn_unconverged(f"{len(bad)} of {len(out)} refined LLCs ({', '.join(list(bad)[:6])}"
+                         f"{', …' if len(bad) > 6 else ''}) are not converged; the worst of them",
+                         worst.rhat, worst.ess, reason, step_size=None, stacklevel=3)
     return out
 
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -534,7 +534,8 @@ def _check_divergence(block_loss, block_center, block_params_ok, start, cfg, D, 
 def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, params=None, device=None,
          progress: bool = True, record_params: bool = False, center_loss: bool = True,
          on_divergence: str = "raise", num_threads: int | str | None = "auto",
-         chain_mask: torch.Tensor | None = None, _problem: _Problem | None = None) -> SGLDResult:
+         chain_mask: torch.Tensor | None = None, stop: Callable | None = None,
+         _problem: _Problem | None = None) -> SGLDResult:
     r"""Run ``config.num_chains`` SGLD chains at once from the model's current parameters :math:`w^*`.
 
     ``loss_fn(model(x), y)`` must return the mean per-sample loss of the batch (a scalar tensor); ``data`` is
@@ -552,6 +553,14 @@ def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, pa
     drift and noise are multiplied by the mask, :math:`\Delta w_c = m_c\odot\Delta w_c`, so the other
     coordinates stay exactly at :math:`w^*`. This samples several weight-refined local posteriors in one
     batched run (:func:`slt_companion.llc.estimate_refined_llcs`).
+
+    ``stop``: an optional rule for ending early (convergence-driven sampling, :mod:`slt_companion.convergence`).
+    ``config.num_steps`` is then the most steps run; after every block of :data:`BLOCK` steps,
+    ``stop(loss, center, W)`` is called with the traces so far (``(chains, steps)`` float64 CPU tensors;
+    ``center`` is ``None`` without ``center_loss``) and the chains' current states ``W`` and returns ``None`` to go on or ``(num_burnin, reason)``
+    to stop. The result's ``config`` then has that burn-in and ``num_draws = steps - num_burnin``, and
+    ``extras["stop_reason"]`` the reason. Because the random numbers are drawn per block, a run stopped
+    after ``T`` steps equals a fixed run of ``T`` steps with the same seed.
     """
     if on_divergence not in ("raise", "mark"):
         raise ValueError(f"on_divergence must be 'raise' or 'mark', got {on_divergence!r}")
@@ -565,7 +574,7 @@ def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, pa
             prob.check(config.batch_size)
         mask = _check_chain_mask(chain_mask, config.num_chains, prob)
         return _run(prob, config, progress=progress, record_params=record_params, center_loss=center_loss,
-                    on_divergence=on_divergence, mask=mask)
+                    on_divergence=on_divergence, mask=mask, stop=stop)
 
 
 def _check_chain_mask(chain_mask, num_chains: int, prob: _Problem) -> torch.Tensor | None:
@@ -582,7 +591,7 @@ def _check_chain_mask(chain_mask, num_chains: int, prob: _Problem) -> torch.Tens
 
 
 def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, center_loss, on_divergence,
-         mask: torch.Tensor | None = None):
+         mask: torch.Tensor | None = None, stop: Callable | None = None):
     cfg = config
     C, D, dev = cfg.num_chains, prob.D, prob.device
     T = cfg.num_steps
@@ -614,6 +623,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
     center_trace = torch.empty(T, C, dtype=torch.float64) if center_loss else None
     param_trace = torch.empty(T, C, D, dtype=torch.float64) if record_params else None
 
+    stop_reason = "budget"   # what ends a run with a stop rule that never fired: the most steps allowed
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -685,17 +695,27 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             loss_trace[start:start + K] = bl
             if bar is not None:
                 bar.update(K)
+            if stop is not None and start + K < T:
+                verdict = stop(loss_trace[:start + K].T, center_trace[:start + K].T if center_loss else None, W)
+                if verdict is not None:
+                    T = start + K
+                    burnin, stop_reason = int(verdict[0]), str(verdict[1])
+                    cfg = replace(cfg, num_burnin=burnin, num_draws=T - burnin)
+                    break
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start_time
+    extras = {"diverged": diverged.tolist()}
+    if stop is not None:
+        extras["stop_reason"] = stop_reason
     return SGLDResult(
-        loss=loss_trace.T.contiguous(),
-        center_loss=center_trace.T.contiguous() if center_loss else None,
+        loss=loss_trace[:T].T.contiguous(),
+        center_loss=center_trace[:T].T.contiguous() if center_loss else None,
         config=cfg, param_names=list(prob.names), param_shapes=list(prob.shapes),
         final=W.detach().double().cpu(),
-        params=param_trace.transpose(0, 1).contiguous() if record_params else None,
-        seconds=seconds, device=str(dev), extras={"diverged": diverged.tolist()},
+        params=param_trace[:T].transpose(0, 1).contiguous() if record_params else None,
+        seconds=seconds, device=str(dev), extras=extras,
     )
 
 

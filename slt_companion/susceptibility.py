@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .diagnostics import ess as _ess
+from .diagnostics import ess as _ess, rhat as _rhat
 from .llc import _config_from_dict, _config_to_dict, _resolve_step_size, _sampling_defaults, default_nbeta
 from .sampling import SamplerConfig, _Problem, auto_threads, cpu_threads, sgld
 
@@ -170,6 +170,24 @@ def _eval_losses(prob, W: torch.Tensor, budget: int = 2_000_000) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+def _warn_if_unconverged(dL: np.ndarray, names: list, step_size) -> None:
+    """One :class:`~slt_companion.convergence.LLCConvergenceWarning` if the ΔL trace of any perturbation (the
+    quantity every χ is a covariance with) has R̂ > 1.01 or ESS < 400."""
+    from .convergence import is_converged, warn_unconverged
+
+    worst = None
+    for i, name in enumerate(names):
+        tr = dL[:, :, i]
+        if tr.shape[1] < 4 or np.ptp(tr) == 0:
+            continue
+        r, e = _rhat(tr), _ess(tr)
+        if not is_converged(r, e) and (worst is None or r > worst[1]):
+            worst = (name, r, e)
+    if worst is not None:
+        warn_unconverged(f"The susceptibility run (its ΔL trace for {worst[0]!r})", worst[1], worst[2], "fixed",
+                         step_size=step_size if isinstance(step_size, float) else None, stacklevel=4)
+
+
 def susceptibility(model: torch.nn.Module, loss_fn: Callable, data, perturbation_data, observables, *,
                    num_chains: int = 4, num_draws: int | None = None, num_burnin: int | None = None,
                    step_size="auto", localization: float = 1.0, nbeta: float | None = None,
@@ -229,7 +247,7 @@ def susceptibility(model: torch.nn.Module, loss_fn: Callable, data, perturbation
         raise ValueError(f"mode must be 'mixture' (ΔL = L_q' − L_n) or 'add' (ΔL = L_q'), got {mode!r}")
     if isinstance(thin, bool) or not isinstance(thin, (int, np.integer)) or thin < 1:
         raise ValueError(f"thin must be an integer ≥ 1, got {thin!r}")
-    num_draws, num_burnin, device = _sampling_defaults(model, num_draws, num_burnin, device)
+    num_draws, num_burnin, device = _sampling_defaults(model, num_draws, num_burnin, device, auto_ok=False)
     if isinstance(num_draws, (int, np.integer)) and not isinstance(num_draws, bool) and num_draws // thin < 4:
         raise ValueError(f"num_draws // thin must be at least 4 to estimate a covariance, got "
                          f"num_draws={num_draws}, thin={thin}")
@@ -292,6 +310,7 @@ def susceptibility(model: torch.nn.Module, loss_fn: Callable, data, perturbation
                 e = _ess(zz)
                 if e == e and e > 0:
                     sem[i, j] = cfg.nbeta * zz.std(ddof=1) / math.sqrt(e)
+    _warn_if_unconverged(dL, list(perts), cfg.step_size)
     return SusceptibilityEstimate(value=value, per_chain=per_chain, std=std, sem=sem, perturbations=list(perts),
                                   observables=names, observable_trace=phi, perturbation_trace=dL, config=cfg,
                                   mode=mode, seconds=time.perf_counter() - t0, extras=extras)

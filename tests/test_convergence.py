@@ -1,0 +1,145 @@
+"""Convergence-driven sampling (issue: the LLC estimator knows when it is wrong): the stop rule, the warning, the
+RNG contract, the automatic step size on models the old rule refused or diverged on, and the ground-truth suite."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from slt_companion.convergence import ConvergenceRule, LLCConvergenceWarning, drifting, is_converged
+from slt_companion.data import teacher_student
+from slt_companion.groundtruth import GROUND_TRUTH, Polynomial, crossing_exact, ground_truth_case, mse_loss, run_ground_truth
+from slt_companion.llc import LLCEstimate, estimate_llc, half_mse
+from slt_companion.models import DeepLinearNetwork
+
+
+def _deep_rrr():
+    """Noise-free reduced-rank regression 5-4-5 centred at the teacher's deepest point (λ = 21/2)."""
+    return ground_truth_case("RRR 5-4-5, rank 2, noise-free at the teacher")
+
+
+def test_the_warning_class_is_public_and_a_runtime_warning():
+    from slt_companion import llc
+
+    assert llc.LLCConvergenceWarning is LLCConvergenceWarning and issubclass(LLCConvergenceWarning, RuntimeWarning)
+
+
+def test_a_too_short_budget_on_a_deep_singularity_warns_and_says_so():
+    case = _deep_rrr()
+    with pytest.warns(LLCConvergenceWarning, match=r"R̂ = .* ESS|ESS = .*") as rec:
+        est = estimate_llc(case["model"], case["loss_fn"], case["data"], max_draws=64, progress=False)
+    msg = str(rec[0].message)
+    assert "max_draws" in msg and "not a result" in msg
+    assert not est.converged and est.stop_reason == "max_draws"
+    assert "NOT CONVERGED" in repr(est) and "NOT CONVERGED" in est.status()
+    assert est.config.num_burnin + est.config.num_draws == 128
+
+
+def test_a_fixed_number_of_draws_is_checked_and_warns_when_short():
+    case = _deep_rrr()
+    with pytest.warns(LLCConvergenceWarning, match="fixed num_draws"):
+        est = estimate_llc(case["model"], case["loss_fn"], case["data"], num_draws=40, num_burnin=10,
+                           step_size=1e-5, progress=False)
+    assert est.stop_reason == "fixed" and est.config.num_draws == 40
+
+
+def test_a_convergence_driven_run_equals_the_fixed_run_of_the_same_length():
+    d = teacher_student(2000, 3, 3, 1, seed=0)
+    model = DeepLinearNetwork((3, 2, 3)).fit_least_squares(d.x, d.y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        auto = estimate_llc(model, half_mse, d.xy, step_size=1e-4, max_draws=300, progress=False)
+        T = auto.config.num_burnin + auto.config.num_draws
+        fixed = estimate_llc(model, half_mse, d.xy, step_size=1e-4, num_burnin=T // 2, num_draws=T - T // 2,
+                             progress=False)
+    np.testing.assert_array_equal(auto.llc_trace, fixed.llc_trace)
+    assert auto.mean == fixed.mean
+
+
+def test_a_converged_estimate_says_converged_and_is_right():
+    d = teacher_student(4000, 4, 4, 1, seed=1)
+    model = DeepLinearNetwork((4, 3, 4)).fit_least_squares(d.x, d.y)
+    est = estimate_llc(model, half_mse, d.xy, max_draws=3000, progress=False)   # no warning allowed
+    assert est.converged and est.stop_reason in ("converged", "max_draws"), est
+    assert est.rhat <= 1.01 and est.ess >= 400
+    assert repr(est).splitlines()[1].strip().startswith("converged")
+    assert abs(est.mean / 6.0 - 1) < 0.15, est      # RRR 4-3-4 rank 1: λ = 6 (Aoyagi & Watanabe 2005)
+    back = LLCEstimate.from_dict(est.to_dict())
+    assert back.stop_reason == est.stop_reason and back.converged
+
+
+def test_the_loss_scale_is_a_temperature_not_a_factor_on_lambda():
+    """MSE (no ½) is ½MSE times 2: the same λ̂ within noise, not twice it (the estimator's docstring)."""
+    d = teacher_student(4000, 4, 4, 1, seed=2)
+    model = DeepLinearNetwork((4, 3, 4)).fit_least_squares(d.x, d.y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        half = estimate_llc(model, half_mse, d.xy, max_draws=2000, progress=False)
+        full = estimate_llc(model, mse_loss, d.xy, max_draws=2000, progress=False)
+    assert abs(full.mean / half.mean - 1) < 0.2, (half.mean, full.mean)    # a factor 2 would be +100 %
+
+
+def test_a_factor_w_to_the_zero_is_sampled_not_refused():
+    case = ground_truth_case("devinterp crossing [0, 1]")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        est = estimate_llc(case["model"], case["loss_fn"], case["data"], max_draws=500, progress=False)
+    assert np.isfinite(est.mean) and est.extras["auto_step"]["h0"] > 0
+
+
+def test_a_flat_centre_without_a_prior_gets_a_step_that_does_not_diverge():
+    case = ground_truth_case("normal crossing w³, no prior")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        est = estimate_llc(case["model"], case["loss_fn"], case["data"], localization=0.0, max_draws=500,
+                           progress=False)
+    assert np.isfinite(est.mean) and 0 < est.mean < 1
+
+
+def test_the_drift_test_sees_a_rising_trace_and_not_a_flat_one():
+    rng = np.random.default_rng(0)
+    flat = rng.normal(size=(4, 600))
+    rising = flat + np.linspace(0, 1.0, 600)[None]
+    assert not drifting(flat) and drifting(rising)
+
+
+def test_rule_arguments_are_checked():
+    with pytest.raises(ValueError, match="max_draws"):
+        ConvergenceRule(min_draws=100, max_draws=50)
+    with pytest.raises(ValueError, match="max_seconds"):
+        ConvergenceRule(max_seconds=-1)
+    with pytest.raises(ValueError, match="num_burnin must be None"):
+        estimate_llc(Polynomial([1, 1]), mse_loss, (torch.ones(8, 1), torch.zeros(8, 1)), num_burnin=10)
+    assert is_converged(1.005, 500) and not is_converged(1.02, 500) and not is_converged(float("nan"), 500)
+
+
+def test_crossing_exact_matches_a_one_dimensional_integral():
+    """w² with the prior N(0, 1): the 2-D grid (one weight unused) against a direct 1-D quadrature."""
+    x = torch.randn(2000, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(2000)
+    nb = 2000 / np.log(2000)
+    grid = crossing_exact((2,), x, y, nbeta=nb)
+    w = np.linspace(-5, 5, 400_001)
+    dL = 0.5 * float((x * x).mean()) * w ** 4
+    dens = np.exp(-nb * dL - 0.5 * w * w)
+    assert grid == pytest.approx(float((nb * dL * dens).sum() / dens.sum()), rel=1e-4)
+
+
+QUICK_SUITE = ["RRR 4-3-4, rank 1", "RRR 4-3-4, rank 0, noise-free at the teacher",
+               "DLN 3-3-3-3, full rank, noise-free at the teacher", "DLN 4-2-4-2-4, rank 2 (bottlenecks)",
+               "normal crossing w²", "normal crossing w₁²w₂²", "devinterp crossing [0, 1]",
+               "devinterp RRR 5-4-5", "devinterp ordinality, 2-d"]
+
+
+def test_the_ground_truth_suite_passes_with_the_defaults_quick():
+    """Every case with the library defaults and 4 chains: right within 10 % when converged, or warned
+    (``passes``). The full suite runs at full size in Part II, "Validation against known λ"."""
+    assert len(GROUND_TRUTH) >= 20 and set(QUICK_SUITE) <= set(GROUND_TRUTH)
+    rows = run_ground_truth(QUICK_SUITE, progress=False)
+    bad = [(r["name"], r["mean"], r["target"], r["converged"], r["warned"]) for r in rows if not r["passes"]]
+    assert not bad, bad
+    for r in rows:     # an unconverged row is always a warned row: never a silent wrong number
+        assert r["converged"] or r["warned"], r
