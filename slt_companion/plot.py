@@ -62,3 +62,28 @@ def new_figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None, he
     w = width if width is not None else min(3.4 * ncols + 0.6, 13.0)
     h = height if height is not None else 3.2 * nrows + 0.4
     return plt.subplots(nrows, ncols, figsize=(w, h), **kwargs)
+
+
+def llc_curve(ax, steps, mean, err=None, converged=None, *, label: str = r"$\hat\lambda(w_t)$", color=None,
+              **kwargs):
+    r"""An LLC curve over training with its error band, **unconverged checkpoints drawn hollow**.
+
+    ``converged`` (a boolean per checkpoint, e.g. ``llc_over_trajectory(...)["converged"]``) marks the estimates
+    whose chains reached R̂ ≤ 1.01 and ESS ≥ 400; the others are not results (:mod:`slt_companion.convergence`)
+    and get open markers and their own legend entry, so a reader never mistakes them for measurements. Returns the
+    number of unconverged points drawn.
+    """
+    import numpy as np
+
+    steps, mean = np.asarray(steps), np.asarray(mean, dtype=float)
+    color = COLORS["estimate"] if color is None else color
+    if err is not None:
+        err = np.asarray(err, dtype=float)
+        ax.fill_between(steps, mean - err, mean + err, color=color, alpha=0.2, lw=0)
+    ok = np.ones(len(mean), dtype=bool) if converged is None else np.asarray(converged, dtype=bool)
+    ax.plot(steps, mean, "-", color=color, lw=1.2, **kwargs)
+    ax.plot(steps[ok], mean[ok], "o", ms=3.5, color=color, label=label)
+    if (~ok).any():
+        ax.plot(steps[~ok], mean[~ok], "o", ms=5, mfc="white", mec=color, mew=1.2,
+                label=r"not converged ($\hat R > 1.01$ or ESS $< 400$)")
+    return int((~ok).sum())
