@@ -12,7 +12,7 @@ import torch
 from . import config as _config
 from .llc import default_nbeta, estimate_llc, half_mse
 
-__all__ = ["GROUND_TRUTH", "ground_truth_case", "ground_truth_problem", "run_ground_truth", "crossing_exact", "Polynomial",
+__all__ = ["GROUND_TRUTH", "QUICK_CASES", "ground_truth_case", "ground_truth_problem", "run_ground_truth", "crossing_exact", "Polynomial",
            "mse_loss", "PAPER_TOY_POTENTIALS", "toy_potential_exact"]
 
 
@@ -74,6 +74,13 @@ GROUND_TRUTH = {
     "devinterp ordinality, 2-d": {"kind": "devinterp ordinality", "dim": 2},
     "devinterp ordinality, 10-d": {"kind": "devinterp ordinality", "dim": 10},
 }
+
+
+#: the cases run by ``run_ground_truth()`` in ``SLT_QUICK`` mode (``make test``): at least one of every family
+QUICK_CASES = ["RRR 4-3-4, rank 1", "RRR 4-3-4, rank 0, noise-free at the teacher",
+               "DLN 3-3-3-3, full rank, noise-free at the teacher", "DLN 4-2-4-2-4, rank 2 (bottlenecks)",
+               "normal crossing w²", "normal crossing w₁²w₂²", "devinterp crossing [0, 1]",
+               "devinterp RRR 5-4-5", "devinterp ordinality, 2-d"]
 
 
 def mse_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -257,6 +264,7 @@ def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress
                      tolerance: float | None = None, **llc_kwargs) -> list[dict]:
     """Estimate every case of :data:`GROUND_TRUTH` with the **defaults** of :func:`estimate_llc` and 4 chains
     (cached per case). ``llc_kwargs`` overrides defaults (the suite is meant to be run without any).
+    ``names=None``: every case (:data:`QUICK_CASES` in ``SLT_QUICK`` mode).
     ``tolerance``: how close a converged estimate must be to its target (default 10 %; 25 % in ``SLT_QUICK`` mode,
     whose budget is five times shorter -- there a network once converged 12 % low).
 
@@ -272,7 +280,9 @@ def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress
     from . import cache
     from .llc import LLCConvergenceWarning
 
-    names = list(GROUND_TRUTH) if names is None else list(names)
+    if names is None:
+        names = QUICK_CASES if _config.QUICK else list(GROUND_TRUTH)
+    names = list(names)
     tol = _config.size(0.10, 0.25) if tolerance is None else float(tolerance)
     rows = []
     for name in names:

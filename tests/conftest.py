@@ -73,6 +73,44 @@ def quick_exec_cache() -> Path:
     return QUICK_EXEC_CACHE
 
 
+#: notebook pages executed at once by ``page_runs`` (each in a process of its own); SLT_TEST_JOBS overrides
+TEST_JOBS = max(1, int(os.environ.get("SLT_TEST_JOBS", str(min(2, os.cpu_count() or 1)))))
+
+
+def _run_page_process(page: Path, cache_dir: Path) -> dict:
+    """Execute one page with ``tests/nbexec.py`` in a child process (its own kernel, IPC sockets, per-cell
+    timeout with the kernel's stack); return ``{"ok", "seconds", "error"}``."""
+    import re
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("nbexec.py")), "--cache", str(cache_dir),
+                           "--force", "--timeout", str(CELL_TIMEOUT_S), str(page)],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout
+    m = re.search(r": ok in ([0-9.]+) s", out)
+    seconds = float(m.group(1)) if m else time.perf_counter() - start
+    if proc.returncode == 130:
+        raise KeyboardInterrupt(f"stopped while executing {page}")
+    return {"ok": proc.returncode == 0, "seconds": seconds, "error": None if proc.returncode == 0 else out[-12000:]}
+
+
+@pytest.fixture(scope="session")
+def page_runs(request, quick_exec_cache) -> dict:
+    """Every notebook page selected for this session, executed once, ``TEST_JOBS`` at a time (two on two cores:
+    the pages are mostly single-threaded), into ``quick_exec_cache``; ``{page path: result}``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pages = []
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "page" in callspec.params and item.originalname == "test_page_executes":
+            pages.append(Path(callspec.params["page"]))
+    with ThreadPoolExecutor(max_workers=TEST_JOBS) as pool:
+        futures = {page: pool.submit(_run_page_process, page, quick_exec_cache) for page in pages}
+        return {page: fut.result() for page, fut in futures.items()}
+
+
 @pytest.fixture(scope="session")
 def quick_book(quick_exec_cache) -> Path:
     """The whole book built with ``-W`` in quick mode into _build/quick; return the HTML folder.

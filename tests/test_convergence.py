@@ -128,17 +128,14 @@ def test_crossing_exact_matches_a_one_dimensional_integral():
     assert grid == pytest.approx(float((nb * dL * dens).sum() / dens.sum()), rel=1e-4)
 
 
-QUICK_SUITE = ["RRR 4-3-4, rank 1", "RRR 4-3-4, rank 0, noise-free at the teacher",
-               "DLN 3-3-3-3, full rank, noise-free at the teacher", "DLN 4-2-4-2-4, rank 2 (bottlenecks)",
-               "normal crossing w²", "normal crossing w₁²w₂²", "devinterp crossing [0, 1]",
-               "devinterp RRR 5-4-5", "devinterp ordinality, 2-d"]
-
-
 def test_the_ground_truth_suite_passes_with_the_defaults_quick():
     """Every case with the library defaults and 4 chains: right within 10 % when converged, or warned
     (``passes``). The full suite runs at full size in Part II, "Validation against known λ"."""
-    assert len(GROUND_TRUTH) >= 20 and set(QUICK_SUITE) <= set(GROUND_TRUTH)
-    rows = run_ground_truth(QUICK_SUITE, progress=False)
+    from slt_companion.groundtruth import QUICK_CASES
+
+    assert len(GROUND_TRUTH) >= 20 and set(QUICK_CASES) <= set(GROUND_TRUTH)
+    assert {GROUND_TRUTH[n]["kind"] for n in QUICK_CASES} == {c["kind"] for c in GROUND_TRUTH.values()}
+    rows = run_ground_truth(progress=False)          # QUICK_CASES in SLT_QUICK mode, every case otherwise
     bad = [(r["name"], r["mean"], r["target"], r["converged"], r["warned"]) for r in rows if not r["passes"]]
     assert not bad, bad
     for r in rows:     # an unconverged row is always a warned row: never a silent wrong number

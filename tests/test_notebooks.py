@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CELL_TIMEOUT_S, ROOT, page_seconds
+from conftest import ROOT, page_seconds
 from nbexec import execute_page, notebook_pages
 
 PAGES = notebook_pages()
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT).with_suffix("")) for p in PAGES])
-def test_page_executes(page, quick_exec_cache):
-    run = execute_page(page, cache_dir=quick_exec_cache, timeout=CELL_TIMEOUT_S, force=True)
-    page_seconds[str(page.relative_to(ROOT))] = run.seconds
-    if not run.ok:
-        pytest.fail(run.error, pytrace=False)
+def test_page_executes(page, page_runs):
+    run = page_runs[page]          # executed once, two pages at a time, by the session fixture
+    page_seconds[str(page.relative_to(ROOT))] = run["seconds"]
+    if not run["ok"]:
+        pytest.fail(run["error"], pytrace=False)
 
 
 # ---- the executor, on small pages of its own ------------------------------------------------------------
