@@ -1,4 +1,4 @@
-"""Run every benchmark in this folder (``make bench``): each writes JSON and a plot under benchmarks/results/.
+"""Run every benchmark in this folder (``make bench``): each writes JSON and a plot or table under benchmarks/results/.
 
     python benchmarks/run_all.py [--quick]
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["llc_vs_devinterp.py", "refined_llc_heads.py"]
+BENCHMARKS = ["llc_vs_devinterp.py", "refined_llc_heads.py", "ground_truth_vs_devinterp.py"]
 
 
 def main(argv: list[str]) -> int:
