@@ -124,9 +124,13 @@ def test_readme_example_and_a_small_llc_run_from_the_installed_wheel(wheel_venv,
     py = wheel_venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["SLT_CACHE_DIR"] = str(tmp_path / "cache")
-    readme = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)[0]
-    out = _run([py, "-I", "-c", readme], cwd=tmp_path, env=env).stdout
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    out = _run([py, "-I", "-c", blocks[0]], cwd=tmp_path, env=env).stdout
     assert out.strip() == "1", out
+    # the LLC example: λ = 6 for RRR 4-3-4 with a rank-1 teacher; it converges with the defaults and says so
+    out = _run([py, "-I", "-c", blocks[1]], cwd=tmp_path, env={**env, "SLT_QUICK": "0"}).stdout
+    mean = float(re.search(r"LLCEstimate\(mean=([0-9.]+)", out).group(1))
+    assert abs(mean / 6 - 1) < 0.1 and "\n  converged: R̂" in out, out
 
     got = json.loads(_run([py, "-I", "-c", SMALL_LLC], cwd=tmp_path, env=env).stdout.strip().splitlines()[-1])
     assert Path(got["file"]).resolve().is_relative_to(wheel_venv.resolve()), \
