@@ -258,6 +258,59 @@ def notebook_pages(root: Path = ROOT) -> list[Path]:
     return [source_of(d, root) for d in toc_docnames(root) if is_notebook(source_of(d, root))]
 
 
+def _main_parallel(pages, args, timeout: float) -> int:
+    """``--jobs N``: every page in a child ``nbexec.py`` process, N at a time; SIGTERM/Ctrl-C stops them all."""
+    import subprocess
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    children: list[subprocess.Popen] = []
+    lock = threading.Lock()
+    stopping = threading.Event()
+
+    def one(page):
+        if stopping.is_set():
+            return page, None
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--timeout", str(timeout), str(page)]
+        if args.cache is not None:
+            cmd[2:2] = ["--cache", str(args.cache)]
+        if args.force:
+            cmd.append("--force")
+        with lock:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)   # our handler, not the terminal, stops it
+            children.append(proc)
+        out, _ = proc.communicate()
+        with lock:
+            print(out, end="", flush=True)
+        return page, proc.returncode
+
+    def stop(signum, frame):
+        stopping.set()
+        with lock:
+            for proc in children:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(one, pages))
+    except KeyboardInterrupt as why:
+        print(f"execute: stopped ({why}); the remaining pages were not run", flush=True)
+        return 130
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if any(rc == 130 for _, rc in results):
+        return 130
+    failed = [page for page, rc in results if rc not in (0, None)]
+    if failed:
+        print(f"execute: {len(failed)} page(s) failed: " + ", ".join(map(str, failed)))
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pages", nargs="*", type=Path, help="pages to execute (default: every notebook page)")
@@ -265,9 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None,
                         help="per-cell timeout in seconds (default: execute.timeout of _config.yml)")
     parser.add_argument("--force", action="store_true", help="execute even the pages already in the cache")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="pages executed at once, each in a child process of its own (default 1)")
     args = parser.parse_args(argv)
     pages = args.pages or notebook_pages()
     timeout = args.timeout if args.timeout is not None else config_timeout()
+    if args.jobs > 1 and len(pages) > 1:
+        return _main_parallel(pages, args, timeout)
     failed = []
     for page in pages:
         print(f"execute: {page} ...", flush=True)

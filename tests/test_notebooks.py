@@ -114,18 +114,22 @@ def test_two_executions_at_once_in_two_processes(tmp_path):
         assert ": ok in" in out, out
 
 
-def test_a_signal_stops_the_whole_run(tmp_path):
-    """SIGTERM (a CI timeout) or Ctrl-C while a page runs stops the run and its kernel, not just that page."""
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_signal_stops_the_whole_run(tmp_path, jobs):
+    """SIGTERM (a CI timeout) or Ctrl-C while a page runs stops the run and its kernel, not just that page --
+    also with ``--jobs 2`` (``make book``), where the pages run in child processes."""
     import signal
     import time
 
     started = tmp_path / "first-page-started"
     slow = _page(tmp_path, "slow", f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(120)")
+    slow2 = _page(tmp_path, "slow2", "import time\ntime.sleep(120)")
     marker = tmp_path / "second-page-ran"
     second = _page(tmp_path, "second", f"open({str(marker)!r}, 'w').close()")
     script = "import sys; sys.path.insert(0, 'tests'); from nbexec import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", script, "--timeout", "200", str(slow), str(second)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pages = [str(slow), str(second)] if jobs == 1 else [str(slow), str(slow2), str(second)]
+    proc = subprocess.Popen([sys.executable, "-c", script, "--timeout", "200", "--jobs", str(jobs), *pages],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not started.exists() and time.monotonic() < deadline:  # the kernel sleeps in the first page's cell
         time.sleep(0.2)
