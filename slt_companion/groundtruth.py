@@ -139,9 +139,8 @@ def ground_truth_case(name: str, *, seed: int = 0) -> dict:
     """Everything one case needs: ``model``, ``loss_fn``, ``data`` (x, y), ``localization``, ``lam`` (λ, a float),
     ``target`` (what a correct estimator converges to: λ, or the exact finite-n value), ``target_kind``,
     ``criterion`` (``"10%"``, ``"3.5 sd"``, ``"40%"`` or ``"ordinality"``) and, for ordinality, ``points``."""
-    from .data import monomial_data, teacher_student
-    from .models import DeepLinearNetwork, MonomialModel
-    from .theory import dln_rlct
+    from .data import monomial_data
+    from .models import DeepLinearNetwork
 
     if name not in GROUND_TRUTH:
         raise ValueError(f"unknown ground-truth case {name!r}; the cases are {list(GROUND_TRUTH)}")
@@ -149,17 +148,12 @@ def ground_truth_case(name: str, *, seed: int = 0) -> dict:
     kind = case["kind"]
     out = {"name": name, "family": kind, "localization": 1.0, "criterion": "10%"}
     if kind == "dln":
-        widths = case["widths"]
-        d = teacher_student(case["n"], widths[0], widths[-1], case["rank"], noise_std=case["noise"], seed=seed)
-        model = DeepLinearNetwork(widths)
-        if case["center"] == "teacher":
-            model.set_product(d.teacher)
-        else:
-            model.fit_least_squares(d.x, d.y)
-        lam = float(dln_rlct(list(widths), case["rank"])[0])
+        model, d, lam, _ = _dln(case, seed)
+        lam = float(lam)
         out.update(model=model, loss_fn=half_mse, data=(d.x, d.y), lam=lam, target=lam, target_kind="λ")
     elif kind == "monomial":
         model, lam, mult = _monomial(case["exponents"])
+        lam = float(lam)
         d = monomial_data(case["n"], seed=seed)
         nb = default_nbeta(case["n"])
         target = crossing_exact(case["exponents"], d.x, d.y, nbeta=nb, localization=case["localization"])
@@ -195,6 +189,7 @@ def rrr_lam_devinterp(m: int, h: int, n: int) -> float:
 
 
 def _monomial(exponents):
+    """``(MonomialModel, λ, multiplicity)`` of the normal crossing ``x·∏ w_j^{k_j}``; λ an exact ``sympy.Rational``."""
     import sympy as sp
 
     from .models import MonomialModel
@@ -203,29 +198,13 @@ def _monomial(exponents):
     ws = sp.symbols(f"w1:{len(exponents) + 1}", real=True)
     K = sp.Mul(*[w ** (2 * k) for w, k in zip(ws, exponents)])
     lam, mult = rlct(K, list(ws))
-    return MonomialModel(exponents), float(lam), int(mult)
+    return MonomialModel(exponents), lam, mult
 
 
-def ground_truth_problem(name: str, *, seed: int = 0):
-    """``(model, data, lam, multiplicity)`` for a case of :data:`GROUND_TRUTH` of the families ``"dln"`` and
-    ``"monomial"`` (loss ½‖y − f‖²); ``lam`` an exact ``sympy.Rational``. See :func:`ground_truth_case` for all."""
-    from .data import monomial_data, teacher_student
+def _dln(case: dict, seed: int):
+    """``(model, data, λ, multiplicity)`` of a ``"dln"`` case: centred at the fit, or at the teacher's deepest point."""
+    from .data import teacher_student
     from .models import DeepLinearNetwork
-
-    if name not in GROUND_TRUTH:
-        raise ValueError(f"unknown ground-truth case {name!r}; the cases are {list(GROUND_TRUTH)}")
-    case = GROUND_TRUTH[name]
-    if case["kind"] == "monomial":
-        import sympy as sp
-
-        from .symbolic import rlct
-
-        ws = sp.symbols(f"w1:{len(case['exponents']) + 1}", real=True)
-        K = sp.Mul(*[w ** (2 * k) for w, k in zip(ws, case["exponents"])])
-        lam, mult = rlct(K, list(ws))
-        return _monomial(case["exponents"])[0], monomial_data(case["n"], seed=seed), lam, mult
-    if case["kind"] != "dln":
-        raise ValueError(f"{name!r} is a {case['kind']} case; use ground_truth_case({name!r})")
     from .theory import dln_rlct
 
     widths = case["widths"]
@@ -237,6 +216,22 @@ def ground_truth_problem(name: str, *, seed: int = 0):
         model.fit_least_squares(d.x, d.y)
     lam, mult = dln_rlct(list(widths), case["rank"])
     return model, d, lam, mult
+
+
+def ground_truth_problem(name: str, *, seed: int = 0):
+    """``(model, data, lam, multiplicity)`` for a case of :data:`GROUND_TRUTH` of the families ``"dln"`` and
+    ``"monomial"`` (loss ½‖y − f‖²); ``lam`` an exact ``sympy.Rational``. See :func:`ground_truth_case` for all."""
+    from .data import monomial_data
+
+    if name not in GROUND_TRUTH:
+        raise ValueError(f"unknown ground-truth case {name!r}; the cases are {list(GROUND_TRUTH)}")
+    case = GROUND_TRUTH[name]
+    if case["kind"] == "monomial":
+        model, lam, mult = _monomial(case["exponents"])
+        return model, monomial_data(case["n"], seed=seed), lam, mult
+    if case["kind"] != "dln":
+        raise ValueError(f"{name!r} is a {case['kind']} case; use ground_truth_case({name!r})")
+    return _dln(case, seed)
 
 
 def _judge(case: dict, est_rows: list, tolerance: float = 0.10) -> dict:
