@@ -84,9 +84,12 @@ def _run_page_process(page: Path, cache_dir: Path) -> dict:
     import time
 
     start = time.perf_counter()
+    from nbexec import child_env
+
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("nbexec.py")), "--cache", str(cache_dir),
                            "--force", "--timeout", str(CELL_TIMEOUT_S), str(page)],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=child_env(TEST_JOBS))
     out = proc.stdout
     m = re.search(r": ok in ([0-9.]+) s", out)
     seconds = float(m.group(1)) if m else time.perf_counter() - start
