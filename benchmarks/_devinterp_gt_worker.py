@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _devinterp_worker import linear_stack  # same folder: run as a script from benchmarks/
+
 
 def _plain(v):
     return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
@@ -45,13 +47,7 @@ def main(problem_path: str, out_path: str) -> None:
     np.random.seed(int(s["torch_seed"]))
     spec = p["model"]
     if spec["kind"] == "linear":
-        layers = []
-        for w in spec["weights"]:
-            lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
-            with torch.no_grad():
-                lin.weight.copy_(w)
-            layers.append(lin)
-        model = nn.Sequential(*layers)
+        model = linear_stack(spec["weights"])
     else:
         model = Polynomial([int(k) for k in spec["powers"]])
     x, y = p["x"], p["y"]

@@ -17,19 +17,24 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
+def linear_stack(weights) -> nn.Sequential:
+    """A bias-free linear network (devinterp's ReducedRankRegressor and deeper) with the given layer weights."""
+    layers = []
+    for w in weights:
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        layers.append(lin)
+    return nn.Sequential(*layers)
+
+
 def main(problem_path: str, out_path: str) -> None:
     warnings.filterwarnings("ignore")  # devinterp 1.3.2 warns on every SGLD construction
     from devinterp.optim.sgld import SGLD
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
 
     p = torch.load(problem_path, weights_only=True)
-    layers = []
-    for w in p["weights"]:
-        lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-        layers.append(lin)
-    model = nn.Sequential(*layers)
+    model = linear_stack(p["weights"])
     x, y = p["x"], p["y"]
     s = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in p["settings"].items()}
     if s.get("threads"):
