@@ -134,7 +134,8 @@ class ConvergenceRule:
             if curvature_check is not None and W is not None:
                 curvature_check(W)
             burnin = T // 2
-            draws, tail = llc_of(loss, center, burnin), llc_of(loss, center, T // 4)
+            tail = llc_of(loss, center, T // 4)            # steps [T/4, T): the drift test's window
+            draws = tail[:, burnin - T // 4:]                # steps [T/2, T): the kept half
             if all(self._passes(draws[g], tail[g]) for g in (groups or [slice(None)])):
                 return burnin, "converged"
             if over_time:

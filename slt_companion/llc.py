@@ -40,7 +40,7 @@ from .convergence import TARGET_ESS, TARGET_RHAT, ConvergenceRule, LLCConvergenc
 from .diagnostics import NegativeLLCWarning, ess as _ess, rhat as _rhat
 from .sampling import SamplerConfig, SGLDResult, _Problem, auto_threads, cpu_threads, sgld
 
-from .stepsize import AUTO_STEP_FACTOR, auto_step_size
+from .stepsize import AUTO_STEP_FACTOR, StepTooLarge, auto_step_size, curvature_check
 
 __all__ = ["estimate_llc", "estimate_refined_llcs", "LLCEstimate", "LLCConvergenceWarning", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
            "GROUND_TRUTH", "ground_truth_problem", "run_ground_truth", "calibration_sweep",
@@ -344,43 +344,6 @@ def _finish(res: SGLDResult, rule) -> tuple[SamplerConfig, str]:
 AUTO_SHRINK, AUTO_RETRIES = 4.0, 3
 
 
-class _StepTooLarge(Exception):
-    def __init__(self, h: float, eps: float, new_step_size):
-        self.h, self.eps, self.new_step_size = h, eps, new_step_size
-        super().__init__(f"curvature {h:.3g} at the chains' current states, ε·h = {eps * h:.2f}")
-
-
-#: with step_size="auto", the run restarts when the chains reach states this many times stiffer than the step
-#: was chosen for (ε·h > AUTO_RECHECK · AUTO_STEP_FACTOR), with ε = AUTO_STEP_FACTOR / h
-AUTO_RECHECK = 3.0
-
-
-def _curvature_check(prob, cfg):
-    """The check the convergence rule runs on the chains' current states: their top curvature (the pilot saw only
-    the start of the chains; at singular points the stiff regions are reached later, e.g. far along the axes of a
-    normal crossing)."""
-    from .stepsize import AUTO_STEP_FACTOR, _hessian_top_eig
-
-    if isinstance(cfg.step_size, tuple):
-        return None
-    eps = float(cfg.step_size)
-    gen = torch.Generator().manual_seed(int(cfg.seed) + 7919)
-    sel = torch.randperm(prob.n, generator=gen)[:min(prob.n, 2048)].to(prob.device)
-    xb, yb = prob.x[sel], prob.y[sel]
-
-    def check(W):
-        C = W.shape[0]
-        with torch.no_grad():
-            Wc = W.detach().clone()
-        h = _hessian_top_eig(prob, Wc, xb.expand(C, *xb.shape), yb.expand(C, *yb.shape), cfg.nbeta,
-                             cfg.localization, iters=10)
-        h_max = float(h.max())
-        if math.isfinite(h_max) and eps * h_max > AUTO_RECHECK * AUTO_STEP_FACTOR:
-            raise _StepTooLarge(h_max, eps, AUTO_STEP_FACTOR / h_max)
-
-    return check
-
-
 def _sample_retrying(prob, model, loss_fn, cfg, rule, llc_of, *, auto: bool, extras: dict, progress: bool,
                      center_loss: bool, chain_mask=None) -> SGLDResult:
     """One SGLD run (with the convergence rule's stop callback); with an automatic step size a divergence
@@ -390,12 +353,12 @@ def _sample_retrying(prob, model, loss_fn, cfg, rule, llc_of, *, auto: bool, ext
     from .sampling import BLOCK
 
     for attempt in range(AUTO_RETRIES + 1):
-        check = _curvature_check(prob, cfg) if auto and attempt < AUTO_RETRIES else None
+        check = curvature_check(prob, cfg) if auto and attempt < AUTO_RETRIES else None
         stop = rule.stop_fn(llc_of, BLOCK, check) if rule is not None else None
         try:
             return sgld(model, loss_fn, None, cfg, progress=progress, center_loss=center_loss, num_threads=None,
                         stop=stop, chain_mask=chain_mask, _problem=prob)
-        except _StepTooLarge as big:   # the last attempt runs without the check: its R̂/ESS still judge it
+        except StepTooLarge as big:   # the last attempt runs without the check: its R̂/ESS still judge it
             eps = big.new_step_size
             extras["auto_step"].setdefault("retries", []).append({"why": str(big), "new_step_size": eps})
             cfg = replace(cfg, step_size=eps)
@@ -437,11 +400,8 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, 
         ref = center[:, burnin:] if baseline == "paired" else base
         return (cfg.nbeta * (loss[:, burnin:] - ref)).numpy()
 
-    from .sampling import BLOCK
-
     res = _sample_retrying(prob, model, loss_fn, cfg, rule, llc_of, auto="auto_step" in extras, extras=extras,
                            progress=progress, center_loss=(baseline == "paired"))
-    cfg = res.config
     cfg, reason = _finish(res, rule)
     llc_trace = llc_of(res.loss, res.center_loss, cfg.num_burnin)
     est = _summarize(llc_trace, res.loss.numpy(), init_loss, cfg, baseline, res.seconds, extras)

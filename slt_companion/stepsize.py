@@ -12,7 +12,7 @@ import torch
 from . import config as _config
 from .sampling import SamplerConfig, _Problem, sgld
 
-__all__ = ["auto_step_size", "AUTO_STEP_FACTOR"]
+__all__ = ["auto_step_size", "AUTO_STEP_FACTOR", "AUTO_RECHECK", "curvature_check", "StepTooLarge"]
 
 #: ε·h_max for the automatic step size (see :func:`auto_step_size`)
 AUTO_STEP_FACTOR = 0.1
@@ -50,6 +50,13 @@ def _hessian_top_eig(prob: _Problem, W: torch.Tensor, xb, yb, nbeta: float, gamm
     return torch.maximum(out, torch.full_like(out, gamma))
 
 
+def _pilot_batch(prob: _Problem, seed: int):
+    """The up-to-2048 samples on which curvatures are measured, fixed by ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    sel = torch.randperm(prob.n, generator=gen)[:min(prob.n, 2048)].to(prob.device)
+    return prob.x[sel], prob.y[sel]
+
+
 def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_size: int, seed: int = 0,
                    factor: float | None = None, pilot_steps: int | None = None, rungs: int = 12,
                    preconditioner: str | None = None) -> tuple[float, dict]:
@@ -84,10 +91,7 @@ def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_s
     factor = AUTO_STEP_FACTOR if factor is None else float(factor)
     pilot_steps = _config.size(200, 100) if pilot_steps is None else int(pilot_steps)
     dev = prob.device
-    gen = torch.Generator().manual_seed(int(seed) + 7919)
-    m = min(prob.n, 2048)
-    sel = torch.randperm(prob.n, generator=gen)[:m].to(dev)
-    xb, yb = prob.x[sel], prob.y[sel]
+    xb, yb = _pilot_batch(prob, seed)
     center = prob.center[None]
     h0 = float(_hessian_top_eig(prob, center, xb[None], yb[None], nbeta, localization, seed=seed)[0])
     if not math.isfinite(h0):
@@ -120,3 +124,36 @@ def auto_step_size(prob: _Problem, *, nbeta: float, localization: float, batch_s
     info = {"h0": h0, "h_max": h_max, "ladder": list(ladder), "pilot_h": h.tolist(), "ladder_moves": attempt,
             "diverged": (~ok).tolist(), "pilot_seconds": res.seconds}
     return factor / h_max, info
+
+
+#: with step_size="auto", the run restarts when the chains reach states this many times stiffer than the step
+#: was chosen for (ε·h > AUTO_RECHECK · AUTO_STEP_FACTOR), with ε = AUTO_STEP_FACTOR / h
+AUTO_RECHECK = 3.0
+
+
+class StepTooLarge(Exception):
+    """Raised by :func:`curvature_check` to restart a run with the smaller ``new_step_size``."""
+
+    def __init__(self, h: float, eps: float, new_step_size):
+        self.h, self.eps, self.new_step_size = h, eps, new_step_size
+        super().__init__(f"curvature {h:.3g} at the chains' current states, ε·h = {eps * h:.2f}")
+
+
+def curvature_check(prob: _Problem, cfg: SamplerConfig):
+    """The check the convergence rule runs on the chains' current states ``W``: their top curvature, measured on
+    the pilot batch (the pilot saw only the start of the chains; at singular points the stiff regions are reached
+    later, e.g. far along the axes of a normal crossing). ``None`` for per-chain step sizes."""
+    if isinstance(cfg.step_size, tuple):
+        return None
+    eps = float(cfg.step_size)
+    xb, yb = _pilot_batch(prob, cfg.seed)
+
+    def check(W):
+        C = W.shape[0]
+        h = _hessian_top_eig(prob, W.detach().clone(), xb.expand(C, *xb.shape), yb.expand(C, *yb.shape),
+                             cfg.nbeta, cfg.localization, iters=10)
+        h_max = float(h.max())
+        if math.isfinite(h_max) and eps * h_max > AUTO_RECHECK * AUTO_STEP_FACTOR:
+            raise StepTooLarge(h_max, eps, AUTO_STEP_FACTOR / h_max)
+
+    return check

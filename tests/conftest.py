@@ -86,10 +86,9 @@ def _run_page_process(page: Path, cache_dir: Path) -> dict:
     import time
 
     start = time.perf_counter()
-    from nbexec import child_env
+    from nbexec import child_command, child_env
 
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("nbexec.py")), "--cache", str(cache_dir),
-                           "--force", "--timeout", str(CELL_TIMEOUT_S), str(page)],
+    proc = subprocess.run(child_command(page, cache_dir=cache_dir, timeout=CELL_TIMEOUT_S, force=True),
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=child_env(TEST_JOBS))
     out = proc.stdout

@@ -258,6 +258,16 @@ def notebook_pages(root: Path = ROOT) -> list[Path]:
     return [source_of(d, root) for d in toc_docnames(root) if is_notebook(source_of(d, root))]
 
 
+def child_command(page, *, cache_dir=None, timeout: float, force: bool = False) -> list[str]:
+    """The command line that executes one page in a child process of its own (this file's CLI)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--timeout", str(timeout), str(page)]
+    if cache_dir is not None:
+        cmd[2:2] = ["--cache", str(cache_dir)]
+    if force:
+        cmd.append("--force")
+    return cmd
+
+
 def child_env(jobs: int) -> dict:
     """The environment of a page run beside ``jobs - 1`` others: each kernel gets its share of the cores for its
     BLAS/OpenMP threads (set before numpy/torch start). Two kernels with a full-size thread pool each on two cores
@@ -282,11 +292,7 @@ def _main_parallel(pages, args, timeout: float) -> int:
     def one(page):
         if stopping.is_set():
             return page, None
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--timeout", str(timeout), str(page)]
-        if args.cache is not None:
-            cmd[2:2] = ["--cache", str(args.cache)]
-        if args.force:
-            cmd.append("--force")
+        cmd = child_command(page, cache_dir=args.cache, timeout=timeout, force=args.force)
         with lock:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     start_new_session=True,   # our handler, not the terminal, stops it
