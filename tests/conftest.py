@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/notebooks.py, 
 #: is flagged in the terminal summary but does not fail: machines here are noisy (one CI run took a 13 s page to
 #: 102 s), and speed is measured by benchmarks, not timed tests (DEVELOPERS.md)
 PAGE_BUDGET_S = float(os.environ.get("SLT_PAGE_BUDGET_S", "90"))
-#: per-cell timeout in quick mode, the hang guard: a cell that runs this long fails with the kernel's stack. Kept
-#: short because of a stall not yet explained: three page runs (two full-size, one quick) took exactly their cell
-#: timeout longer than usual and then succeeded (102 s = 90 + 12, 354 s = 300 + 54, 1213 s = 1200 + 13)
+#: per-cell timeout in quick mode, the hang guard: a cell that runs this long fails with the kernel's stack. (Four
+#: page runs once took exactly one cell timeout longer than usual and then succeeded: a ZeroMQ wake-up lost by
+#: pyzmq's asyncio poll, now bounded to a second by ``nbexec.sliced_get_msg``.)
 CELL_TIMEOUT_S = float(os.environ.get("SLT_CELL_TIMEOUT_S", "120"))
 
 QUICK_OUT = ROOT / "_build" / "quick"

@@ -141,6 +141,8 @@ def _client_class():
                     loop.add_signal_handler(signum, self._stop, signum)
                 except (RuntimeError, NotImplementedError, ValueError):
                     pass  # not the main thread: nbclient's handlers (or none) stay
+            for channel in (kc.shell_channel, kc.iopub_channel):   # a lost wake-up costs a second, not a timeout
+                channel.get_msg = sliced_get_msg(channel.get_msg)
             msg_id = kc.execute(KERNEL_SETUP.format(dump=self._dump_path), silent=True, store_history=False)
             reply = await self.async_wait_for_reply(msg_id)
             if reply is None or reply["content"]["status"] != "ok":
@@ -179,6 +181,35 @@ def _client_class():
                 f"{_main_thread_first(self.kernel_stack())}")
 
     return PageClient
+
+
+#: longest single wait on a kernel socket (seconds); see :func:`sliced_get_msg`
+POLL_SLICE_S = 1.0
+
+
+def sliced_get_msg(get_msg, slice_s: float = POLL_SLICE_S):
+    """Wrap an async channel's ``get_msg(timeout)`` so that it waits in slices of at most ``slice_s`` seconds.
+
+    Why: pyzmq's asyncio poller waits for the socket's file descriptor, which ZeroMQ signals edge-triggered; a
+    wake-up that is lost (a message that arrives while the edge is being consumed) leaves the poll asleep until
+    its timeout, when pyzmq polls once more, finds the message and returns it as if nothing had happened. With
+    nbclient's single wait of a whole cell timeout that was a silent stall of exactly one cell timeout before the
+    page went on and succeeded (seen four times: 102 s = 90 + 12, 354 s = 300 + 54, 1213 s = 1200 + 13, 1206 s =
+    1200 + 6). Waiting in short slices bounds the cost of a lost wake-up by ``slice_s``; the overall ``timeout``
+    (``None``: for ever) and the ``Empty`` it raises are unchanged."""
+    from queue import Empty
+
+    async def get(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        while True:
+            left = slice_s if deadline is None else max(0.0, min(slice_s, deadline - time.monotonic()))
+            try:
+                return await get_msg(timeout=left)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    return get
 
 
 def _main_thread_first(dump: str) -> str:

@@ -138,3 +138,40 @@ def test_a_signal_stops_the_whole_run(tmp_path, jobs):
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, out
     assert "the remaining pages were not run" in out and not marker.exists(), out
+
+
+def test_a_lost_socket_wakeup_costs_a_second_not_a_cell_timeout(tmp_path, monkeypatch):
+    """pyzmq's asyncio poll can miss ZeroMQ's edge-triggered wake-up and then sleep until its timeout, when it
+    finds the message and returns it: with nbclient's one wait of a whole cell timeout that was a silent stall of
+    exactly one cell timeout (seen four times). Simulate a wake-up lost on every long wait: the executor's
+    ``sliced_get_msg`` waits at most a second at a time, so the page takes seconds, not the 40 s cell timeout."""
+    import asyncio
+    import time
+
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    from nbexec import sliced_get_msg
+
+    orig = AsyncZMQSocketChannel.get_msg
+
+    async def lossy(self, timeout=None):
+        if timeout is None or timeout > 2:   # the wake-up is lost: asleep until the timeout, then one last poll
+            await asyncio.sleep(3600 if timeout is None else timeout)
+            return await orig(self, timeout=0)
+        return await orig(self, timeout=timeout)
+
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", lossy)
+    page = _page(tmp_path, "lossy", "x = 6 * 7", "print(x)")
+    run = execute_page(page, timeout=40)
+    assert run.ok, run.error
+    assert run.seconds < 25, run.seconds
+
+    async def slow_then_empty(timeout=None):   # the wrapper keeps the overall timeout and its Empty
+        from queue import Empty
+        await asyncio.sleep(min(timeout, 0.05))
+        raise Empty
+
+    start = time.monotonic()
+    with pytest.raises(Exception) as err:
+        asyncio.run(sliced_get_msg(slow_then_empty, slice_s=0.05)(timeout=0.3))
+    assert type(err.value).__name__ == "Empty" and 0.25 < time.monotonic() - start < 2
