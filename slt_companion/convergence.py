@@ -145,6 +145,47 @@ class ConvergenceRule:
         return stop
 
 
+    def group_stop_fn(self, llc_ofs, groups, block: int, curvature_checks=None):
+        """The ``stop`` callback for several estimates in one batched run (checkpoints as chains,
+        :func:`slt_companion.llc.estimate_llcs`): each group of chains (rows ``groups[g]``, λ̂ trace from
+        ``llc_ofs[g](loss, center, burnin)``) stops on its own, with exactly the test :meth:`stop_fn` applies to a
+        single estimate, so a group's result equals the run of that estimate alone. Returns ``{group: (burnin,
+        reason)}`` for the groups that stop at this check. ``curvature_checks[g](W)`` may raise
+        :class:`~slt_companion.stepsize.StepTooLarge`: that group stops with reason ``"restart"`` (its caller
+        reruns it alone with the smaller step)."""
+        from .stepsize import StepTooLarge
+
+        checks = set(self.checkpoints(block))
+        start = time.perf_counter()
+        done: set = set()
+
+        def stop(loss, center, W=None):
+            T = loss.shape[1]
+            over_time = self.max_seconds is not None and time.perf_counter() - start > self.max_seconds
+            if T not in checks and not over_time:
+                return None
+            out = {}
+            for g, rows in enumerate(groups):
+                if g in done:
+                    continue
+                check = curvature_checks[g] if curvature_checks is not None else None
+                if check is not None and W is not None:
+                    try:
+                        check(W[rows])
+                    except StepTooLarge as big:
+                        out[g] = (T // 2, f"restart: {big}")
+                        continue
+                tail = llc_ofs[g](loss[rows], None if center is None else center[rows], T // 4)
+                if self._passes(tail[:, T // 2 - T // 4:], tail):
+                    out[g] = (T // 2, "converged")
+                elif over_time:
+                    out[g] = (T // 2, "max_seconds")
+            done.update(out)
+            return out or None
+
+        return stop
+
+
 def _window_mean_se(draws: np.ndarray) -> tuple[float, float]:
     e = _ess(draws) if np.ptp(draws) > 0 else float("nan")
     se = float(draws.std(ddof=1) / math.sqrt(e)) if e == e and e > 0 else float("inf")

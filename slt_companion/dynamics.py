@@ -242,35 +242,33 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
 def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *, checkpoints=None,
                         cache_name: str | None = None, cache_config: dict | None = None, progress: bool = True,
                         **llc_kwargs) -> dict:
-    r"""λ̂ at every checkpoint of ``trajectory`` (:func:`slt_companion.llc.estimate_llc` with ``llc_kwargs``).
+    r"""λ̂ at every checkpoint of ``trajectory``, all sampled together (:func:`slt_companion.llc.estimate_llcs`:
+    checkpoints as chains, ``chunk_size`` of them per batched run; sharded over ranks under ``torchrun``).
 
     ``checkpoints``: indices into the trajectory (default: all). Each estimate is centred at that checkpoint's
-    parameters, with the same ``data``, sampler settings and ``seed``. Returns ``{"steps", "mean", "std",
-    "sem", "init_loss", "rhat", "ess", "converged", "per_chain"}`` as arrays (``per_chain``: checkpoints × chains;
-    ``converged``: R̂ ≤ 1.01 and ESS ≥ 400 at that checkpoint, :mod:`slt_companion.convergence`). Instead of one
-    warning per checkpoint, a single :class:`~slt_companion.convergence.LLCConvergenceWarning` lists the
-    unconverged checkpoints (also when the curve comes from the cache): a figure must mark them and no claim may
-    rest on them. With ``cache_name`` the whole curve is cached under ``cache_config`` + the sampler settings + a
-    fingerprint of the trajectory. A tqdm bar counts checkpoints.
+    parameters, with the same ``data``, sampler settings (``llc_kwargs``, as for
+    :func:`~slt_companion.llc.estimate_llc`) and ``seed``, and equals ``estimate_llc`` at that checkpoint. Returns
+    ``{"steps", "mean", "std", "sem", "init_loss", "rhat", "ess", "converged", "per_chain"}`` as arrays
+    (``per_chain``: checkpoints × chains; ``converged``: R̂ ≤ 1.01 and ESS ≥ 400 at that checkpoint,
+    :mod:`slt_companion.convergence`). Instead of one warning per checkpoint, a single
+    :class:`~slt_companion.convergence.LLCConvergenceWarning` lists the unconverged checkpoints (also when the curve
+    comes from the cache): a figure must mark them and no claim may rest on them. With ``cache_name`` the whole
+    curve is cached under ``cache_config`` + the sampler settings + a fingerprint of the trajectory (``chunk_size``
+    and ``distributed`` are not part of the key: they do not change the numbers).
     """
     import warnings
 
-    from tqdm.auto import tqdm
-
     from . import cache as _cache
     from .convergence import LLCConvergenceWarning
-    from .llc import estimate_llc
+    from .llc import estimate_llcs
 
     idx = list(range(len(trajectory))) if checkpoints is None else [int(i) for i in checkpoints]
 
     def compute() -> dict:
-        rows = []
-        for i in tqdm(idx, desc="LLC over checkpoints", disable=not progress):
-            model = trajectory.model_at(i, template)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", LLCConvergenceWarning)   # summarised once below
-                est = estimate_llc(model, loss_fn, data, progress=False, **llc_kwargs)
-            rows.append(est)
+        models = [trajectory.model_at(i, template) for i in idx]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LLCConvergenceWarning)   # summarised once below
+            rows = estimate_llcs(models, loss_fn, data, progress=progress, **llc_kwargs)
         return {"steps": np.asarray([int(trajectory.steps[i]) for i in idx], dtype=np.int64),
                 "mean": np.array([e.mean for e in rows]), "std": np.array([e.std for e in rows]),
                 "sem": np.array([e.sem for e in rows]), "init_loss": np.array([e.init_loss for e in rows]),
@@ -282,7 +280,8 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
         out = compute()
     else:
         fp = float(trajectory.params.double().sum()), float(trajectory.params.double().abs().sum())
-        key = {"user": dict(cache_config or {}), "llc": {k: v for k, v in llc_kwargs.items()},
+        key = {"user": dict(cache_config or {}),
+               "llc": {k: v for k, v in llc_kwargs.items() if k not in ("chunk_size", "distributed")},
                "checkpoints": idx, "trajectory": [repr(fp[0]), repr(fp[1]), len(trajectory)]}
         out = _cache.cached(cache_name, key, compute)
     bad = np.flatnonzero(~np.asarray(out["converged"], dtype=bool))

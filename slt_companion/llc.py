@@ -42,7 +42,7 @@ from .sampling import SamplerConfig, SGLDResult, _Problem, auto_threads, cpu_thr
 
 from .stepsize import AUTO_STEP_FACTOR, StepTooLarge, auto_step_size, curvature_check
 
-__all__ = ["estimate_llc", "estimate_refined_llcs", "LLCEstimate", "LLCConvergenceWarning", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
+__all__ = ["estimate_llc", "estimate_llcs", "estimate_refined_llcs", "LLCEstimate", "LLCConvergenceWarning", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
            "GROUND_TRUTH", "ground_truth_problem", "run_ground_truth", "calibration_sweep",
            "PAPER_TOY_POTENTIALS", "toy_potential_exact", "susceptibility", "SusceptibilityEstimate",
            "loss_observable"]
@@ -407,6 +407,195 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, 
     est = _summarize(llc_trace, res.loss.numpy(), init_loss, cfg, baseline, res.seconds, extras)
     est.stop_reason = reason
     return est
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Many centres at once: checkpoints as chains (issue "Scale"). Used in: Part III (every LLC curve), "Scaling out".
+# ---------------------------------------------------------------------------------------------------------
+
+#: checkpoints sampled together in one batched run by default (their chains are one tensor; more saves Python
+#: overhead per step on small models, costs memory on large ones)
+CHECKPOINTS_PER_RUN = 8
+
+
+def _as_models(models, template) -> list:
+    """``models`` as nn.Modules: modules pass through; state dicts are loaded into copies of ``template``."""
+    import copy
+
+    models = list(models)
+    if not models:
+        raise ValueError("models is empty: pass a list of nn.Modules, or of state dicts with template=")
+    out = []
+    for i, m in enumerate(models):
+        if isinstance(m, torch.nn.Module):
+            out.append(m)
+            continue
+        if not isinstance(m, dict):
+            raise TypeError(f"models[{i}] is a {type(m).__name__}: pass nn.Modules, or state dicts with template=")
+        if template is None:
+            raise ValueError(f"models[{i}] is a state dict: pass template= (an nn.Module of the same architecture) "
+                             "to load it into")
+        model = copy.deepcopy(template)
+        try:
+            model.load_state_dict(m, strict=True)
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise ValueError(f"models[{i}] does not fit template ({type(template).__name__}): {err}") from err
+        out.append(model)
+    return out
+
+
+def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module | None = None, num_chains: int = 4,
+                  num_draws: int | str | None = None, num_burnin: int | None = None, step_size="auto",
+                  localization: float = 1.0, nbeta: float | None = None, batch_size: int = 500, params=None,
+                  seed: int = 0, device=None, progress: bool = True, preconditioner: str | None = None,
+                  baseline: str = "paired", max_draws: int | None = None, max_seconds: float | None = None,
+                  chunk_size: int | None = None, distributed: bool | None = None) -> list[LLCEstimate]:
+    r"""λ̂ at many centres -- the checkpoints of a training run -- sampled together: **checkpoints as chains**.
+
+    ``models``: nn.Modules of one architecture, or state dicts with ``template=`` (loaded into copies of it).
+    Every other argument means what it means in :func:`estimate_llc`, and ``estimate_llcs(models, ...)[i]``
+    **equals** ``estimate_llc(models[i], ...)`` (same ``seed`` for every checkpoint; equal up to floating-point
+    rounding of the batched arithmetic, tested): checkpoint ``i``'s chains carry their own centre :math:`w^*_i`,
+    minibatch stream, step size (``"auto"`` chooses it per checkpoint) and diagnostics, and their random numbers
+    do not depend on which other checkpoints run beside them. With ``num_draws="auto"`` each checkpoint stops when
+    *it* has converged and leaves the batch (:meth:`ConvergenceRule.group_stop_fn`); a checkpoint whose chains
+    diverge or outgrow their step is rerun on its own with :func:`estimate_llc`'s automatic restarts.
+
+    ``chunk_size``: checkpoints per batched run (default :data:`CHECKPOINTS_PER_RUN`); all their chains are one
+    ``(chunk_size * num_chains, D)`` tensor, one vmapped forward/backward per step.
+    ``distributed``: ``None`` (default) shards the checkpoints over the ranks of an initialised
+    ``torch.distributed`` process group when its world size is > 1 (:func:`slt_companion.distributed.run_sharded`:
+    gloo on CPU, NCCL on GPU; launch with ``torchrun``, or use ``python -m slt_companion.llc_trajectory``); every
+    rank returns the whole list, identical to a single-process run with the same seed. ``False`` never shards.
+
+    Warns once (:class:`LLCConvergenceWarning`) listing the checkpoints whose chains did not converge.
+    Raises ValueError naming the checkpoint whose parameters differ in names, shapes or dtype from the first.
+    """
+    if baseline not in ("paired", "full", "batch"):
+        raise ValueError(f"baseline must be 'paired', 'full' or 'batch', got {baseline!r}")
+    from ._checks import check_int
+    from .distributed import run_sharded
+
+    models = _as_models(models, template)
+    chunk = CHECKPOINTS_PER_RUN if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
+    num_draws, num_burnin, device = _sampling_defaults(models[0], num_draws, num_burnin, device)
+    rule, burnin_run, draws_run = _plan(num_draws, num_burnin, max_draws, max_seconds)
+    settings = dict(num_chains=num_chains, num_draws=draws_run, num_burnin=burnin_run, rule=rule,
+                    step_size=step_size, localization=localization, nbeta=nbeta, batch_size=batch_size,
+                    seed=seed, progress=progress, preconditioner=preconditioner, baseline=baseline)
+
+    def work(indices: list[int]) -> list[LLCEstimate]:
+        probs = [_Problem(models[i], loss_fn, data, params, device) for i in indices]
+        first = probs[0] if probs else None
+        for i, prob in zip(indices, probs):
+            if (prob.names, prob.shapes, prob.dtype) != (first.names, first.shapes, first.dtype):
+                diff = [f"{n} {tuple(s)}" for n, s in zip(prob.names, prob.shapes)
+                        if (n, s) not in set(zip(first.names, first.shapes))]
+                raise ValueError(f"checkpoint {i}'s sampled parameters differ from checkpoint {indices[0]}'s "
+                                 f"({', '.join(diff[:4]) or f'dtype {prob.dtype} vs {first.dtype}'}): every model "
+                                 "must have the same architecture")
+        out: list[LLCEstimate] = []
+        for s0 in range(0, len(probs), chunk):
+            out += _estimate_batch([models[i] for i in indices[s0:s0 + chunk]], probs[s0:s0 + chunk], loss_fn,
+                                   **settings)
+        return out
+
+    ests = run_sharded(work, len(models), distributed=distributed)
+    bad = [i for i, e in enumerate(ests) if not e.converged]
+    from .distributed import context
+
+    if bad and context()[0] == 0:
+        warnings.warn(f"λ̂ did not converge at {len(bad)} of {len(ests)} checkpoints (indices {bad[:8]}"
+                      f"{' …' if len(bad) > 8 else ''}; R̂ up to {max(ests[i].rhat for i in bad):.3f}, ESS down to "
+                      f"{min(ests[i].ess for i in bad):.0f}): those estimates are not results. Mark them (est.converged) "
+                      "or sample longer (num_draws='auto', a larger max_draws).", LLCConvergenceWarning, stacklevel=2)
+    return ests
+
+
+def _same_frozen(a: _Problem, b: _Problem) -> bool:
+    return a.frozen.keys() == b.frozen.keys() and all(torch.equal(a.frozen[k], b.frozen[k]) for k in a.frozen)
+
+
+def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin, rule, step_size, localization,
+                    nbeta, batch_size, seed, progress, preconditioner, baseline) -> list[LLCEstimate]:
+    """:func:`_estimate` for several centres in one batched run (see :func:`estimate_llcs`)."""
+    from .sampling import BLOCK, _run
+
+    single = dict(num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, rule=rule,
+                  step_size=step_size, localization=localization, batch_size=batch_size, seed=seed,
+                  progress=progress, preconditioner=preconditioner, baseline=baseline)
+    base_prob = probs[0]
+    nb = float(default_nbeta(base_prob.n) if nbeta is None else nbeta)
+    if len(probs) == 1 or not all(_same_frozen(base_prob, p) for p in probs[1:]):
+        # parameters left out of the sampling differ between checkpoints: one run each (params= over a trajectory)
+        if len(probs) > 1:
+            return [x for m, p in zip(models, probs)
+                    for x in _estimate_batch([m], [p], loss_fn, nbeta=nbeta, **single)]
+        with cpu_threads(auto_threads(base_prob.device, num_chains * min(batch_size, base_prob.n) * base_prob.D)):
+            return [_estimate(base_prob, models[0], loss_fn, nbeta=nb, **{k: v for k, v in single.items()})]
+    M, K = len(probs), int(num_chains)
+    C = M * K
+    with cpu_threads(auto_threads(base_prob.device, C * min(batch_size, base_prob.n) * base_prob.D)):
+        eps, extras = [], []
+        for prob in probs:
+            prob.check(batch_size)
+            e, x = _resolve_step_size(prob, step_size, nbeta=nb, localization=localization, batch_size=batch_size,
+                                      seed=seed, preconditioner=preconditioner)
+            eps.append(e)
+            extras.append(x)
+        one = [SamplerConfig(step_size=e, nbeta=nb, localization=float(localization), num_chains=K,
+                             num_draws=int(num_draws), num_burnin=int(num_burnin), batch_size=int(batch_size),
+                             seed=int(seed), preconditioner=preconditioner) for e in eps]
+        same = all(e == eps[0] for e in eps)
+        cfg = replace(one[0], num_chains=C,
+                      step_size=eps[0] if same else tuple(float(e) for e in eps for _ in range(K)))
+        groups = [list(range(g * K, (g + 1) * K)) for g in range(M)]
+        centers = torch.stack([p.center for p in probs]).repeat_interleave(K, dim=0)
+        bases = []
+        for prob, model in zip(probs, models):
+            if baseline == "batch":
+                gen = torch.Generator().manual_seed(int(seed) + 104729)
+                sel = torch.randperm(prob.n, generator=gen)[:min(batch_size, prob.n)].to(prob.device)
+                with torch.no_grad():
+                    bases.append(float(loss_fn(model(prob.x[sel]), prob.y[sel])))
+            else:
+                bases.append(prob.center_loss())
+
+        def llc_of_group(g):
+            def llc_of(loss, center, burnin):
+                ref = center[:, burnin:] if baseline == "paired" else bases[g]
+                return (nb * (loss[:, burnin:] - ref)).numpy()
+            return llc_of
+
+        llc_ofs = [llc_of_group(g) for g in range(M)]
+        checks = [curvature_check(p, c) if "auto_step" in x else None for p, c, x in zip(probs, one, extras)]
+        stop = rule.group_stop_fn(llc_ofs, groups, BLOCK, checks) if rule is not None else None
+        res = _run(base_prob, cfg, progress=progress, record_params=False, center_loss=(baseline == "paired"),
+                   on_divergence="raise", stop=stop, centers=centers, groups=groups)
+    out = []
+    for g, (prob, model) in enumerate(zip(probs, models)):
+        steps, burnin, reason = res.extras["group_stop"][g]
+        if reason.startswith(("diverged", "restart")):   # rerun alone, with estimate_llc's automatic restarts
+            with cpu_threads(auto_threads(prob.device, K * min(batch_size, prob.n) * prob.D)):
+                est = _estimate(prob, model, loss_fn, nbeta=nb, **single)
+            est.extras["batched"] = {"rerun_alone": reason}
+            out.append(est)
+            continue
+        if rule is None:
+            burnin, reason = one[g].num_burnin, "fixed"
+        elif reason == "budget":
+            burnin, reason = steps // 2, "max_draws"
+        cfg_g = replace(one[g], num_burnin=int(burnin), num_draws=int(steps - burnin))
+        rows = groups[g]
+        loss = res.loss[rows, :steps]
+        center = res.center_loss[rows, :steps] if res.center_loss is not None else None
+        trace = llc_ofs[g](loss, center, cfg_g.num_burnin)
+        ext = dict(extras[g])
+        ext["batched"] = {"checkpoints": M, "seconds_all": res.seconds}
+        est = _summarize(trace, loss.numpy(), prob.center_loss(), cfg_g, baseline, res.seconds / M, ext)
+        est.stop_reason = reason
+        out.append(est)
+    return out
 
 
 #: R̂ above this says the chains disagree (Vehtari et al. 2021 recommend 1.01 for final results; 1.1 is a clear failure)

@@ -591,37 +591,99 @@ def _check_chain_mask(chain_mask, num_chains: int, prob: _Problem) -> torch.Tens
 
 
 def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, center_loss, on_divergence,
-         mask: torch.Tensor | None = None, stop: Callable | None = None):
+         mask: torch.Tensor | None = None, stop: Callable | None = None, centers: torch.Tensor | None = None,
+         groups: list | None = None):
+    """The SGLD loop. ``centers`` ``(chains, D)``: a centre w* per chain (default: ``prob.center`` for all).
+    ``groups``: lists of chain indices that are separate estimates (checkpoints); ``stop`` may then return
+    ``{group: (num_burnin, reason)}`` to retire groups, whose chains leave the batch (their traces end there,
+    NaN after), and a group whose chain diverges is retired with reason ``"diverged"`` instead of raising.
+    ``extras["group_stop"]`` lists ``(steps run, num_burnin, reason)`` per group. A chain's random numbers depend
+    only on ``config.seed`` and its index within its group (the generators are those of a one-group run)."""
     cfg = config
     C, D, dev = cfg.num_chains, prob.D, prob.device
     T = cfg.num_steps
-    gens = chain_generators(cfg.seed, C)
+    if groups is None:
+        gens = chain_generators(cfg.seed, C)
+    else:
+        if record_params:
+            raise ValueError("record_params is not supported with several groups of chains")
+        gens = [g for grp in groups for g in chain_generators(cfg.seed, len(grp))]
+        order = [c for grp in groups for c in grp]
+        if sorted(order) != list(range(C)):
+            raise ValueError("groups must partition the chains 0..num_chains-1")
+        gens = [gens[order.index(c)] for c in range(C)]
     streams = [_BatchStream(prob.n, cfg.batch_size, g) for g in gens]
-    psl = prob.per_sample_losses(prob.center) if center_loss else None
+    if centers is None:
+        center = prob.center                                   # (D,), shared
+        inverse = torch.zeros(C, dtype=torch.long)
+        uniq = prob.center[None]
+    else:
+        centers = centers.to(device=dev, dtype=prob.dtype)
+        if tuple(centers.shape) != (C, D):
+            raise ValueError(f"centers must have shape (num_chains, D) = ({C}, {D}), got {tuple(centers.shape)}")
+        uniq, inverse = torch.unique(centers, dim=0, return_inverse=True)
+        inverse = inverse.cpu()
+        center = centers.clone()                               # (C, D), one row per chain
+    psl = None
+    if center_loss:
+        rows = [prob.per_sample_losses(u) for u in uniq]
+        psl = torch.stack(rows) if all(r is not None for r in rows) else None   # (unique centres, n)
 
-    W = prob.center.expand(C, D).clone()
-    center = prob.center
+    W = (center.expand(C, D) if center.dim() == 1 else center).clone()
     nbeta, gamma = float(cfg.nbeta), float(cfg.localization)
-    if isinstance(cfg.step_size, tuple):
-        eps_t = torch.tensor(cfg.step_size, dtype=prob.dtype, device=dev)[:, None]
-        half_eps, sqrt_eps = -eps_t / 2, eps_t.sqrt()
+    per_chain = isinstance(cfg.step_size, tuple)
+    if per_chain:   # coefficients computed in float64 as for a scalar ε, then cast: same rounding as one chain alone
+        eps_all = torch.tensor(cfg.step_size, dtype=torch.float64)[:, None]
+        half_eps, sqrt_eps = -eps_all / 2, eps_all.sqrt()
+        h_eps, s_eps = half_eps.to(device=dev, dtype=prob.dtype), sqrt_eps.to(device=dev, dtype=prob.dtype)
         eps_of = lambda c: cfg.step_size[c]  # noqa: E731
     else:
         half_eps, sqrt_eps = -float(cfg.step_size) / 2, math.sqrt(float(cfg.step_size))
+        h_eps, s_eps = half_eps, sqrt_eps
         eps_of = lambda c: float(cfg.step_size)  # noqa: E731
-    per_chain = isinstance(cfg.step_size, tuple)
-    h_eps, s_eps = half_eps, sqrt_eps
-    plain = not per_chain and cfg.preconditioner is None and mask is None
+    plain = cfg.preconditioner is None and mask is None
     if plain:   # W <- (1 - εγ/2) W - (ε nβ/2) grad + [sqrt(ε) ξ + (εγ/2) w*]: three in-place ops per step
-        shrink, gscale = 1.0 + h_eps * gamma, h_eps * nbeta
-        pull = (-h_eps * gamma) * prob.center
+        shrink, gscale = 1.0 + half_eps * gamma, half_eps * nbeta
+        pull = (-half_eps * gamma) * center if not per_chain else \
+            (-half_eps * gamma).to(device=dev, dtype=prob.dtype) * center
+        if per_chain:
+            shrink, gscale = shrink.to(device=dev, dtype=prob.dtype), gscale.to(device=dev, dtype=prob.dtype)
     diverged = torch.zeros(C, dtype=torch.bool)
     rms = cfg.preconditioner == "rmsprop"
     V = torch.zeros_like(W) if rms else None
 
-    loss_trace = torch.empty(T, C, dtype=torch.float64)
-    center_trace = torch.empty(T, C, dtype=torch.float64) if center_loss else None
+    fill = torch.full if groups is not None else (lambda shape, _v, **kw: torch.empty(shape, **kw))
+    loss_trace = fill((T, C), float("nan"), dtype=torch.float64)
+    center_trace = fill((T, C), float("nan"), dtype=torch.float64) if center_loss else None
     param_trace = torch.empty(T, C, D, dtype=torch.float64) if record_params else None
+    active = torch.arange(C)                    # the chains still running (original indices)
+    group_stop: dict = {}
+    group_of = torch.empty(C, dtype=torch.long)
+    for g, grp in enumerate(groups or [range(C)]):
+        group_of[list(grp)] = g
+
+    def retire(verdicts: dict, steps: int):
+        """Drop the chains of the groups in ``verdicts`` from every per-chain array."""
+        nonlocal W, V, center, pull, h_eps, s_eps, shrink, gscale, mask, active, gens, streams, inverse
+        for g, (burnin, reason) in verdicts.items():
+            group_stop[int(g)] = (steps, int(burnin), str(reason))
+        gone = torch.isin(group_of[active], torch.tensor(sorted(verdicts), dtype=torch.long))
+        keep = torch.nonzero(~gone).flatten()
+        kd = keep.to(dev)
+        W = W[kd]
+        V = V[kd] if V is not None else None
+        center = center[kd] if center.dim() == 2 else center
+        if plain and pull.dim() == 2:
+            pull = pull[kd]
+        if per_chain:
+            h_eps, s_eps = h_eps[kd], s_eps[kd]
+            if plain:
+                shrink, gscale = shrink[kd], gscale[kd]
+        mask = mask[kd] if mask is not None else None
+        gens = [gens[i] for i in keep.tolist()]
+        streams = [streams[i] for i in keep.tolist()]
+        inverse = inverse[keep]
+        active = active[keep]
 
     stop_reason = "budget"   # what ends a run with a stop rule that never fired: the most steps allowed
     bar = None
@@ -631,19 +693,23 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
     start_time = time.perf_counter()
     try:
         for start in range(0, T, BLOCK):
+            if active.numel() == 0:
+                T = start
+                break
+            A = active.numel()
             K = min(BLOCK, T - start)
-            idx = torch.stack([s.take(K) for s in streams], dim=1).to(dev)           # (K, C, B)
+            idx = torch.stack([s.take(K) for s in streams], dim=1).to(dev)           # (K, A, B)
             noise = torch.stack([torch.randn(K, D, generator=g, dtype=torch.float64) for g in gens], dim=1)
-            noise = noise.to(device=dev, dtype=prob.dtype)                          # (K, C, D)
+            noise = noise.to(device=dev, dtype=prob.dtype)                          # (K, A, D)
             xb_all, yb_all = prob.x[idx].unbind(0), prob.y[idx].unbind(0)
             if plain:
                 noise = noise.mul_(s_eps).add_(pull)
             noise = noise.unbind(0)
             block_loss = []
-            params_ok = torch.ones(K, C, dtype=torch.bool)
+            params_ok = torch.ones(K, A, dtype=torch.bool)
             if center_loss and psl is None:
-                block_center = torch.empty(K, C, dtype=prob.dtype, device=dev)
-                cW = center.expand(C, D)
+                block_center = torch.empty(K, A, dtype=prob.dtype, device=dev)
+                cW = center.expand(A, D)
             for k in range(K):
                 if record_params:
                     param_trace[start + k] = W.double().cpu()
@@ -654,7 +720,10 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
                         block_center[k] = prob.batched_losses(cW, xb_all[k], yb_all[k])
                 if plain:
                     with torch.no_grad():
-                        W.mul_(shrink).add_(grad, alpha=gscale).add_(noise[k])
+                        if per_chain:
+                            W.mul_(shrink).addcmul_(grad, gscale).add_(noise[k])
+                        else:
+                            W.mul_(shrink).add_(grad, alpha=gscale).add_(noise[k])
                     continue
                 with torch.no_grad():
                     drift = grad.mul_(nbeta)
@@ -682,22 +751,46 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
                         W.add_(drift, alpha=h_eps).add_(noise_k, alpha=s_eps)
             bl = torch.stack(block_loss).double().cpu()
             if center_loss:
-                bc = (psl[idx.to(psl.device)].mean(-1) if psl is not None else block_center.double()).cpu()
-                center_trace[start:start + K] = bc
+                if psl is not None:
+                    inv = inverse.to(psl.device)
+                    bc = psl[inv[None, :, None], idx.to(psl.device)].mean(-1).cpu()
+                else:
+                    bc = block_center.double().cpu()
             else:
                 bc = None
             if not bool(torch.isfinite(W).all()):
                 params_ok[-1] = torch.isfinite(W).all(dim=1).cpu()
-            if on_divergence == "raise":
+            if groups is not None:     # a diverged group leaves the batch; the others go on
+                bad = {}
+                for g in torch.unique(group_of[active]).tolist():
+                    cols = torch.nonzero(group_of[active] == g).flatten()
+                    try:
+                        _check_divergence(bl[:, cols], bc[:, cols] if bc is not None else None, params_ok[:, cols],
+                                          start, cfg, D, lambda c, cols=cols: eps_of(int(active[cols[c]])))
+                    except SGLDDivergenceError as err:
+                        bad[g] = (0, f"diverged: {err}")
+            elif on_divergence == "raise":
                 _check_divergence(bl, bc, params_ok, start, cfg, D, eps_of)
             else:
                 diverged |= ~(torch.isfinite(bl).all(0) & params_ok.all(0))
-            loss_trace[start:start + K] = bl
+            loss_trace[start:start + K, active] = bl
+            if center_loss:
+                center_trace[start:start + K, active] = bc
             if bar is not None:
                 bar.update(K)
-            if stop is not None and start + K < T:
-                verdict = stop(loss_trace[:start + K].T, center_trace[:start + K].T if center_loss else None, W)
-                if verdict is not None:
+            if groups is not None and bad:
+                retire(bad, start + K)
+            if stop is not None and start + K < T and active.numel():
+                Wfull = W
+                if groups is not None:
+                    Wfull = torch.full((C, D), float("nan"), dtype=W.dtype, device=dev)
+                    Wfull[active.to(dev)] = W
+                verdict = stop(loss_trace[:start + K].T, center_trace[:start + K].T if center_loss else None, Wfull)
+                if isinstance(verdict, dict):
+                    verdict = {g: v for g, v in verdict.items() if int(g) not in group_stop}
+                    if verdict:
+                        retire(verdict, start + K)
+                elif verdict is not None:
                     T = start + K
                     burnin, stop_reason = int(verdict[0]), str(verdict[1])
                     cfg = replace(cfg, num_burnin=burnin, num_draws=T - burnin)
@@ -709,11 +802,16 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
     extras = {"diverged": diverged.tolist()}
     if stop is not None:
         extras["stop_reason"] = stop_reason
+    final = W.detach().double().cpu()
+    if groups is not None:
+        extras["group_stop"] = [group_stop.get(g, (T, None, "budget")) for g in range(len(groups))]
+        T = max([T] + [v[0] for v in group_stop.values()])
+        final = torch.full((C, D), float("nan"), dtype=torch.float64)
+        final[active] = W.detach().double().cpu()   # retired chains: NaN (their traces end at their stop)
     return SGLDResult(
         loss=loss_trace[:T].T.contiguous(),
         center_loss=center_trace[:T].T.contiguous() if center_loss else None,
-        config=cfg, param_names=list(prob.names), param_shapes=list(prob.shapes),
-        final=W.detach().double().cpu(),
+        config=cfg, param_names=list(prob.names), param_shapes=list(prob.shapes), final=final,
         params=param_trace[:T].transpose(0, 1).contiguous() if record_params else None,
         seconds=seconds, device=str(dev), extras=extras,
     )
