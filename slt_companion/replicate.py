@@ -1,0 +1,196 @@
+r"""Does it replicate? An experiment rerun over seeds, with the fraction of seeds for which each claim holds and
+the spread of its key numbers.
+
+A development chapter makes its claims on one training run. :func:`replicate` reruns the chapter's experiment
+(``fn(seed)``, at a size that fits the build) for several seeds, each run cached on its own, and returns a
+:class:`Replication`: one row per seed, in which **booleans are claims** ("the run passes through the ridge") and
+**numbers are measurements** (a boundary step, a λ̂). A chapter then asserts the *replicated* statement -- "holds
+for at least 4 of 5 seeds", or, where it does not, the sentence says "in 3 of 5 runs" -- never the single-seed one.
+
+``fn(seed)`` must change every source of randomness with the seed: the model's initialisation, the data and the
+sampler. It returns a flat dict of ``bool`` / ``int`` / ``float`` (NumPy scalars accepted; ``nan`` allowed for a
+number that a seed could not measure, e.g. a boundary that did not appear).
+
+Used in: every chapter of Part III and the Part IV chapters that train models ("Does it replicate?").
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+__all__ = ["replicate", "Replication", "REPLICATES_AT"]
+
+#: the fraction of seeds for which a claim must hold to be stated without qualification (4 of 5)
+REPLICATES_AT = 0.8
+
+
+def _seeds(seeds) -> list[int]:
+    from ._checks import check_int
+
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        return list(range(check_int("seeds", seeds, minimum=1)))
+    try:
+        out = [check_int("seeds[]", s, minimum=0) for s in seeds]
+    except TypeError as err:
+        raise TypeError(f"seeds must be a number of seeds or a list of non-negative integers, got {seeds!r}") from err
+    if not out:
+        raise ValueError("seeds is empty: give at least one seed (5 or more for a replication)")
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds must be distinct, got {out}")
+    return out
+
+
+def _plain(key: str, value):
+    """A row value as a Python bool / int / float, or a TypeError naming the key."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return _plain(key, value.item())
+    raise TypeError(f"fn(seed) returned {key!r} = {value!r} ({type(value).__name__}): a replication row holds "
+                    "booleans (claims) and numbers (measurements) only")
+
+
+@dataclass
+class Replication:
+    """The result of :func:`replicate`.
+
+    - ``name``, ``seeds``; ``rows``: one dict per seed, ``{"seed": s, **fn(s)}``;
+    - ``claims``: the keys whose values are booleans; ``numbers``: the keys whose values are numbers.
+
+    Methods: :meth:`holds` / :meth:`fraction` / :meth:`replicates` / :meth:`verdict` for a claim,
+    :meth:`values` / :meth:`spread` for a number, :meth:`claims_table` and :meth:`numbers_table` (Markdown, for
+    ``glue``), :meth:`plot` (the spread of the numbers, one dot per seed).
+    """
+
+    name: str
+    seeds: list
+    rows: list
+    claims: list = field(default_factory=list)
+    numbers: list = field(default_factory=list)
+
+    def _check(self, key: str, kind: str) -> None:
+        pool = self.claims if kind == "claim" else self.numbers
+        if key not in pool:
+            raise KeyError(f"{key!r} is not a {kind} of this replication; its {kind}s are {pool}")
+
+    def holds(self, claim: str) -> int:
+        """For how many seeds ``claim`` is True."""
+        self._check(claim, "claim")
+        return sum(bool(r[claim]) for r in self.rows)
+
+    def fraction(self, claim: str) -> float:
+        return self.holds(claim) / len(self.rows)
+
+    def replicates(self, claim: str, at_least: float = REPLICATES_AT) -> bool:
+        """True when ``claim`` holds for at least ``at_least`` of the seeds (default 4 of 5)."""
+        return self.fraction(claim) >= at_least - 1e-12
+
+    def verdict(self, claim: str) -> str:
+        """``"5 of 5 seeds"`` -- the phrase a page glues beside the claim."""
+        return f"{self.holds(claim)} of {len(self.rows)} seeds"
+
+    def values(self, key: str) -> np.ndarray:
+        self._check(key, "number")
+        return np.array([r[key] for r in self.rows], dtype=float)
+
+    def spread(self, key: str) -> dict:
+        """``{"mean", "sd", "min", "max", "n"}`` of a number over the seeds that measured it (NaN left out)."""
+        v = self.values(key)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            return {"mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+                "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+
+    def claims_table(self, labels: dict | None = None) -> str:
+        """Markdown: each claim, for how many seeds it holds, and whether that is at least 4 of 5."""
+        labels = labels or {}
+        lines = ["| claim | holds for | replicates (≥ 4 of 5) |", "|---|---|---|"]
+        for c in self.claims:
+            lines.append(f"| {labels.get(c, c)} | {self.verdict(c)} | {'yes' if self.replicates(c) else '**no**'} |")
+        return "\n".join(lines)
+
+    def numbers_table(self, labels: dict | None = None, fmt: str = ".3g") -> str:
+        """Markdown: one row per seed with every number, and a last row with mean ± sd."""
+        labels = labels or {}
+        head = "| seed | " + " | ".join(labels.get(k, k) for k in self.numbers) + " |"
+        lines = [head, "|" + "---|" * (len(self.numbers) + 1)]
+        for r in self.rows:
+            lines.append(f"| {r['seed']} | " + " | ".join(format(r[k], fmt) for k in self.numbers) + " |")
+        cells = []
+        for k in self.numbers:
+            s = self.spread(k)
+            cells.append(f"{s['mean']:{fmt}} ± {s['sd']:{fmt}}" if s["n"] > 1 else format(s["mean"], fmt))
+        lines.append("| **mean ± sd** | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def plot(self, keys=None, *, axes=None, labels: dict | None = None, reference: dict | None = None):
+        """One panel per number: a dot per seed, the mean ± sd as a bar, and ``reference[key]`` (e.g. the chapter's
+        single-seed value or the paper's) as a dashed line. Returns the axes."""
+        import matplotlib.pyplot as plt
+
+        from .plot import COLORS
+
+        keys = list(self.numbers if keys is None else keys)
+        labels, reference = labels or {}, reference or {}
+        if axes is None:
+            _, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys) + 0.6, 3.0), squeeze=False)
+            axes = axes[0]
+        for ax, k in zip(np.atleast_1d(axes), keys):
+            v = self.values(k)
+            jitter = np.linspace(-0.12, 0.12, len(v)) if len(v) > 1 else np.zeros(1)
+            ax.scatter(jitter, v, color=COLORS["estimate"], zorder=3, s=22, label="one seed")
+            s = self.spread(k)
+            if s["n"] > 1:
+                ax.errorbar([0.32], [s["mean"]], yerr=[s["sd"]], fmt="s", color="k", ms=4, capsize=3,
+                            label="mean ± sd")
+            if k in reference:
+                ax.axhline(reference[k], color=COLORS["theory"], ls="--", lw=1, label="reference")
+            ax.set_xlim(-0.4, 0.6)
+            ax.set_xticks([])
+            ax.set_title(labels.get(k, k), fontsize=9)
+        np.atleast_1d(axes)[0].legend(fontsize=7.5, loc="best")
+        return axes
+
+
+def replicate(fn: Callable[[int], dict], seeds: int | Iterable[int] = 5, *, name: str, config: dict,
+              progress: bool = True) -> Replication:
+    """Run ``fn(seed)`` for every seed (``seeds``: a count, meaning seeds ``0..seeds-1``, or a list), each run cached
+    on its own under ``name`` with ``config`` + the seed (:func:`slt_companion.cache.cached`: adding a seed computes
+    only that seed), and return a :class:`Replication`. ``config`` must describe everything ``fn`` does besides the
+    seed. Every row must have the same keys."""
+    from tqdm.auto import tqdm
+
+    from . import cache
+
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(seed) -> dict, got {type(fn).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string (the cache entry's name)")
+    seed_list = _seeds(seeds)
+    rows = []
+    for seed in tqdm(seed_list, desc=f"replicate {name}", disable=not progress):
+        def compute(seed=seed):
+            out = fn(seed)
+            if not isinstance(out, dict):
+                raise TypeError(f"fn({seed}) returned {type(out).__name__}; it must return a dict of claims and numbers")
+            return {str(k): _plain(str(k), v) for k, v in out.items()}
+        got = cache.cached(f"replicate-{name}", {"config": config, "seed": seed}, compute)
+        rows.append({"seed": seed, **{k: _plain(k, v) for k, v in got.items()}})
+    keys = [k for k in rows[0] if k != "seed"]
+    for r in rows[1:]:
+        if [k for k in r if k != "seed"] != keys:
+            raise ValueError(f"fn(seed) returned different keys for seed {r['seed']} than for seed {rows[0]['seed']}: "
+                             f"{sorted(set(r) ^ set(rows[0]))}")
+    claims = [k for k in keys if all(isinstance(r[k], bool) for r in rows)]
+    nums = [k for k in keys if k not in claims]
+    return Replication(name=name, seeds=seed_list, rows=rows, claims=claims, numbers=nums)

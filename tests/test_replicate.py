@@ -1,0 +1,74 @@
+"""replicate(): one cached run per seed, claims counted, numbers spread."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from slt_companion.replicate import Replication, replicate  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def experiment(calls):
+    def fn(seed):
+        calls.append(seed)
+        rng = np.random.default_rng(seed)
+        boundary = float(100 + 10 * rng.standard_normal())
+        return {"has_stage": seed != 3, "boundary": boundary, "count": np.int64(seed * 2),
+                "llc": np.float32(1.5) if seed else math.nan}
+    return fn
+
+
+def test_claims_and_numbers_are_counted_and_spread():
+    calls = []
+    rep = replicate(experiment(calls), 5, name="toy", config={"v": 1}, progress=False)
+    assert rep.seeds == [0, 1, 2, 3, 4] and calls == [0, 1, 2, 3, 4]
+    assert rep.claims == ["has_stage"] and rep.numbers == ["boundary", "count", "llc"]
+    assert rep.holds("has_stage") == 4 and rep.fraction("has_stage") == 0.8
+    assert rep.replicates("has_stage") and not rep.replicates("has_stage", at_least=1.0)
+    assert rep.verdict("has_stage") == "4 of 5 seeds"
+    s = rep.spread("llc")                     # the NaN of seed 0 is left out
+    assert s["n"] == 4 and s["mean"] == pytest.approx(1.5) and s["sd"] == 0
+    assert rep.values("count").tolist() == [0, 2, 4, 6, 8]
+    assert "| has_stage | 4 of 5 seeds | yes |" in rep.claims_table()
+    assert rep.numbers_table().splitlines()[-1].startswith("| **mean ± sd** |")
+    assert len(rep.plot(["boundary", "count"], reference={"boundary": 100.0})) == 2
+    with pytest.raises(KeyError, match="not a claim"):
+        rep.holds("boundary")
+
+
+def test_each_seed_is_cached_on_its_own():
+    calls = []
+    replicate(experiment(calls), [0, 1], name="toy", config={"v": 1}, progress=False)
+    rep = replicate(experiment(calls), [0, 1, 2], name="toy", config={"v": 1}, progress=False)
+    assert calls == [0, 1, 2]                 # seeds 0 and 1 came from the cache
+    assert [r["seed"] for r in rep.rows] == [0, 1, 2]
+    replicate(experiment(calls), [0], name="toy", config={"v": 2}, progress=False)
+    assert calls == [0, 1, 2, 0]              # another config: computed again
+    again = replicate(experiment([]), [0, 1, 2], name="toy", config={"v": 1}, progress=False)
+    assert again.rows == rep.rows and isinstance(again.rows[0]["has_stage"], bool)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(TypeError, match="must return a dict"):
+        replicate(lambda s: [s], 2, name="bad", config={}, progress=False)
+    with pytest.raises(TypeError, match="'curve'"):
+        replicate(lambda s: {"curve": np.zeros(3)}, 2, name="bad2", config={}, progress=False)
+    with pytest.raises(ValueError, match="different keys"):
+        replicate(lambda s: {"a": 1.0} if s == 0 else {"b": 1.0}, 2, name="bad3", config={}, progress=False)
+    with pytest.raises(ValueError, match="distinct"):
+        replicate(lambda s: {"a": 1.0}, [1, 1], name="bad4", config={}, progress=False)
+    with pytest.raises(ValueError, match="seeds"):
+        replicate(lambda s: {"a": 1.0}, 0, name="bad5", config={}, progress=False)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        replicate(lambda s: {"a": 1.0}, [], name="bad6", config={}, progress=False)
+    assert isinstance(replicate(lambda s: {"a": 1.0}, 1, name="ok", config={}, progress=False), Replication)
