@@ -51,15 +51,20 @@ def _same(a, b):
     assert (a.mean, a.rhat, a.ess, a.stop_reason, a.config) == (b.mean, b.rhat, b.ess, b.stop_reason, b.config)
 
 
-@pytest.mark.parametrize("num_draws,step_size", [(200, 1e-4), ("auto", "auto")])
-def test_batched_equals_one_at_a_time(checkpoints, num_draws, step_size):
-    kw = dict(KW, num_draws=num_draws, step_size=step_size)
+def _alone_and_together(models, ignore=LLCConvergenceWarning, **kw):
+    """Every model's estimate_llc, and estimate_llcs of all of them; asserts they are the same."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LLCConvergenceWarning)
-        alone = [estimate_llc(m, half_mse, _data(), **kw) for m in checkpoints]
-        together = estimate_llcs(checkpoints, half_mse, _data(), **kw)
+        warnings.simplefilter("ignore", ignore)
+        alone = [estimate_llc(m, half_mse, _data(), **kw) for m in models]
+        together = estimate_llcs(models, half_mse, _data(), **kw)
     for a, b in zip(alone, together):
         _same(a, b)
+    return together
+
+
+@pytest.mark.parametrize("num_draws,step_size", [(200, 1e-4), ("auto", "auto")])
+def test_batched_equals_one_at_a_time(checkpoints, num_draws, step_size):
+    together = _alone_and_together(checkpoints, **KW, num_draws=num_draws, step_size=step_size)
     assert together[0].extras["batched"]["checkpoints"] == 3
 
 
@@ -89,13 +94,7 @@ def test_each_checkpoint_stops_when_it_has_converged():
     check, the other has ESS 81 at the budget): each stops on its own and equals its one-at-a-time run, so the
     early one left the batch without changing the other."""
     ms = [_least_squares(1.0), _least_squares(0.0)]
-    kw = dict(KW, num_draws="auto", step_size=1e-3, max_draws=600)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        alone = [estimate_llc(m, half_mse, _data(), **kw) for m in ms]
-        together = estimate_llcs(ms, half_mse, _data(), **kw)
-    for a, b in zip(alone, together):
-        _same(a, b)
+    together = _alone_and_together(ms, ignore=Warning, **KW, num_draws="auto", step_size=1e-3, max_draws=600)
     assert together[0].stop_reason == "converged" and together[1].stop_reason == "max_draws"
     assert together[0].config.num_draws < together[1].config.num_draws
 
@@ -146,13 +145,7 @@ def test_one_warning_lists_the_unconverged_checkpoints(checkpoints):
 def test_refined_over_checkpoints_runs_each_alone_and_agrees(checkpoints):
     """params= leaves the other weights at each checkpoint's own values: those runs cannot share a batch, and
     each equals estimate_llc(params=...)."""
-    kw = dict(KW, num_draws=100, step_size=1e-4, params=["2.weight", "2.bias"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LLCConvergenceWarning)
-        alone = [estimate_llc(m, half_mse, _data(), **kw) for m in checkpoints]
-        together = estimate_llcs(checkpoints, half_mse, _data(), **kw)
-    for a, b in zip(alone, together):
-        _same(a, b)
+    _alone_and_together(checkpoints, **KW, num_draws=100, step_size=1e-4, params=["2.weight", "2.bias"])
 
 
 def test_llc_over_trajectory_equals_estimate_llc_at_a_checkpoint():
