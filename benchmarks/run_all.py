@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["llc_vs_devinterp.py", "refined_llc_heads.py", "ground_truth_vs_devinterp.py"]
+BENCHMARKS = ["llc_vs_devinterp.py", "refined_llc_heads.py", "llc_checkpoints.py", "ground_truth_vs_devinterp.py"]
 
 
 def main(argv: list[str]) -> int:
