@@ -378,6 +378,14 @@ def _sample_retrying(prob, model, loss_fn, cfg, rule, llc_of, *, auto: bool, ext
     raise AssertionError("unreachable")
 
 
+def _batch_baseline(prob, model, loss_fn, batch_size: int, seed: int) -> float:
+    """``baseline="batch"``: the centre's loss on one minibatch drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed) + 104729)
+    sel = torch.randperm(prob.n, generator=gen)[:min(batch_size, prob.n)].to(prob.device)
+    with torch.no_grad():
+        return float(loss_fn(model(prob.x[sel]), prob.y[sel]))
+
+
 def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, step_size, localization, nbeta,
               batch_size, seed, progress, preconditioner, baseline) -> LLCEstimate:
     prob.check(batch_size)
@@ -390,10 +398,7 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, 
     if baseline == "full":
         base = init_loss
     elif baseline == "batch":  # one minibatch, as a single-batch initial loss would give
-        gen = torch.Generator().manual_seed(int(seed) + 104729)
-        sel = torch.randperm(prob.n, generator=gen)[:min(batch_size, prob.n)].to(prob.device)
-        with torch.no_grad():
-            base = float(loss_fn(model(prob.x[sel]), prob.y[sel]))
+        base = _batch_baseline(prob, model, loss_fn, batch_size, seed)
         extras["batch_init_loss"] = base
 
     def llc_of(loss, center, burnin):
@@ -532,7 +537,7 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
             return [x for m, p in zip(models, probs)
                     for x in _estimate_batch([m], [p], loss_fn, nbeta=nbeta, **single)]
         with cpu_threads(auto_threads(base_prob.device, num_chains * min(batch_size, base_prob.n) * base_prob.D)):
-            return [_estimate(base_prob, models[0], loss_fn, nbeta=nb, **{k: v for k, v in single.items()})]
+            return [_estimate(base_prob, models[0], loss_fn, nbeta=nb, **single)]
     M, K = len(probs), int(num_chains)
     C = M * K
     with cpu_threads(auto_threads(base_prob.device, C * min(batch_size, base_prob.n) * base_prob.D)):
@@ -554,10 +559,7 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         bases = []
         for prob, model in zip(probs, models):
             if baseline == "batch":
-                gen = torch.Generator().manual_seed(int(seed) + 104729)
-                sel = torch.randperm(prob.n, generator=gen)[:min(batch_size, prob.n)].to(prob.device)
-                with torch.no_grad():
-                    bases.append(float(loss_fn(model(prob.x[sel]), prob.y[sel])))
+                bases.append(_batch_baseline(prob, model, loss_fn, batch_size, seed))
             else:
                 bases.append(prob.center_loss())
 
