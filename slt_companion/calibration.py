@@ -12,7 +12,7 @@ import torch
 
 from . import config as _config
 from .llc import default_nbeta
-from .sampling import SamplerConfig, _Problem, auto_threads, cpu_threads, sgld
+from .sampling import SamplerConfig, _Problem, cpu_threads, sgld, threads_for
 
 __all__ = ["calibration_sweep"]
 
@@ -36,7 +36,7 @@ def calibration_sweep(model: torch.nn.Module, loss_fn: Callable, data, step_size
     means = np.full((len(localizations), len(eps)), np.nan)
     stds = np.full_like(means, np.nan)
     div = np.zeros(means.shape, dtype=bool)
-    with cpu_threads(auto_threads(prob.device, k * len(eps) * min(batch_size, prob.n) * prob.D)):
+    with cpu_threads(threads_for(prob, k * len(eps), batch_size)):
         prob.check(batch_size)
         for i, gamma in enumerate(localizations):
             cfg = SamplerConfig(step_size=tuple(np.repeat(eps, k)), nbeta=nbeta, localization=float(gamma),

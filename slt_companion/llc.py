@@ -38,7 +38,7 @@ import torch
 from . import config as _config
 from .convergence import TARGET_ESS, TARGET_RHAT, ConvergenceRule, LLCConvergenceWarning, is_converged, warn_unconverged
 from .diagnostics import NegativeLLCWarning, ess as _ess, rhat as _rhat
-from .sampling import SamplerConfig, SGLDResult, _Problem, auto_threads, cpu_threads, sgld
+from .sampling import SamplerConfig, SGLDResult, _Problem, cpu_threads, sgld, threads_for
 
 from .stepsize import AUTO_STEP_FACTOR, StepTooLarge, auto_step_size, curvature_check
 
@@ -296,7 +296,7 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     SamplerConfig(step_size=1.0, nbeta=nbeta, localization=localization, num_chains=num_chains,
                   num_draws=draws_run, num_burnin=burnin_run, batch_size=batch_size, seed=seed,
                   preconditioner=preconditioner)
-    with cpu_threads(auto_threads(prob.device, num_chains * min(batch_size, prob.n) * prob.D)):
+    with cpu_threads(threads_for(prob, num_chains, batch_size)):
         est = _estimate(prob, model, loss_fn, num_chains=num_chains, num_draws=draws_run, num_burnin=burnin_run,
                         rule=rule, step_size=step_size, localization=localization, nbeta=nbeta,
                         batch_size=batch_size, seed=seed, progress=progress, preconditioner=preconditioner,
@@ -536,11 +536,11 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         if len(probs) > 1:
             return [x for m, p in zip(models, probs)
                     for x in _estimate_batch([m], [p], loss_fn, nbeta=nbeta, **single)]
-        with cpu_threads(auto_threads(base_prob.device, num_chains * min(batch_size, base_prob.n) * base_prob.D)):
+        with cpu_threads(threads_for(base_prob, num_chains, batch_size)):
             return [_estimate(base_prob, models[0], loss_fn, nbeta=nb, **single)]
     M, K = len(probs), int(num_chains)
     C = M * K
-    with cpu_threads(auto_threads(base_prob.device, C * min(batch_size, base_prob.n) * base_prob.D)):
+    with cpu_threads(threads_for(base_prob, C, batch_size)):
         eps, extras = [], []
         for prob in probs:
             prob.check(batch_size)
@@ -578,7 +578,7 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
     for g, (prob, model) in enumerate(zip(probs, models)):
         steps, burnin, reason = res.extras["group_stop"][g]
         if reason.startswith(("diverged", "restart")):   # rerun alone, with estimate_llc's automatic restarts
-            with cpu_threads(auto_threads(prob.device, K * min(batch_size, prob.n) * prob.D)):
+            with cpu_threads(threads_for(prob, K, batch_size)):
                 est = _estimate(prob, model, loss_fn, nbeta=nb, **single)
             est.extras["batched"] = {"rerun_alone": reason}
             out.append(est)
@@ -723,7 +723,7 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
         mask[g * num_chains:(g + 1) * num_chains, off:off + size] = 1
         off += size
     C = G * num_chains
-    with cpu_threads(auto_threads(prob.device, C * min(batch_size, prob.n) * prob.D)):
+    with cpu_threads(threads_for(prob, C, batch_size)):
         prob.check(batch_size)
         extras: dict = {"joint_chains": C}
         if isinstance(step_size, str):

@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["replicate", "Replication", "REPLICATES_AT"]
+__all__ = ["replicate", "Replication", "REPLICATES_AT", "code_fingerprint"]
 
 #: the fraction of seeds for which a claim must hold to be stated without qualification (4 of 5)
 REPLICATES_AT = 0.8
@@ -133,15 +133,17 @@ class Replication:
         lines.append("| **mean ± sd** | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
-    def plot(self, keys=None, *, axes=None, labels: dict | None = None, reference: dict | None = None):
+    def plot(self, keys=None, *, axes=None, labels: dict | None = None, reference: dict | None = None,
+             ylabels: dict | None = None):
         """One panel per number: a dot per seed, the mean ± sd as a bar, and ``reference[key]`` (e.g. the chapter's
-        single-seed value or the paper's) as a dashed line. Returns the axes."""
+        single-seed value or the paper's) as a dashed line. Each panel is titled ``labels[key]`` and its y axis is
+        labelled ``ylabels[key]`` (with units), else ``labels[key]``, else the key. Returns the axes."""
         import matplotlib.pyplot as plt
 
         from .plot import COLORS
 
         keys = list(self.numbers if keys is None else keys)
-        labels, reference = labels or {}, reference or {}
+        labels, reference, ylabels = labels or {}, reference or {}, ylabels or {}
         if axes is None:
             _, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys) + 0.6, 3.0), squeeze=False)
             axes = axes[0]
@@ -158,16 +160,53 @@ class Replication:
             ax.set_xlim(-0.4, 0.6)
             ax.set_xticks([])
             ax.set_title(labels.get(k, k), fontsize=9)
+            ax.set_ylabel(ylabels.get(k, labels.get(k, k)), fontsize=8)
         np.atleast_1d(axes)[0].legend(fontsize=7.5, loc="best")
         return axes
 
 
+def code_fingerprint(fn) -> str | None:
+    """A hash of what ``fn`` computes as written: for a function its bytecode, the names it uses and its constants
+    (nested functions included), not its file name or line numbers (those change between runs of a notebook); for a
+    ``functools.partial`` the function's fingerprint and the bound arguments' ``repr``. ``None`` for other callables."""
+    import functools
+    import hashlib
+
+    def parts(code):
+        yield code.co_code
+        yield repr((code.co_names, code.co_varnames, code.co_freevars)).encode()
+        for c in code.co_consts:
+            if hasattr(c, "co_code"):
+                yield from parts(c)
+            elif isinstance(c, frozenset):            # `x in {"a", "b"}`: its repr's order varies with the hash seed
+                yield repr(sorted(map(repr, c))).encode()
+            else:
+                yield repr(c).encode()
+
+    if isinstance(fn, functools.partial):
+        inner = code_fingerprint(fn.func)
+        return None if inner is None else hashlib.sha256(
+            (inner + repr(fn.args) + repr(sorted(fn.keywords.items()))).encode()).hexdigest()[:16]
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    h = hashlib.sha256()
+    for b in parts(code):
+        h.update(b)
+    return h.hexdigest()[:16]
+
+
 def replicate(fn: Callable[[int], dict], seeds: int | Iterable[int] = 5, *, name: str, config: dict,
-              progress: bool = True) -> Replication:
+              version: str | int | None = None, progress: bool = True) -> Replication:
     """Run ``fn(seed)`` for every seed (``seeds``: a count, meaning seeds ``0..seeds-1``, or a list), each run cached
     on its own under ``name`` with ``config`` + the seed (:func:`slt_companion.cache.cached`: adding a seed computes
-    only that seed), and return a :class:`Replication`. ``config`` must describe everything ``fn`` does besides the
-    seed. Every row must have the same keys."""
+    only that seed), and return a :class:`Replication`. Every row must have the same keys.
+
+    The cache key also holds a fingerprint of ``fn``'s own code (:func:`code_fingerprint`: its bytecode, names and
+    constants, not its line numbers), so editing ``fn``'s body recomputes. Code that ``fn`` calls is not
+    fingerprinted: the package's own code keys every entry already (:mod:`slt_companion.cache`), and for helpers
+    defined beside ``fn`` bump ``version`` when they change. ``config`` must describe everything else ``fn``
+    depends on besides the seed."""
     from tqdm.auto import tqdm
 
     from . import cache
@@ -176,7 +215,10 @@ def replicate(fn: Callable[[int], dict], seeds: int | Iterable[int] = 5, *, name
         raise TypeError(f"fn must be callable as fn(seed) -> dict, got {type(fn).__name__}")
     if not isinstance(name, str) or not name:
         raise ValueError("name must be a non-empty string (the cache entry's name)")
+    if version is not None and not isinstance(version, (str, int)):
+        raise TypeError(f"version must be a string or an integer (bump it when code fn calls changes), got {version!r}")
     seed_list = _seeds(seeds)
+    code = code_fingerprint(fn)
     rows = []
     for seed in tqdm(seed_list, desc=f"replicate {name}", disable=not progress):
         def compute(seed=seed):
@@ -184,7 +226,8 @@ def replicate(fn: Callable[[int], dict], seeds: int | Iterable[int] = 5, *, name
             if not isinstance(out, dict):
                 raise TypeError(f"fn({seed}) returned {type(out).__name__}; it must return a dict of claims and numbers")
             return {str(k): _plain(str(k), v) for k, v in out.items()}
-        got = cache.cached(f"replicate-{name}", {"config": config, "seed": seed}, compute)
+        got = cache.cached(f"replicate-{name}", {"config": config, "seed": seed, "code": code, "version": version},
+                           compute)
         rows.append({"seed": seed, **{k: _plain(k, v) for k, v in got.items()}})
     keys = [k for k in rows[0] if k != "seed"]
     for r in rows[1:]:

@@ -93,6 +93,13 @@ def auto_threads(device: torch.device, work: int) -> int | None:
     return 1 if device.type == "cpu" and work < SMALL_WORK else None
 
 
+def threads_for(prob: "_Problem", num_chains: int, batch_size: int) -> int | None:
+    """:func:`auto_threads` for ``num_chains`` chains on ``prob`` with minibatches of ``batch_size``. With 2 threads
+    batched runs above :data:`SMALL_WORK` were 1.5x faster than with 1 on a quiet 2-core CPU (8 checkpoints × 4
+    chains of an MLP with 1.3k and 18k parameters); on a CPU that other processes keep busy, 1 thread can win."""
+    return auto_threads(prob.device, int(num_chains) * min(int(batch_size), prob.n) * prob.D)
+
+
 class NonFunctionalModelError(TypeError):
     """The model's forward cannot be run under ``torch.func.functional_call`` + ``vmap``."""
 
@@ -568,7 +575,7 @@ def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, pa
         raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
     prob = _problem or _Problem(model, loss_fn, data, params, device)
     if num_threads == "auto":
-        num_threads = auto_threads(prob.device, config.num_chains * min(config.batch_size, prob.n) * prob.D)
+        num_threads = threads_for(prob, config.num_chains, config.batch_size)
     with cpu_threads(num_threads):
         if _problem is None:
             prob.check(config.batch_size)

@@ -17,7 +17,7 @@ import torch
 
 from .diagnostics import ess as _ess, rhat as _rhat
 from .llc import _config_from_dict, _config_to_dict, _resolve_step_size, _sampling_defaults, default_nbeta
-from .sampling import SamplerConfig, _Problem, auto_threads, cpu_threads, sgld
+from .sampling import SamplerConfig, _Problem, cpu_threads, sgld, threads_for
 
 __all__ = ["susceptibility", "SusceptibilityEstimate", "loss_observable"]
 
@@ -278,7 +278,7 @@ def susceptibility(model: torch.nn.Module, loss_fn: Callable, data, perturbation
     obs = _named(observables, "observables", "phi", check_obs)
     # evaluate the observables once at w* so that a broken one fails before sampling
     _eval_observables(prob, obs, prob.center[None])
-    with cpu_threads(auto_threads(prob.device, num_chains * min(batch_size, prob.n) * prob.D)):
+    with cpu_threads(threads_for(prob, num_chains, batch_size)):
         prob.check(batch_size)
         step_size, extras = _resolve_step_size(prob, step_size, nbeta=nbeta, localization=localization,
                                                batch_size=batch_size, seed=seed)

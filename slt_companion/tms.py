@@ -40,7 +40,7 @@ from ._checks import check_int
 __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSITIONS", "tms_loss",
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
            "kgon_llc", "pretty_name", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
-           "LLC_KGONS", "kgon_llc_table", "classify_trajectory", "plateaus", "count_transitions",
+           "LLC_KGONS", "LLC_KEYS", "kgon_llc_table", "kgon_llc_row", "classify_trajectory", "plateaus", "count_transitions",
            "sample_posterior", "draw_configuration", "posterior_census", "crossing_n",
            "sample_posterior_tempered"]
 
@@ -533,6 +533,52 @@ def kgon_llc_table(names=None, *, num_chains: int | None = None, num_draws: int 
         res["c"] = c
         out[name] = res
     return out
+
+
+#: Short keys of :data:`LLC_KGONS`' k-gons, used in the column names of :func:`kgon_llc_row`.
+LLC_KEYS = {"6": "6", "5+": "5p", "5-": "5m", "5 (c=5)": "5c5"}
+
+
+def kgon_llc_row(seed: int, *, num_chains: int, num_draws: int, num_burnin: int, names=None,
+                 progress: bool = False) -> dict:
+    r"""One seed of a replication of :func:`kgon_llc_table`: :math:`\hat\lambda` at the k-gons of :data:`LLC_KGONS`
+    with a *fresh data set* (:func:`slt_companion.data.tms_data` drawn with ``seed``) and chains seeded with ``seed``.
+
+    The k-gons themselves are fixed; each is moved to the nearby minimum of that data set's :math:`L_n`
+    (:func:`empirical_minimum`). The settings are :data:`LLC_SETTINGS` (``negative_bias`` −1, as in the table); the
+    k-gons that share a feature count :math:`c` are sampled together with :func:`slt_companion.llc.estimate_llcs`
+    (checkpoints as chains: the same numbers as one at a time). Returns a flat row for
+    :func:`slt_companion.replicate.replicate`: for each k-gon key ``K`` (:data:`LLC_KEYS`) ``lam_K`` (λ̂), ``sem_K``,
+    ``rhat_K``, ``ess_K`` and ``conv_K`` (whether its chains converged; an unconverged estimate also raises the usual
+    :class:`~slt_companion.convergence.LLCConvergenceWarning`). Used by the replications of Part III's TMS chapters.
+    """
+    from .data import tms_data
+    from .llc import estimate_llcs
+    from .models import ToyModelOfSuperposition
+
+    names = list(LLC_KGONS) if names is None else list(names)
+    unknown = [nm for nm in names if nm not in LLC_KGONS]
+    if unknown:
+        raise ValueError(f"names must be among {list(LLC_KGONS)}, got {unknown}")
+    row = {}
+    for c in sorted({LLC_KGONS[nm][0] for nm in names}, reverse=True):
+        group = [nm for nm in names if LLC_KGONS[nm][0] == c]
+        data = tms_data(LLC_SETTINGS["n"], c, seed=seed)
+        models = []
+        for name in group:
+            _, k, pos, neg = LLC_KGONS[name]
+            W, b = k_gon(k, c, positive=pos, negative=neg, negative_bias=-1.0)
+            models.append(ToyModelOfSuperposition.from_params(*empirical_minimum(W, b, data.x)))
+        ests = estimate_llcs(models, tms_loss, data.xy, num_chains=num_chains, num_draws=num_draws,
+                             num_burnin=num_burnin, step_size=LLC_SETTINGS["step_size"], nbeta=LLC_SETTINGS["nbeta"],
+                             localization=LLC_SETTINGS["localization"], batch_size=LLC_SETTINGS["batch_size"],
+                             seed=seed, device="cpu", progress=progress)
+        for name, e in zip(group, ests):
+            key = LLC_KEYS[name]
+            row |= {f"lam_{key}": e.mean, f"sem_{key}": e.sem, f"rhat_{key}": e.rhat, f"ess_{key}": e.ess,
+                    f"conv_{key}": e.converged}
+    return {f"{stat}_{LLC_KEYS[nm]}": row[f"{stat}_{LLC_KEYS[nm]}"] for nm in names
+            for stat in ("lam", "sem", "rhat", "ess", "conv")}
 
 
 def classify_trajectory(W, b, **kwargs) -> list:

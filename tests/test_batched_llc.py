@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from slt_companion import config as slt_config
 from slt_companion.convergence import LLCConvergenceWarning
 from slt_companion.diagnostics import SGLDDivergenceError
 from slt_companion.llc import estimate_llc, estimate_llcs, half_mse
@@ -89,10 +90,12 @@ def _least_squares(shift: float):
     return m
 
 
-def test_each_checkpoint_stops_when_it_has_converged():
+def test_each_checkpoint_stops_when_it_has_converged(monkeypatch):
     """Two centres whose chains mix at different speeds (measured: at ε = 1e-3 the shifted one passes the first
     check, the other has ESS 81 at the budget): each stops on its own and equals its one-at-a-time run, so the
     early one left the batch without changing the other."""
+    # the first check at 250 draws, as in SLT_QUICK mode (with the full-size 2,000 it would fall on the budget)
+    monkeypatch.setattr(slt_config, "QUICK", True)
     ms = [_least_squares(1.0), _least_squares(0.0)]
     together = _alone_and_together(ms, ignore=Warning, **KW, num_draws="auto", step_size=1e-3, max_draws=600)
     assert together[0].stop_reason == "converged" and together[1].stop_reason == "max_draws"

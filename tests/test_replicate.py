@@ -72,3 +72,53 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="seeds is empty"):
         replicate(lambda s: {"a": 1.0}, [], name="bad6", config={}, progress=False)
     assert isinstance(replicate(lambda s: {"a": 1.0}, 1, name="ok", config={}, progress=False), Replication)
+
+
+def test_editing_fn_recomputes_and_moving_it_does_not():
+    calls = []
+    src = "def fn(seed):\n    calls.append(seed)\n    return {'x': float(seed) * SCALE}\n"
+    ns = {"calls": calls, "SCALE": 1.0}
+    exec(compile(src, "<cell 1>", "exec"), ns)
+    replicate(ns["fn"], 2, name="edit", config={}, progress=False)
+    moved = {"calls": calls, "SCALE": 1.0}            # the same body, another file and line: from the cache
+    exec(compile("\n\n\n" + src, "<cell 7>", "exec"), moved)
+    assert replicate(moved["fn"], 2, name="edit", config={}, progress=False).values("x").tolist() == [0.0, 1.0]
+    assert calls == [0, 1]
+    edited = {"calls": calls}
+    exec(compile(src.replace("float(seed) * SCALE", "float(seed) * 3.0"), "<cell 1>", "exec"), edited)
+    assert replicate(edited["fn"], 2, name="edit", config={}, progress=False).values("x").tolist() == [0.0, 3.0]
+    assert calls == [0, 1, 0, 1]
+    # what fn calls is not fingerprinted: a changed SCALE needs a new version (or config) to be seen
+    moved["SCALE"] = 2.0
+    assert replicate(moved["fn"], 2, name="edit", config={}, progress=False).values("x").tolist() == [0.0, 1.0]
+    assert replicate(moved["fn"], 2, name="edit", config={}, version=2,
+                     progress=False).values("x").tolist() == [0.0, 2.0]
+    with pytest.raises(TypeError, match="version"):
+        replicate(moved["fn"], 2, name="edit", config={}, version=[1], progress=False)
+
+
+def test_fingerprint_of_partials_and_set_constants():
+    import functools
+    import subprocess
+    import sys
+
+    from slt_companion.replicate import code_fingerprint
+
+    def fn(seed, k=1):
+        return {"a": str(seed) in {"1", "2", "3"}, "k": k}
+
+    assert code_fingerprint(functools.partial(fn, k=2)) != code_fingerprint(functools.partial(fn, k=3))
+    assert code_fingerprint(print) is None
+    # a set literal's order depends on the hash seed; the fingerprint must not
+    prog = ("from slt_companion.replicate import code_fingerprint\n"
+            "def fn(seed):\n    return {'a': str(seed) in {'one', 'two', 'three', 'four'}}\n"
+            "print(code_fingerprint(fn))")
+    prints = {subprocess.run([sys.executable, "-c", prog], env={"PYTHONHASHSEED": str(h)}, capture_output=True,
+                             text=True, check=True).stdout for h in (1, 2, 3)}
+    assert len(prints) == 1
+
+
+def test_plot_labels_every_axis():
+    rep = replicate(experiment([]), 3, name="toy", config={"v": 1}, progress=False)
+    axes = rep.plot(["boundary", "count"], labels={"boundary": "boundary"}, ylabels={"boundary": "step"})
+    assert [ax.get_ylabel() for ax in axes] == ["step", "count"]

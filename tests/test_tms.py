@@ -200,3 +200,19 @@ def test_tempered_sampler_is_deterministic_and_swaps():
     b = tms.sample_posterior_tempered([50, 100, 200], **kw)
     assert np.array_equal(a["W"], b["W"]) and a["W"].shape == (2, 3, 2, 2, 6)
     assert a["swap_rate"].shape == (2,) and (a["swap_rate"] > 0).all()
+
+
+def test_kgon_llc_row_is_a_replication_row():
+    """One seed of the k-gon replication: a flat row of numbers and claims for replicate(), names checked."""
+    import warnings
+
+    from slt_companion.replicate import _plain
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row = tms.kgon_llc_row(3, num_chains=2, num_draws=20, num_burnin=10, names=["5-", "5 (c=5)"])
+    assert list(row) == [f"{s}_{k}" for k in ("5m", "5c5") for s in ("lam", "sem", "rhat", "ess", "conv")]
+    assert all(math.isfinite(row[f"lam_{k}"]) for k in ("5m", "5c5")) and isinstance(row["conv_5m"], bool)
+    assert {k: _plain(k, v) for k, v in row.items()} == row
+    with pytest.raises(ValueError, match="names must be among"):
+        tms.kgon_llc_row(3, num_chains=2, num_draws=20, num_burnin=10, names=["7"])
