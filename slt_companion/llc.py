@@ -464,7 +464,10 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
     minibatch stream, step size (``"auto"`` chooses it per checkpoint) and diagnostics, and their random numbers
     do not depend on which other checkpoints run beside them. With ``num_draws="auto"`` each checkpoint stops when
     *it* has converged and leaves the batch (:meth:`ConvergenceRule.group_stop_fn`); a checkpoint whose chains
-    diverge or outgrow their step is rerun on its own with :func:`estimate_llc`'s automatic restarts.
+    diverge or outgrow their step is rerun on its own with :func:`estimate_llc`'s automatic restarts. With
+    ``params=`` (a refined LLC over a trajectory) each chain also carries its own checkpoint's values of the
+    parameters left out of the sampling, held fixed; only checkpoints whose frozen tensors differ in structure are
+    run one at a time.
 
     ``chunk_size``: checkpoints per batched run (default :data:`CHECKPOINTS_PER_RUN`); all their chains are one
     ``(chunk_size * num_chains, D)`` tensor, one vmapped forward/backward per step.
@@ -517,8 +520,20 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
     return ests
 
 
-def _same_frozen(a: _Problem, b: _Problem) -> bool:
-    return a.frozen.keys() == b.frozen.keys() and all(torch.equal(a.frozen[k], b.frozen[k]) for k in a.frozen)
+def _chain_frozen(probs: list, num_chains: int) -> dict | None:
+    """The tensors left out of the sampling (``params=``) that differ between the checkpoints, stacked with one row
+    per chain (``{}``: none differ), or ``None`` when they cannot be stacked (other names, shapes or dtypes)."""
+    base = probs[0].frozen
+    if any(p.frozen.keys() != base.keys() for p in probs[1:]):
+        return None
+    out = {}
+    for k, v in base.items():
+        vals = [p.frozen[k] for p in probs]
+        if any(u.shape != v.shape or u.dtype != v.dtype or u.device != v.device for u in vals[1:]):
+            return None
+        if not all(torch.equal(v, u) for u in vals[1:]):
+            out[k] = torch.stack(vals).repeat_interleave(int(num_chains), dim=0)
+    return out
 
 
 def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin, rule, step_size, localization,
@@ -531,8 +546,9 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
                   progress=progress, preconditioner=preconditioner, baseline=baseline)
     base_prob = probs[0]
     nb = float(default_nbeta(base_prob.n) if nbeta is None else nbeta)
-    if len(probs) == 1 or not all(_same_frozen(base_prob, p) for p in probs[1:]):
-        # parameters left out of the sampling differ between checkpoints: one run each (params= over a trajectory)
+    frozen = _chain_frozen(probs, num_chains) if len(probs) > 1 else {}
+    if len(probs) == 1 or frozen is None:
+        # the frozen tensors cannot be stacked per chain (another structure per checkpoint): one run each
         if len(probs) > 1:
             return [x for m, p in zip(models, probs)
                     for x in _estimate_batch([m], [p], loss_fn, nbeta=nbeta, **single)]
@@ -573,7 +589,7 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         checks = [curvature_check(p, c) if "auto_step" in x else None for p, c, x in zip(probs, one, extras)]
         stop = rule.group_stop_fn(llc_ofs, groups, BLOCK, checks) if rule is not None else None
         res = _run(base_prob, cfg, progress=progress, record_params=False, center_loss=(baseline == "paired"),
-                   on_divergence="raise", stop=stop, centers=centers, groups=groups)
+                   on_divergence="raise", stop=stop, centers=centers, groups=groups, frozen=frozen or None)
     out = []
     for g, (prob, model) in enumerate(zip(probs, models)):
         steps, burnin, reason = res.extras["group_stop"][g]

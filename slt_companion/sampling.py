@@ -343,6 +343,7 @@ class _Problem:
         self.frozen.update({k: v for k, v in model.named_buffers()})
         self.center = torch.cat([named[k].detach().reshape(-1) for k in self.names]).to(self.device)
         self._center_loss: float | None = None  # L(w*) on the full data: see center_loss()
+        self.chain_frozen: dict | None = None   # frozen tensors that differ per chain, (chains, ...): see with_chain_frozen
         bad = [k for k in self.names if not bool(torch.isfinite(named[k].detach()).all())]
         if bad:
             raise ValueError(f"the model's parameters {bad} hold NaN/inf: the centre w* must be finite (train or "
@@ -355,6 +356,16 @@ class _Problem:
         fl = getattr(loss_fn, "batched", None)
         self.fast_loss = fl if callable(fl) else None
         self._fused = vmap(self._loss_one)
+
+    def with_chain_frozen(self, frozen: dict) -> "_Problem":
+        """A shallow copy whose chains each carry their own values of the frozen tensors in ``frozen``
+        (``{name: (chains, *shape)}``): the checkpoints of a trajectory sampled over a subset of their parameters
+        (``params=``), the rest differing per checkpoint. Other frozen tensors stay shared."""
+        import copy
+
+        out = copy.copy(self)
+        out.chain_frozen = dict(frozen)
+        return out
 
     def views(self, W: torch.Tensor) -> dict:
         out, off = {}, 0
@@ -374,6 +385,8 @@ class _Problem:
                        fast: bool = True) -> torch.Tensor:
         """Per-chain mean loss ``(C,)`` for chain states ``W (C, D)`` on minibatches ``xb (C, B, ...)``."""
         views = self.views(W)
+        if self.chain_frozen is not None:       # vmapped like the sampled parameters (they override self.frozen)
+            views = {**views, **self.chain_frozen}
         if not fast or (self.fast_forward is None and self.fast_loss is None):
             return self._fused(views, xb, yb)            # one vmap over model and loss together
         if self.fast_forward is not None:
@@ -406,9 +419,10 @@ class _Problem:
         return total / self.n
 
     @torch.no_grad()
-    def per_sample_losses(self, w: torch.Tensor, chunk: int = 8192) -> torch.Tensor | None:
-        """The loss of each sample at ``w`` if ``loss_fn`` is a mean over samples, else ``None``."""
-        p = {k: v[0] for k, v in self.views(w[None]).items()}
+    def per_sample_losses(self, w: torch.Tensor, chunk: int = 8192, frozen: dict | None = None) -> torch.Tensor | None:
+        """The loss of each sample at ``w`` (with the frozen tensors ``frozen`` overriding the problem's) if
+        ``loss_fn`` is a mean over samples, else ``None``."""
+        p = {k: v[0] for k, v in self.views(w[None]).items()} | (frozen or {})
 
         def one(x1, y1):
             return self.loss_fn(self._forward_one(p, x1[None]), y1[None])
@@ -599,13 +613,15 @@ def _check_chain_mask(chain_mask, num_chains: int, prob: _Problem) -> torch.Tens
 
 def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, center_loss, on_divergence,
          mask: torch.Tensor | None = None, stop: Callable | None = None, centers: torch.Tensor | None = None,
-         groups: list | None = None):
+         groups: list | None = None, frozen: dict | None = None):
     """The SGLD loop. ``centers`` ``(chains, D)``: a centre w* per chain (default: ``prob.center`` for all).
     ``groups``: lists of chain indices that are separate estimates (checkpoints); ``stop`` may then return
     ``{group: (num_burnin, reason)}`` to retire groups, whose chains leave the batch (their traces end there,
     NaN after), and a group whose chain diverges is retired with reason ``"diverged"`` instead of raising.
     ``extras["group_stop"]`` lists ``(steps run, num_burnin, reason)`` per group. A chain's random numbers depend
-    only on ``config.seed`` and its index within its group (the generators are those of a one-group run)."""
+    only on ``config.seed`` and its index within its group (the generators are those of a one-group run).
+    ``frozen`` ``{name: (chains, *shape)}``: values of parameters left out of the sampling that differ per chain
+    (:meth:`_Problem.with_chain_frozen`; with ``centers``)."""
     cfg = config
     C, D, dev = cfg.num_chains, prob.D, prob.device
     T = cfg.num_steps
@@ -620,6 +636,8 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             raise ValueError("groups must partition the chains 0..num_chains-1")
         gens = [gens[order.index(c)] for c in range(C)]
     streams = [_BatchStream(prob.n, cfg.batch_size, g) for g in gens]
+    if frozen and centers is None:
+        raise ValueError("frozen (per-chain frozen tensors) needs centers (a centre per chain)")
     if centers is None:
         center = prob.center                                   # (D,), shared
         inverse = torch.zeros(C, dtype=torch.long)
@@ -628,12 +646,24 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         centers = centers.to(device=dev, dtype=prob.dtype)
         if tuple(centers.shape) != (C, D):
             raise ValueError(f"centers must have shape (num_chains, D) = ({C}, {D}), got {tuple(centers.shape)}")
-        uniq, inverse = torch.unique(centers, dim=0, return_inverse=True)
+        key = centers
+        if frozen:                 # chains are at the same point only if their frozen tensors agree too
+            if any(v.shape[0] != C for v in frozen.values()):
+                raise ValueError(f"frozen tensors need one row per chain ({C})")
+            frozen = {k: v.to(dev) for k, v in frozen.items()}
+            key = torch.cat([centers] + [v.reshape(C, -1).to(prob.dtype) for v in frozen.values()], dim=1)
+            prob = prob.with_chain_frozen(frozen)
+        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
         inverse = inverse.cpu()
+        first = [int(torch.nonzero(inverse == j)[0]) for j in range(uniq.shape[0])]   # a chain at each point
+        uniq = centers[first]
         center = centers.clone()                               # (C, D), one row per chain
     psl = None
     if center_loss:
-        rows = [prob.per_sample_losses(u) for u in uniq]
+        if centers is not None and frozen:
+            rows = [prob.per_sample_losses(centers[c], frozen={k: v[c] for k, v in frozen.items()}) for c in first]
+        else:
+            rows = [prob.per_sample_losses(u) for u in uniq]
         psl = torch.stack(rows) if all(r is not None for r in rows) else None   # (unique centres, n)
 
     W = (center.expand(C, D) if center.dim() == 1 else center).clone()
@@ -671,7 +701,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
 
     def retire(verdicts: dict, steps: int):
         """Drop the chains of the groups in ``verdicts`` from every per-chain array."""
-        nonlocal W, V, center, pull, h_eps, s_eps, shrink, gscale, mask, active, gens, streams, inverse
+        nonlocal W, V, center, pull, h_eps, s_eps, shrink, gscale, mask, active, gens, streams, inverse, prob
         for g, (burnin, reason) in verdicts.items():
             group_stop[int(g)] = (steps, int(burnin), str(reason))
         gone = torch.isin(group_of[active], torch.tensor(sorted(verdicts), dtype=torch.long))
@@ -687,6 +717,8 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             if plain:
                 shrink, gscale = shrink[kd], gscale[kd]
         mask = mask[kd] if mask is not None else None
+        if prob.chain_frozen is not None:
+            prob = prob.with_chain_frozen({k: v[kd] for k, v in prob.chain_frozen.items()})
         gens = [gens[i] for i in keep.tolist()]
         streams = [streams[i] for i in keep.tolist()]
         inverse = inverse[keep]

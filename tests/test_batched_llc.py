@@ -145,10 +145,24 @@ def test_one_warning_lists_the_unconverged_checkpoints(checkpoints):
     assert sum(issubclass(w.category, LLCConvergenceWarning) for w in rec) == 1
 
 
-def test_refined_over_checkpoints_runs_each_alone_and_agrees(checkpoints):
-    """params= leaves the other weights at each checkpoint's own values: those runs cannot share a batch, and
-    each equals estimate_llc(params=...)."""
-    _alone_and_together(checkpoints, **KW, num_draws=100, step_size=1e-4, params=["2.weight", "2.bias"])
+def test_refined_over_checkpoints_is_batched_and_agrees(checkpoints):
+    """params= leaves the other weights at each checkpoint's own values: each chain carries its checkpoint's
+    frozen weights through the batched run, and each result equals estimate_llc(params=...)."""
+    together = _alone_and_together(checkpoints, **KW, num_draws=100, step_size=1e-4, params=["2.weight", "2.bias"])
+    assert together[0].extras["batched"]["checkpoints"] == 3
+
+
+def test_checkpoints_equal_in_the_sampled_weights_are_told_apart_by_the_frozen_ones(checkpoints):
+    """Two checkpoints with the same last layer but different first layers are different points: the paired
+    baseline (the loss at each chain's own centre) must use each one's own frozen weights."""
+    import copy
+
+    twin = copy.deepcopy(checkpoints[0])
+    with torch.no_grad():
+        twin[0].weight.mul_(0.5)
+    together = _alone_and_together([checkpoints[0], twin], **KW, num_draws=60, step_size=1e-4,
+                                   params=["2.weight", "2.bias"])
+    assert together[0].mean != together[1].mean
 
 
 def test_llc_over_trajectory_equals_estimate_llc_at_a_checkpoint():
