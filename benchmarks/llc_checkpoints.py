@@ -12,7 +12,9 @@ nβ, seed) for every checkpoint:
 (b) the command-line tool ``python -m slt_companion.llc_trajectory`` on the same checkpoints saved as state dicts,
     launched with ``torchrun --standalone --nproc-per-node P`` for P = 1 and 2 (gloo, one thread per process): wall
     time including each process's start-up (importing torch, forming the process group), the ratio *one process /
-    two*, and the largest difference between their means and (a)'s.
+    two*, and the largest difference between their means and (a)'s;
+(c) the same as (a) for a *refined* LLC: only the last layer sampled (``params=``), every other weight held at its
+    checkpoint's values (each chain of the batched run carries its checkpoint's frozen weights).
 
 The model is an MLP trained briefly on teacher-student data; the checkpoints are log-spaced steps of its
 training. Writes ``benchmarks/results/llc_checkpoints.json`` and prints a table.
@@ -129,6 +131,18 @@ def main(argv=None) -> int:
             t_batch.append(time.perf_counter() - t)
         diff_a = max(abs(a.mean - b.mean) for a, b in zip(loop, batched))
 
+        # (c) a refined LLC (the last layer only) over the checkpoints: loop against batched
+        last = [n for n, _ in models[0].named_parameters()][-2:]          # the last Linear's weight and bias
+        t_rloop, t_rbatch = [], []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            rloop = [estimate_llc(m, half_mse, d.xy, params=last, progress=False, **L) for m in models]
+            t_rloop.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            rbatched = estimate_llcs(models, half_mse, d.xy, params=last, progress=False, **L)
+            t_rbatch.append(time.perf_counter() - t)
+        diff_c = max(abs(a.mean - b.mean) for a, b in zip(rloop, rbatched))
+
         # (b) the CLI under torchrun, one and two processes
         env = {**os.environ, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(p for p in [str(work), str(ROOT), os.environ.get("PYTHONPATH")] if p)}
@@ -155,6 +169,7 @@ def main(argv=None) -> int:
 
     ratio_a = min(t_loop) / min(t_batch)
     ratio_b = runs[1]["seconds"] / runs[2]["seconds"]
+    ratio_c = min(t_rloop) / min(t_rbatch)
     rows = [{"checkpoint_step": s, "loop": a.mean, "batched": b.mean, "cli_1": c1, "cli_2": c2,
              "rhat": b.rhat, "ess": b.ess, "converged": b.converged}
             for s, a, b, c1, c2 in zip(steps, loop, batched, runs[1]["means"], runs[2]["means"])]
@@ -165,6 +180,8 @@ def main(argv=None) -> int:
               f"{r['cli_2']:>13.4f} {r['rhat']:>7.3f} {r['ess']:>6.0f}")
     print(f"\n(a) one process, {args.threads} thread(s): loop of estimate_llc {min(t_loop):.2f} s, estimate_llcs "
           f"{min(t_batch):.2f} s: ratio loop / batched = {ratio_a:.2f}; max |difference of means| = {diff_a:.3g}")
+    print(f"(c) refined LLC of {last}, one process: loop {min(t_rloop):.2f} s, batched {min(t_rbatch):.2f} s: "
+          f"ratio loop / batched = {ratio_c:.2f}; max |difference of means| = {diff_c:.3g}")
     print(f"(b) CLI under torchrun, start-up included: 1 process {runs[1]['seconds']:.1f} s, 2 processes "
           f"{runs[2]['seconds']:.1f} s: ratio 1 / 2 = {ratio_b:.2f}; max |difference of means| 1 vs 2 = "
           f"{diff_b:.3g}, CLI vs (a) = {diff_cli_vs_a:.3g}")
@@ -178,6 +195,8 @@ def main(argv=None) -> int:
         "meta": meta, "model_widths": size["widths"], "n": size["n"], "checkpoint_steps": steps, "settings": L,
         "in_process": {"seconds_loop": t_loop, "seconds_batched": t_batch, "ratio_loop_over_batched": ratio_a,
                        "max_abs_diff_means": diff_a},
+        "refined_in_process": {"params": last, "seconds_loop": t_rloop, "seconds_batched": t_rbatch,
+                               "ratio_loop_over_batched": ratio_c, "max_abs_diff_means": diff_c},
         "cli": {"seconds_1_process": runs[1]["seconds"], "seconds_2_processes": runs[2]["seconds"],
                 "ratio_1_over_2": ratio_b, "world_sizes": [runs[1]["world_size"], runs[2]["world_size"]],
                 "max_abs_diff_means_1_vs_2": diff_b, "max_abs_diff_means_cli_vs_in_process": diff_cli_vs_a},

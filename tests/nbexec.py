@@ -261,7 +261,7 @@ def execute_page(path: Path, *, cache_dir: Path | None = None, timeout: float = 
     with tempfile.TemporaryDirectory(prefix="slt-nb-") as tmp:
         dump = os.path.join(tmp, "stack.txt")
         client = _client_class()(nb, socket_dir=tmp, dump_path=dump, timeout=max(1, math.ceil(timeout)), kernel_name="python3",
-                                 allow_errors=False, record_timing=False,
+                                 allow_errors=False, record_timing=True,   # per-cell times: notebooks.py section-times
                                  resources={"metadata": {"path": str(path.parent)}})
         try:
             client.execute(cwd=str(path.parent))

@@ -5,6 +5,8 @@
                                                    # per-chapter execution times of the last build in BUILD
                                                    # (e.g. _build), read from its jupyter-cache; --record writes
                                                    # them to book/_data/run_times.json for the {runtime} role
+    python tests/notebooks.py section-times BUILD  # per page and "## " section: seconds its code cells took
+                                                   # in the last build (nbclient's per-cell timing)
 
 Executing pages is tests/nbexec.py's job (``python tests/nbexec.py PAGE.md`` runs one page and reports the
 failing cell).
@@ -70,6 +72,52 @@ def execution_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, float
     return [(d, records.get(d, (None,))[0]) for d in toc_docnames(root) if is_notebook(source_of(d, root))]
 
 
+def section_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, str, float]]:
+    """``(docname, section, seconds)``: how long the code cells under each ``## `` heading of every executed page
+    took in the build's jupyter-cache (from the per-cell timing nbexec records; ``-`` = before the first heading)."""
+    import datetime
+
+    import jupytext
+    from jupyter_cache import get_cache
+
+    def when(stamp: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+    cache_path = build_dir / ".jupyter_cache"
+    if not cache_path.exists():
+        return []
+    cache = get_cache(str(cache_path))
+    latest = {}
+    for rec in cache.list_cache_records():
+        try:
+            key = str(Path(rec.uri).resolve().relative_to(root.resolve()).with_suffix(""))
+        except ValueError:
+            continue
+        if key not in latest or rec.created > latest[key].created:
+            latest[key] = rec
+    out = []
+    for docname in toc_docnames(root):
+        rec = latest.get(docname)
+        if rec is None:
+            continue
+        sections, heading = [], "-"                     # the section of each code cell, from the page's source
+        for cell in jupytext.read(source_of(docname, root)).cells:
+            if cell.cell_type == "markdown":
+                heading = next((ln[3:].strip() for ln in reversed(cell.source.splitlines()) if ln.startswith("## ")),
+                               heading)
+            elif cell.cell_type == "code":
+                sections.append(heading)
+        totals: dict = {}
+        codes = [c for c in cache.get_cache_bundle(rec.pk).nb.cells if c.cell_type == "code"]
+        for heading, cell in zip(sections, codes):
+            ex = cell.get("metadata", {}).get("execution", {})
+            if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+                secs = (when(ex["shell.execute_reply"]) - when(ex["iopub.execute_input"])).total_seconds()
+                totals[heading] = totals.get(heading, 0.0) + secs
+        out += [(docname, h, s) for h, s in totals.items()]
+    return out
+
+
 def exec_table(build_dir: Path, root: Path = ROOT) -> str:
     rows = execution_times(build_dir, root)
     lines = ["seconds  page (execution time of the last build that ran it)"]
@@ -109,7 +157,7 @@ def record_times(build_dir: Path, mode: str, root: Path = ROOT) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"list", "exec-table"}:
+    if not argv or argv[0] not in {"list", "exec-table", "section-times"}:
         print(__doc__)
         return 2
     cmd, args = argv[0], argv[1:]
@@ -117,6 +165,16 @@ def main(argv: list[str]) -> int:
         for docname in toc_docnames():
             src = source_of(docname)
             print(f"{docname:50s} {src.relative_to(ROOT)}  notebook={is_notebook(src)}")
+    elif cmd == "section-times":
+        if len(args) != 1:
+            print("usage: notebooks.py section-times BUILD_DIR")
+            return 2
+        rows = section_times(Path(args[0]))
+        for docname, heading, secs in rows:
+            print(f"{secs:8.1f}  {docname}  § {heading}")
+        rep = sum(s for _, h, s in rows if "replicate" in h.lower())
+        print(f"{sum(s for *_, s in rows) / 60:8.1f} min in all code cells; {rep / 60:.1f} min in the "
+              "\"Does it replicate?\" sections")
     elif cmd == "exec-table":
         if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--record"):
             print("usage: notebooks.py exec-table BUILD_DIR [--record full|quick]")
