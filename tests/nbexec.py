@@ -261,7 +261,7 @@ def execute_page(path: Path, *, cache_dir: Path | None = None, timeout: float = 
     with tempfile.TemporaryDirectory(prefix="slt-nb-") as tmp:
         dump = os.path.join(tmp, "stack.txt")
         client = _client_class()(nb, socket_dir=tmp, dump_path=dump, timeout=max(1, math.ceil(timeout)), kernel_name="python3",
-                                 allow_errors=False, record_timing=True,   # per-cell times: notebooks.py section-times
+                                 allow_errors=False, record_timing=True,   # per-cell times: stored in the record data
                                  resources={"metadata": {"path": str(path.parent)}})
         try:
             client.execute(cwd=str(path.parent))
@@ -277,9 +277,25 @@ def execute_page(path: Path, *, cache_dir: Path | None = None, timeout: float = 
     if error is None and cache is not None:
         from jupyter_cache.base import CacheBundleIn
 
-        cache.cache_notebook_bundle(CacheBundleIn(nb, str(path), data={"execution_seconds": seconds}),
+        # per-cell times go into the record's data, not the cells: jupyter-cache hashes cell metadata, and a cell
+        # carrying nbclient's timing would no longer match its source (Jupyter Book would execute it again)
+        cell_seconds = [_cell_seconds(c.metadata.pop("execution", {})) for c in nb.cells if c.cell_type == "code"]
+        cache.cache_notebook_bundle(CacheBundleIn(nb, str(path), data={"execution_seconds": seconds,
+                                                                       "cell_seconds": cell_seconds}),
                                     check_validity=False, overwrite=True)
     return PageRun(path, seconds, error=error)
+
+
+def _cell_seconds(execution: dict) -> float | None:
+    """Seconds from nbclient's ``execute_input`` to ``execute_reply`` timestamps (None if absent)."""
+    import datetime
+
+    try:
+        start, end = (datetime.datetime.fromisoformat(execution[k].replace("Z", "+00:00"))
+                      for k in ("iopub.execute_input", "shell.execute_reply"))
+    except (KeyError, ValueError):
+        return None
+    return (end - start).total_seconds()
 
 
 def notebook_pages(root: Path = ROOT) -> list[Path]:

@@ -74,14 +74,9 @@ def execution_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, float
 
 def section_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, str, float]]:
     """``(docname, section, seconds)``: how long the code cells under each ``## `` heading of every executed page
-    took in the build's jupyter-cache (from the per-cell timing nbexec records; ``-`` = before the first heading)."""
-    import datetime
-
+    took in the build's jupyter-cache (from the per-cell times nbexec stores in each record's data; ``-`` = before the first heading)."""
     import jupytext
     from jupyter_cache import get_cache
-
-    def when(stamp: str) -> datetime.datetime:
-        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
     cache_path = build_dir / ".jupyter_cache"
     if not cache_path.exists():
@@ -108,11 +103,8 @@ def section_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, str, fl
             elif cell.cell_type == "code":
                 sections.append(heading)
         totals: dict = {}
-        codes = [c for c in cache.get_cache_bundle(rec.pk).nb.cells if c.cell_type == "code"]
-        for heading, cell in zip(sections, codes):
-            ex = cell.get("metadata", {}).get("execution", {})
-            if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
-                secs = (when(ex["shell.execute_reply"]) - when(ex["iopub.execute_input"])).total_seconds()
+        for heading, secs in zip(sections, rec.data.get("cell_seconds") or []):
+            if secs is not None:
                 totals[heading] = totals.get(heading, 0.0) + secs
         out += [(docname, h, s) for h, s in totals.items()]
     return out

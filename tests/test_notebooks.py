@@ -175,3 +175,17 @@ def test_a_lost_socket_wakeup_costs_a_second_not_a_cell_timeout(tmp_path, monkey
     with pytest.raises(Exception) as err:
         asyncio.run(sliced_get_msg(slow_then_empty, slice_s=0.05)(timeout=0.3))
     assert type(err.value).__name__ == "Empty" and 0.25 < time.monotonic() - start < 2
+
+
+def test_the_cached_execution_matches_its_source_for_jupyter_book(tmp_path):
+    """Jupyter Book looks a page up by a hash that includes cell metadata: the cached notebook must match the
+    page's source (per-cell times live in the record's data), or the book build would execute every page again."""
+    from jupyter_cache import get_cache
+    from nbexec import read_page
+
+    page = _page(tmp_path, "timed", "import time\ntime.sleep(0.2)", "print(1)")
+    assert execute_page(page, cache_dir=tmp_path / "cache", timeout=60).ok
+    cache = get_cache(str(tmp_path / "cache"))
+    rec = cache.match_cache_notebook(read_page(page))   # as MyST-NB reads it
+    secs = rec.data["cell_seconds"]
+    assert len(secs) == 2 and secs[0] >= 0.2 and secs[1] >= 0
