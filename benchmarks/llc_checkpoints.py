@@ -120,28 +120,23 @@ def main(argv=None) -> int:
               f"{L['num_chains']} chains x ({L['num_burnin']} + {L['num_draws']}) steps each, "
               f"step size {L['step_size']:g}", flush=True)
 
-        # (a) one process: a loop of estimate_llc against estimate_llcs
-        t_loop, t_batch = [], []
-        for _ in range(args.repeats):                         # alternate, so that a change in load hits both
-            t = time.perf_counter()
-            loop = [estimate_llc(m, half_mse, d.xy, progress=False, **L) for m in models]
-            t_loop.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            batched = estimate_llcs(models, half_mse, d.xy, progress=False, **L)
-            t_batch.append(time.perf_counter() - t)
-        diff_a = max(abs(a.mean - b.mean) for a, b in zip(loop, batched))
+        def loop_and_batched(**kw):
+            """Alternating timings (a change in load hits both) of the loop and the batched call, their results."""
+            t_loop, t_batch = [], []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                loop = [estimate_llc(m, half_mse, d.xy, progress=False, **kw, **L) for m in models]
+                t_loop.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                batched = estimate_llcs(models, half_mse, d.xy, progress=False, **kw, **L)
+                t_batch.append(time.perf_counter() - t)
+            return t_loop, t_batch, loop, batched, max(abs(a.mean - b.mean) for a, b in zip(loop, batched))
 
+        # (a) one process: a loop of estimate_llc against estimate_llcs
+        t_loop, t_batch, loop, batched, diff_a = loop_and_batched()
         # (c) a refined LLC (the last layer only) over the checkpoints: loop against batched
         last = [n for n, _ in models[0].named_parameters()][-2:]          # the last Linear's weight and bias
-        t_rloop, t_rbatch = [], []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            rloop = [estimate_llc(m, half_mse, d.xy, params=last, progress=False, **L) for m in models]
-            t_rloop.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            rbatched = estimate_llcs(models, half_mse, d.xy, params=last, progress=False, **L)
-            t_rbatch.append(time.perf_counter() - t)
-        diff_c = max(abs(a.mean - b.mean) for a, b in zip(rloop, rbatched))
+        t_rloop, t_rbatch, _, _, diff_c = loop_and_batched(params=last)
 
         # (b) the CLI under torchrun, one and two processes
         env = {**os.environ, "OMP_NUM_THREADS": "1",

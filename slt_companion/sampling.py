@@ -638,6 +638,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
     streams = [_BatchStream(prob.n, cfg.batch_size, g) for g in gens]
     if frozen and centers is None:
         raise ValueError("frozen (per-chain frozen tensors) needs centers (a centre per chain)")
+    uniq_frozen = None                                         # per unique centre: its own frozen tensors
     if centers is None:
         center = prob.center                                   # (D,), shared
         inverse = torch.zeros(C, dtype=torch.long)
@@ -657,13 +658,12 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         inverse = inverse.cpu()
         first = [int(torch.nonzero(inverse == j)[0]) for j in range(uniq.shape[0])]   # a chain at each point
         uniq = centers[first]
+        if frozen:
+            uniq_frozen = [{k: v[c] for k, v in frozen.items()} for c in first]
         center = centers.clone()                               # (C, D), one row per chain
     psl = None
     if center_loss:
-        if centers is not None and frozen:
-            rows = [prob.per_sample_losses(centers[c], frozen={k: v[c] for k, v in frozen.items()}) for c in first]
-        else:
-            rows = [prob.per_sample_losses(u) for u in uniq]
+        rows = [prob.per_sample_losses(u, frozen=f) for u, f in zip(uniq, uniq_frozen or [None] * len(uniq))]
         psl = torch.stack(rows) if all(r is not None for r in rows) else None   # (unique centres, n)
 
     W = (center.expand(C, D) if center.dim() == 1 else center).clone()

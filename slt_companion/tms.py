@@ -560,7 +560,7 @@ def kgon_llc_row(seed: int, *, num_chains: int, num_draws: int, num_burnin: int,
     unknown = [nm for nm in names if nm not in LLC_KGONS]
     if unknown:
         raise ValueError(f"names must be among {list(LLC_KGONS)}, got {unknown}")
-    row = {}
+    est = {}
     for c in sorted({LLC_KGONS[nm][0] for nm in names}, reverse=True):
         group = [nm for nm in names if LLC_KGONS[nm][0] == c]
         data = tms_data(LLC_SETTINGS["n"], c, seed=seed)
@@ -573,12 +573,9 @@ def kgon_llc_row(seed: int, *, num_chains: int, num_draws: int, num_burnin: int,
                              num_burnin=num_burnin, step_size=LLC_SETTINGS["step_size"], nbeta=LLC_SETTINGS["nbeta"],
                              localization=LLC_SETTINGS["localization"], batch_size=LLC_SETTINGS["batch_size"],
                              seed=seed, device="cpu", progress=progress)
-        for name, e in zip(group, ests):
-            key = LLC_KEYS[name]
-            row |= {f"lam_{key}": e.mean, f"sem_{key}": e.sem, f"rhat_{key}": e.rhat, f"ess_{key}": e.ess,
-                    f"conv_{key}": e.converged}
-    return {f"{stat}_{LLC_KEYS[nm]}": row[f"{stat}_{LLC_KEYS[nm]}"] for nm in names
-            for stat in ("lam", "sem", "rhat", "ess", "conv")}
+        est |= dict(zip(group, ests))
+    stats = {"lam": "mean", "sem": "sem", "rhat": "rhat", "ess": "ess", "conv": "converged"}
+    return {f"{col}_{LLC_KEYS[nm]}": getattr(est[nm], attr) for nm in names for col, attr in stats.items()}
 
 
 def classify_trajectory(W, b, **kwargs) -> list:

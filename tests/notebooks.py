@@ -57,46 +57,41 @@ def is_notebook(path: Path) -> bool:
 def execution_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, float | None]]:
     """``(docname, seconds)`` for every notebook page of _toc.yml, from the build's jupyter-cache
     (``None`` when a page has no cached execution, e.g. it failed)."""
+    records = _latest_records(build_dir, root, lambda rec: rec.data.get("execution_seconds") is not None)
+    return [(d, float(records[d].data["execution_seconds"]) if d in records else None)
+            for d in toc_docnames(root) if is_notebook(source_of(d, root))]
+
+
+def _latest_records(build_dir: Path, root: Path, keep=lambda rec: True) -> dict:
+    """``{docname: the newest record of the build's jupyter-cache for that page}``, among records that ``keep``."""
     from jupyter_cache import get_cache
 
     cache_path = build_dir / ".jupyter_cache"
-    records = {}
+    latest = {}
     if cache_path.exists():
         for rec in get_cache(str(cache_path)).list_cache_records():
             try:
                 key = str(Path(rec.uri).resolve().relative_to(root.resolve()).with_suffix(""))
             except ValueError:
                 continue
-            if rec.data.get("execution_seconds") is not None and (key not in records or rec.created > records[key][1]):
-                records[key] = (float(rec.data["execution_seconds"]), rec.created)
-    return [(d, records.get(d, (None,))[0]) for d in toc_docnames(root) if is_notebook(source_of(d, root))]
+            if keep(rec) and (key not in latest or rec.created > latest[key].created):
+                latest[key] = rec
+    return latest
 
 
 def section_times(build_dir: Path, root: Path = ROOT) -> list[tuple[str, str, float]]:
     """``(docname, section, seconds)``: how long the code cells under each ``## `` heading of every executed page
     took in the build's jupyter-cache (from the per-cell times nbexec stores in each record's data; ``-`` = before the first heading)."""
-    import jupytext
-    from jupyter_cache import get_cache
+    from nbexec import read_page     # the reader that made the executed notebook: its code cells align
 
-    cache_path = build_dir / ".jupyter_cache"
-    if not cache_path.exists():
-        return []
-    cache = get_cache(str(cache_path))
-    latest = {}
-    for rec in cache.list_cache_records():
-        try:
-            key = str(Path(rec.uri).resolve().relative_to(root.resolve()).with_suffix(""))
-        except ValueError:
-            continue
-        if key not in latest or rec.created > latest[key].created:
-            latest[key] = rec
+    latest = _latest_records(build_dir, root)
     out = []
     for docname in toc_docnames(root):
         rec = latest.get(docname)
         if rec is None:
             continue
         sections, heading = [], "-"                     # the section of each code cell, from the page's source
-        for cell in jupytext.read(source_of(docname, root)).cells:
+        for cell in read_page(source_of(docname, root), root).cells:
             if cell.cell_type == "markdown":
                 heading = next((ln[3:].strip() for ln in reversed(cell.source.splitlines()) if ln.startswith("## ")),
                                heading)
