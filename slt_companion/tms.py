@@ -40,7 +40,8 @@ from ._checks import check_int
 __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSITIONS", "tms_loss",
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
            "kgon_llc", "pretty_name", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
-           "LLC_KGONS", "LLC_KEYS", "kgon_llc_table", "kgon_llc_row", "classify_trajectory", "plateaus", "count_transitions",
+           "LLC_KGONS", "LLC_KEYS", "kgon_llc_table", "kgon_llc_row", "kgon_replica_settings", "kgon_at_minimum",
+           "classify_trajectory", "plateaus", "count_transitions",
            "sample_posterior", "draw_configuration", "posterior_census", "crossing_n",
            "sample_posterior_tempered"]
 
@@ -471,39 +472,40 @@ def hessian_eigenvalues(W, b) -> np.ndarray:
 def _llc_settings() -> dict:
     n = 20_000
     nbeta = n / math.log(n)
-    return {"n": n, "nbeta": nbeta, "localization": 20.0, "step_size": 0.04 / nbeta, "batch_size": 500,
-            "data_seed": 0}
+    return {"n": n, "nbeta": nbeta, "localization": 20.0, "step_size": 0.24 / nbeta, "batch_size": 500,
+            "data_seed": 0, "max_draws": 20_000}
 
 
 #: The LLC settings of the k-gon table (Part III): n = 20,000, nβ = n/log n,
-#: localization γ = 20, SGLD step ε = 0.04/(nβ) (ε·h_max ≈ 0.1: the top Hessian eigenvalue of L is about 2.5),
-#: minibatch 500, data seed 0.
+#: localization γ = 20, SGLD step ε = 0.24/(nβ) (ε·nβ·h_max ≈ 0.6, below the stability limit 2: the top Hessian
+#: eigenvalue of L is about 2.5; at 0.04/(nβ) the chains need five times as many draws to converge), minibatch 500,
+#: data seed 0, and a budget of at most ``max_draws`` kept draws per chain for ``num_draws="auto"``.
 LLC_SETTINGS = _llc_settings()
 
 #: The k-gons whose LLC the book estimates: name -> (c, k, positive, negative).
 LLC_KGONS = {"6": (6, 6, 0, 0), "5+": (6, 5, 1, 0), "5-": (6, 5, 0, 1), "5 (c=5)": (5, 5, 0, 0)}
 
 
-def kgon_llc_table(names=None, *, num_chains: int | None = None, num_draws: int | None = None,
-                   num_burnin: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+def kgon_llc_table(names=None, *, num_chains: int | None = None, num_draws: int | str = "auto",
+                   num_burnin: int | None = None, max_draws: int | None = None, seed: int = 0,
+                   progress: bool = True) -> dict:
     r"""Estimate :math:`\hat\lambda` at each k-gon of :data:`LLC_KGONS` with :func:`slt_companion.llc.estimate_llc`.
 
     For each: ``n`` = ``LLC_SETTINGS["n"]`` inputs from :func:`slt_companion.data.tms_data`, the k-gon moved to the
     nearby minimum of :math:`L_n` (:func:`empirical_minimum`), then SGLD with :math:`n\beta = n/\log n`,
-    :math:`\gamma` = ``localization``, step ``step_size`` (:data:`LLC_SETTINGS`), loss :func:`tms_loss`. Sizes
-    default to 8 chains × 4000 draws after 2000 burn-in (4 × 200 after 200 with ``SLT_QUICK=1``). Results
-    are cached (:func:`slt_companion.cache.cached`), one entry per k-gon; ``names`` restricts the table to some
+    :math:`\gamma` = ``localization``, step ``step_size`` (:data:`LLC_SETTINGS`), loss :func:`tms_loss`. By default
+    4 chains (2 with ``SLT_QUICK=1``) sample until they have converged (``num_draws="auto"``), within a budget of
+    ``max_draws`` kept draws (``LLC_SETTINGS["max_draws"]``, 400 with ``SLT_QUICK=1``); a fixed ``num_draws`` takes
+    ``num_burnin`` (default ``num_draws // 2``). Results are cached (:func:`slt_companion.cache.cached`), one entry per k-gon; ``names`` restricts the table to some
     of :data:`LLC_KGONS`. Returns ``{name: {"estimate": LLCEstimate.to_dict(),
     "theory": λ, "loss": L_n at the centre, "pop_loss": population loss of the ideal k-gon, "c": c}}``.
     """
     from . import cache, config
     from .data import tms_data
     from .llc import estimate_llc
-    from .models import ToyModelOfSuperposition
 
-    num_chains = config.size(8, 4) if num_chains is None else num_chains
-    num_draws = config.size(4000, 200) if num_draws is None else num_draws
-    num_burnin = config.size(2000, 200) if num_burnin is None else num_burnin
+    num_chains = config.size(4, 2) if num_chains is None else num_chains
+    num_burnin, max_draws = _draw_plan(num_draws, num_burnin, max_draws)
     if names is None:
         names = list(LLC_KGONS)
     unknown = [nm for nm in names if nm not in LLC_KGONS]
@@ -513,16 +515,16 @@ def kgon_llc_table(names=None, *, num_chains: int | None = None, num_draws: int 
     for name in names:
         c, k, pos, neg = LLC_KGONS[name]
         cfg = dict(LLC_SETTINGS, c=c, k=k, positive=pos, negative=neg, num_chains=num_chains, num_draws=num_draws,
-                   num_burnin=num_burnin, seed=seed, negative_bias=-1.0)
+                   num_burnin=num_burnin, max_draws=max_draws, seed=seed, negative_bias=-1.0)
 
-        def compute(c=c, k=k, pos=pos, neg=neg):
+        def compute(name=name, c=c, k=k, pos=pos, neg=neg):
             data = tms_data(LLC_SETTINGS["n"], c, seed=LLC_SETTINGS["data_seed"])
+            model = kgon_at_minimum(name, data.x)
             W, b = k_gon(k, c, positive=pos, negative=neg, negative_bias=-1.0)
-            W1, b1 = empirical_minimum(W, b, data.x)
-            model = ToyModelOfSuperposition.from_params(W1, b1)
+            W1, b1 = model.W.detach(), model.b.detach()
             with cpu_threads(1):
                 est = estimate_llc(model, tms_loss, data.xy, num_chains=num_chains, num_draws=num_draws,
-                                   num_burnin=num_burnin, step_size=LLC_SETTINGS["step_size"],
+                                   num_burnin=num_burnin, max_draws=max_draws, step_size=LLC_SETTINGS["step_size"],
                                    nbeta=LLC_SETTINGS["nbeta"], localization=LLC_SETTINGS["localization"],
                                    batch_size=LLC_SETTINGS["batch_size"], seed=seed, device="cpu", progress=progress)
             return {"estimate": est.to_dict(), "moved": float(torch.sqrt(((W1 - W) ** 2).sum() + ((b1 - b) ** 2).sum())),
@@ -539,13 +541,58 @@ def kgon_llc_table(names=None, *, num_chains: int | None = None, num_draws: int 
 LLC_KEYS = {"6": "6", "5+": "5p", "5-": "5m", "5 (c=5)": "5c5"}
 
 
-def kgon_llc_row(seed: int, *, num_chains: int, num_draws: int, num_burnin: int, names=None,
-                 progress: bool = False) -> dict:
+def _draw_plan(num_draws, num_burnin, max_draws) -> tuple:
+    """``(num_burnin, max_draws)`` for :func:`slt_companion.llc.estimate_llc`: ``"auto"`` draws take a budget
+    (default ``LLC_SETTINGS["max_draws"]``, 400 in quick mode) and no burn-in count; a fixed count takes a burn-in
+    (default half the draws) and no budget."""
+    from . import config
+
+    if num_draws == "auto":
+        if num_burnin is not None:
+            raise ValueError("num_burnin must be None with num_draws='auto' (the burn-in is the first half of the run)")
+        return None, config.size(LLC_SETTINGS["max_draws"], 400) if max_draws is None else int(max_draws)
+    if max_draws is not None:
+        raise ValueError("max_draws is the budget of num_draws='auto'; with a fixed num_draws leave it None")
+    return (int(num_draws) // 2 if num_burnin is None else int(num_burnin)), None
+
+
+def kgon_at_minimum(name: str, x: torch.Tensor):
+    """The k-gon ``name`` of :data:`LLC_KGONS` (dead biases −1), moved to the nearby minimum of the empirical loss
+    on the inputs ``x`` (:func:`empirical_minimum`): the centre of the book's k-gon LLC estimates, as a
+    :class:`~slt_companion.models.ToyModelOfSuperposition`."""
+    from .models import ToyModelOfSuperposition
+
+    if name not in LLC_KGONS:
+        raise ValueError(f"name must be one of {list(LLC_KGONS)}, got {name!r}")
+    c, k, pos, neg = LLC_KGONS[name]
+    if x.ndim != 2 or x.shape[1] != c:
+        raise ValueError(f"x must be (n, {c}) inputs of the c = {c} model for the {name}-gon, got {tuple(x.shape)}")
+    W, b = k_gon(k, c, positive=pos, negative=neg, negative_bias=-1.0)
+    return ToyModelOfSuperposition.from_params(*empirical_minimum(W, b, x))
+
+
+def kgon_replica_settings() -> dict:
+    """The settings of the k-gon λ̂ replication over seeds in Part III's TMS chapters (one definition, so that both
+    chapters share its cache entries): :data:`LLC_SETTINGS` with ``negative_bias`` −1, 4 chains (2 with
+    ``SLT_QUICK=1``) sampled until converged (``num_draws="auto"``) within ``max_draws`` kept draws. Pass
+    ``num_chains``, ``num_draws`` and ``max_draws`` to :func:`kgon_llc_row`; the whole dict is the replication's
+    ``config``."""
+    from . import config
+
+    S = LLC_SETTINGS
+    return dict(n=S["n"], nbeta=S["nbeta"], localization=S["localization"], step_size=S["step_size"],
+                batch_size=S["batch_size"], negative_bias=-1.0, num_chains=config.size(4, 2), num_draws="auto",
+                max_draws=config.size(S["max_draws"], 400))
+
+
+def kgon_llc_row(seed: int, *, num_chains: int, num_draws: int | str = "auto", num_burnin: int | None = None,
+                 max_draws: int | None = None, names=None, progress: bool = False) -> dict:
     r"""One seed of a replication of :func:`kgon_llc_table`: :math:`\hat\lambda` at the k-gons of :data:`LLC_KGONS`
     with a *fresh data set* (:func:`slt_companion.data.tms_data` drawn with ``seed``) and chains seeded with ``seed``.
 
     The k-gons themselves are fixed; each is moved to the nearby minimum of that data set's :math:`L_n`
-    (:func:`empirical_minimum`). The settings are :data:`LLC_SETTINGS` (``negative_bias`` −1, as in the table); the
+    (:func:`empirical_minimum`). The settings are :data:`LLC_SETTINGS` (``negative_bias`` −1, as in the table;
+    ``num_draws``, ``num_burnin`` and ``max_draws`` as in :func:`kgon_llc_table`); the
     k-gons that share a feature count :math:`c` are sampled together with :func:`slt_companion.llc.estimate_llcs`
     (checkpoints as chains: the same numbers as one at a time). Returns a flat row for
     :func:`slt_companion.replicate.replicate`: for each k-gon key ``K`` (:data:`LLC_KEYS`) ``lam_K`` (λ̂), ``sem_K``,
@@ -554,23 +601,20 @@ def kgon_llc_row(seed: int, *, num_chains: int, num_draws: int, num_burnin: int,
     """
     from .data import tms_data
     from .llc import estimate_llcs
-    from .models import ToyModelOfSuperposition
 
     names = list(LLC_KGONS) if names is None else list(names)
     unknown = [nm for nm in names if nm not in LLC_KGONS]
     if unknown:
         raise ValueError(f"names must be among {list(LLC_KGONS)}, got {unknown}")
+    num_burnin, max_draws = _draw_plan(num_draws, num_burnin, max_draws)
     est = {}
     for c in sorted({LLC_KGONS[nm][0] for nm in names}, reverse=True):
         group = [nm for nm in names if LLC_KGONS[nm][0] == c]
         data = tms_data(LLC_SETTINGS["n"], c, seed=seed)
-        models = []
-        for name in group:
-            _, k, pos, neg = LLC_KGONS[name]
-            W, b = k_gon(k, c, positive=pos, negative=neg, negative_bias=-1.0)
-            models.append(ToyModelOfSuperposition.from_params(*empirical_minimum(W, b, data.x)))
+        models = [kgon_at_minimum(name, data.x) for name in group]
         ests = estimate_llcs(models, tms_loss, data.xy, num_chains=num_chains, num_draws=num_draws,
-                             num_burnin=num_burnin, step_size=LLC_SETTINGS["step_size"], nbeta=LLC_SETTINGS["nbeta"],
+                             num_burnin=num_burnin, max_draws=max_draws, step_size=LLC_SETTINGS["step_size"],
+                             nbeta=LLC_SETTINGS["nbeta"],
                              localization=LLC_SETTINGS["localization"], batch_size=LLC_SETTINGS["batch_size"],
                              seed=seed, device="cpu", progress=progress)
         est |= dict(zip(group, ests))

@@ -216,3 +216,46 @@ def test_kgon_llc_row_is_a_replication_row():
     assert {k: _plain(k, v) for k, v in row.items()} == row
     with pytest.raises(ValueError, match="names must be among"):
         tms.kgon_llc_row(3, num_chains=2, num_draws=20, num_burnin=10, names=["7"])
+
+
+def test_kgon_llc_row_samples_until_converged_within_its_budget():
+    """num_draws="auto" (the default): each estimate stops at convergence or at max_draws, and says which."""
+    import warnings
+
+    from slt_companion.data import tms_data
+    from slt_companion.llc import estimate_llcs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row = tms.kgon_llc_row(4, num_chains=2, max_draws=60, names=["6"])
+        data = tms_data(tms.LLC_SETTINGS["n"], 6, seed=4)
+        S = tms.LLC_SETTINGS
+        (ref,) = estimate_llcs([tms.kgon_at_minimum("6", data.x)], tms.tms_loss, data.xy, num_chains=2, max_draws=60,
+                               step_size=S["step_size"], nbeta=S["nbeta"], localization=S["localization"],
+                               batch_size=S["batch_size"], seed=4, device="cpu", progress=False)
+    assert row["lam_6"] == ref.mean and row["conv_6"] == ref.converged     # the same call, the same numbers
+    assert ref.stop_reason in ("converged", "max_draws") and ref.config.num_draws < 2 * 60   # (budget: whole blocks)
+    with pytest.raises(ValueError, match="num_burnin must be None"):
+        tms.kgon_llc_row(4, num_chains=2, num_burnin=10, names=["6"])
+    with pytest.raises(ValueError, match="max_draws is the budget"):
+        tms.kgon_llc_row(4, num_chains=2, num_draws=20, max_draws=40, names=["6"])
+
+
+def test_kgon_at_minimum_is_the_kgon_moved_to_the_empirical_minimum():
+    from slt_companion.data import tms_data
+
+    data = tms_data(2000, 6, seed=1)
+    model = tms.kgon_at_minimum("5-", data.x)
+    W, b = tms.k_gon(5, 6, negative=1, negative_bias=-1.0)
+    W1, b1 = tms.empirical_minimum(W, b, data.x)
+    assert torch.equal(model.W.detach(), W1.to(model.W.dtype)) and torch.equal(model.b.detach(), b1.to(model.b.dtype))
+    assert tms.population_loss(W, b) <= tms.population_loss(model.W.detach(), model.b.detach()) + 1e-3
+    with pytest.raises(ValueError, match="name must be one of"):
+        tms.kgon_at_minimum("7", data.x)
+    with pytest.raises(ValueError, match=r"x must be \(n, 5\)"):
+        tms.kgon_at_minimum("5 (c=5)", data.x)
+
+
+def test_kgon_replica_settings_drive_kgon_llc_row():
+    rs = tms.kgon_replica_settings()
+    assert rs["num_draws"] == "auto" and rs["max_draws"] >= 100 and rs["step_size"] == tms.LLC_SETTINGS["step_size"]
