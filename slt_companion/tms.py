@@ -496,8 +496,8 @@ def kgon_llc_table(names=None, *, num_chains: int | None = None, num_draws: int 
     :math:`\gamma` = ``localization``, step ``step_size`` (:data:`LLC_SETTINGS`), loss :func:`tms_loss`. By default
     4 chains (2 with ``SLT_QUICK=1``) sample until they have converged (``num_draws="auto"``), within a budget of
     ``max_draws`` kept draws (``LLC_SETTINGS["max_draws"]``, 400 with ``SLT_QUICK=1``); a fixed ``num_draws`` takes
-    ``num_burnin`` (default ``num_draws // 2``). Results are cached (:func:`slt_companion.cache.cached`), one entry per k-gon; ``names`` restricts the table to some
-    of :data:`LLC_KGONS`. Returns ``{name: {"estimate": LLCEstimate.to_dict(),
+    ``num_burnin`` (default ``num_draws // 2``). Results are cached (:func:`slt_companion.cache.cached`), one
+    entry per k-gon; ``names`` restricts the table to some of :data:`LLC_KGONS`. Returns ``{name: {"estimate": LLCEstimate.to_dict(),
     "theory": λ, "loss": L_n at the centre, "pop_loss": population loss of the ideal k-gon, "c": c}}``.
     """
     from . import cache, config
