@@ -499,6 +499,25 @@ def lm_settings() -> dict:
 __all__ += ["lm_settings"]
 
 
+#: What a replication over seeds changes in :func:`lm_settings` (full size; ``SLT_QUICK=1`` keeps the quick sizes).
+LM_REPLICA_SIZES = {"num_steps": 2000, "num_log_checkpoints": 14, "num_linear_checkpoints": 8}
+
+
+def lm_replica_settings(seed: int, settings: dict | None = None) -> dict:
+    """The Part III language-model run (``settings``, default :func:`lm_settings`) reduced for a replication over
+    seeds: the sizes of :data:`LM_REPLICA_SIZES` (at full size), and the initialisation and the training windows
+    seeded by ``seed``. The chapters on stages in a language model and on the refined LLC of its heads both pass it to
+    :func:`lm_run`, so they share these runs through the cache."""
+    from .config import size
+
+    S = lm_settings() if settings is None else settings
+    reduced = {k: size(v, S[k]) for k, v in LM_REPLICA_SIZES.items()}
+    return dict(S, **reduced, seed=int(seed), model=dict(S["model"], seed=int(seed)))
+
+
+__all__ += ["LM_REPLICA_SIZES", "lm_replica_settings"]
+
+
 def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats): ``logits (..., T, V)`` against integer targets ``y (..., T)``."""
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))

@@ -10,7 +10,7 @@ from slt_companion.data import char_corpus, repeated_tokens
 from slt_companion.heads import (current_token_score, head_scores, head_scores_over_trajectory, induction_score,
                                  previous_token_score, repeated_sequence_losses)
 from slt_companion.models import AttentionOnlyLM
-from slt_companion.train import lm_settings, train
+from slt_companion.train import LM_REPLICA_SIZES, lm_replica_settings, lm_settings, train
 
 
 def _set_offset_head(model, layer, head, offset):
@@ -130,6 +130,20 @@ def test_lm_settings_are_the_documented_sizes():
     s = lm_settings()
     assert s["model"]["num_layers"] == 2 and s["llc"]["nbeta"] == 30.0 and s["llc"]["localization"] == 200.0
     assert s["paper"]["stage_ends"] == [900, 6_500, 8_500, 17_500, 50_000]
+
+
+def test_lm_replica_settings_reseed_the_run_and_shrink_it(monkeypatch):
+    from slt_companion import config
+
+    s = lm_settings()
+    for quick in (False, True):
+        monkeypatch.setattr(config, "QUICK", quick)
+        r = lm_replica_settings(3, s)
+        assert r["seed"] == 3 and r["model"]["seed"] == 3 and s["seed"] == 0 and s["model"]["seed"] == 0
+        assert {k: r[k] for k in LM_REPLICA_SIZES} == (dict(LM_REPLICA_SIZES) if not quick else
+                                                       {k: s[k] for k in LM_REPLICA_SIZES})
+        assert {k: v for k, v in r.items() if k not in ("seed", "model", *LM_REPLICA_SIZES)} == \
+            {k: v for k, v in s.items() if k not in ("seed", "model", *LM_REPLICA_SIZES)}
 
 
 def test_head_scores_agree_with_the_single_score_functions():
