@@ -326,11 +326,23 @@ def child_env(jobs: int) -> dict:
     return env
 
 
+def prepare_cache(cache_dir) -> None:
+    """Create the jupyter-cache database in ``cache_dir`` once, before child processes open it: children that all
+    find it missing race to create its tables, and the loser fails with "table settings already exists" (seen in
+    a fresh-clone ``make book``, on the first two pages)."""
+    from jupyter_cache import get_cache
+
+    get_cache(str(cache_dir)).db        # creates <cache_dir>/global.db and its tables
+
+
 def _main_parallel(pages, args, timeout: float) -> int:
     """``--jobs N``: every page in a child ``nbexec.py`` process, N at a time; SIGTERM/Ctrl-C stops them all."""
     import subprocess
     import threading
     from concurrent.futures import ThreadPoolExecutor
+
+    if args.cache is not None:
+        prepare_cache(args.cache)
 
     children: list[subprocess.Popen] = []
     lock = threading.Lock()

@@ -114,6 +114,24 @@ def test_two_executions_at_once_in_two_processes(tmp_path):
         assert ": ok in" in out, out
 
 
+def test_parallel_pages_fill_an_empty_cache(tmp_path):
+    """``--jobs 2`` into a cache that does not exist yet (a fresh clone's ``make book``): the database is created
+    once before the children start, so none of them loses a race to create its tables, and every page is cached."""
+    from jupyter_cache import get_cache
+
+    from nbexec import prepare_cache
+
+    prepare_cache(tmp_path / "made")
+    assert (tmp_path / "made" / "global.db").exists()
+    pages = [_page(tmp_path, f"q{i}", f"print({i})") for i in range(4)]
+    script = "import sys; sys.path.insert(0, 'tests'); from nbexec import main; sys.exit(main(sys.argv[1:]))"
+    cache = tmp_path / "cache"
+    out = subprocess.run([sys.executable, "-c", script, "--timeout", "60", "--jobs", "2", "--cache", str(cache),
+                          *map(str, pages)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(get_cache(str(cache)).list_cache_records()) == 4
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_signal_stops_the_whole_run(tmp_path, jobs):
     """SIGTERM (a CI timeout) or Ctrl-C while a page runs stops the run and its kernel, not just that page --
