@@ -582,17 +582,19 @@ def kgon_replica_settings() -> dict:
     S = LLC_SETTINGS
     return dict(n=S["n"], nbeta=S["nbeta"], localization=S["localization"], step_size=S["step_size"],
                 batch_size=S["batch_size"], negative_bias=-1.0, num_chains=config.size(4, 2), num_draws="auto",
-                max_draws=config.size(S["max_draws"], 400))
+                max_draws=_draw_plan("auto", None, None)[1])
 
 
 def kgon_llc_row(seed: int, *, num_chains: int, num_draws: int | str = "auto", num_burnin: int | None = None,
-                 max_draws: int | None = None, names=None, progress: bool = False) -> dict:
+                 max_draws: int | None = None, names=None, step_size: float | None = None,
+                 progress: bool = False) -> dict:
     r"""One seed of a replication of :func:`kgon_llc_table`: :math:`\hat\lambda` at the k-gons of :data:`LLC_KGONS`
     with a *fresh data set* (:func:`slt_companion.data.tms_data` drawn with ``seed``) and chains seeded with ``seed``.
 
     The k-gons themselves are fixed; each is moved to the nearby minimum of that data set's :math:`L_n`
     (:func:`empirical_minimum`). The settings are :data:`LLC_SETTINGS` (``negative_bias`` −1, as in the table;
-    ``num_draws``, ``num_burnin`` and ``max_draws`` as in :func:`kgon_llc_table`); the
+    ``num_draws``, ``num_burnin`` and ``max_draws`` as in :func:`kgon_llc_table`; ``step_size`` overrides the
+    SGLD step, e.g. to check its discretisation bias); the
     k-gons that share a feature count :math:`c` are sampled together with :func:`slt_companion.llc.estimate_llcs`
     (checkpoints as chains: the same numbers as one at a time). Returns a flat row for
     :func:`slt_companion.replicate.replicate`: for each k-gon key ``K`` (:data:`LLC_KEYS`) ``lam_K`` (λ̂), ``sem_K``,
@@ -613,9 +615,10 @@ def kgon_llc_row(seed: int, *, num_chains: int, num_draws: int | str = "auto", n
         data = tms_data(LLC_SETTINGS["n"], c, seed=seed)
         models = [kgon_at_minimum(name, data.x) for name in group]
         ests = estimate_llcs(models, tms_loss, data.xy, num_chains=num_chains, num_draws=num_draws,
-                             num_burnin=num_burnin, max_draws=max_draws, step_size=LLC_SETTINGS["step_size"],
-                             nbeta=LLC_SETTINGS["nbeta"],
-                             localization=LLC_SETTINGS["localization"], batch_size=LLC_SETTINGS["batch_size"],
+                             num_burnin=num_burnin, max_draws=max_draws,
+                             step_size=LLC_SETTINGS["step_size"] if step_size is None else step_size,
+                             nbeta=LLC_SETTINGS["nbeta"], localization=LLC_SETTINGS["localization"],
+                             batch_size=LLC_SETTINGS["batch_size"],
                              seed=seed, device="cpu", progress=progress)
         est |= dict(zip(group, ests))
     stats = {"lam": "mean", "sem": "sem", "rhat": "rhat", "ess": "ess", "conv": "converged"}

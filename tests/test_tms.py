@@ -234,6 +234,14 @@ def test_kgon_llc_row_samples_until_converged_within_its_budget():
                                step_size=S["step_size"], nbeta=S["nbeta"], localization=S["localization"],
                                batch_size=S["batch_size"], seed=4, device="cpu", progress=False)
     assert row["lam_6"] == ref.mean and row["conv_6"] == ref.converged     # the same call, the same numbers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = tms.kgon_llc_row(4, num_chains=2, max_draws=60, names=["6"], step_size=S["step_size"] / 2)
+        (ref_half,) = estimate_llcs([tms.kgon_at_minimum("6", data.x)], tms.tms_loss, data.xy, num_chains=2,
+                                    max_draws=60, step_size=S["step_size"] / 2, nbeta=S["nbeta"],
+                                    localization=S["localization"], batch_size=S["batch_size"], seed=4,
+                                    device="cpu", progress=False)
+    assert half["lam_6"] == ref_half.mean != ref.mean                      # step_size overrides the step
     assert ref.stop_reason in ("converged", "max_draws") and ref.config.num_draws < 2 * 60   # (budget: whole blocks)
     with pytest.raises(ValueError, match="num_burnin must be None"):
         tms.kgon_llc_row(4, num_chains=2, num_burnin=10, names=["6"])
