@@ -39,8 +39,8 @@ from ._checks import check_int
 
 __all__ = ["PAPER_KGON", "PAPER_H", "PAPER_LOSS_C6", "PAPER_LLC", "PAPER_TRANSITIONS", "tms_loss",
            "population_loss", "paper_loss", "kgon_name", "k_gon", "solve_kgon", "KGonMatch", "classify_kgon",
-           "kgon_llc", "pretty_name", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "LLC_SETTINGS",
-           "LLC_KGONS", "LLC_KEYS", "kgon_llc_table", "kgon_llc_row", "kgon_replica_settings", "kgon_at_minimum",
+           "kgon_llc", "pretty_name", "train_sgd", "empirical_minimum", "hessian_eigenvalues", "is_local_minimum",
+           "LLC_SETTINGS", "LLC_KGONS", "LLC_KEYS", "kgon_llc_table", "kgon_llc_row", "kgon_replica_settings", "kgon_at_minimum",
            "classify_trajectory", "plateaus", "count_transitions",
            "sample_posterior", "draw_configuration", "posterior_census", "crossing_n",
            "sample_posterior_tempered"]
@@ -424,7 +424,19 @@ def empirical_minimum(W, b, x: torch.Tensor, *, steps: int = 8) -> tuple[torch.T
     lowers :math:`L_n`. Returns float64 ``(W, b)``.
     """
     W, b = _as_params(W, b)
+    loss = _flat_empirical_loss(W, x)
+    r, c = W.shape
+    z = torch.cat([W.detach().double().flatten(), b.detach().double()])
+    with cpu_threads(1):
+        z = _newton(loss, z, int(steps))
+    return z[:r * c].reshape(r, c).clone(), z[r * c:].clone()
+
+
+def _flat_empirical_loss(W: torch.Tensor, x):
+    """:math:`L_n` on inputs ``x`` as a function of the flattened float64 ``(W, b)`` of a model shaped like ``W``."""
     x = torch.as_tensor(x).double()
+    if W.ndim != 2:
+        raise ValueError(f"W must be one model's (n_hidden, n_features) matrix, got shape {tuple(W.shape)}")
     if x.ndim != 2 or x.shape[1] != W.shape[-1]:
         raise ValueError(f"x must have shape (n, {W.shape[-1]}), got {tuple(x.shape)}")
     r, c = W.shape
@@ -433,10 +445,7 @@ def empirical_minimum(W, b, x: torch.Tensor, *, steps: int = 8) -> tuple[torch.T
         Wz = z[:r * c].reshape(r, c)
         return ((torch.relu(x @ Wz.T @ Wz + z[r * c:]) - x) ** 2).sum(1).mean()
 
-    z = torch.cat([W.detach().double().flatten(), b.detach().double()])
-    with cpu_threads(1):
-        z = _newton(loss, z, int(steps))
-    return z[:r * c].reshape(r, c).clone(), z[r * c:].clone()
+    return loss
 
 
 def _newton(loss, z, steps):
@@ -459,14 +468,30 @@ def _newton(loss, z, steps):
     return z
 
 
-def hessian_eigenvalues(W, b) -> np.ndarray:
-    """Eigenvalues (ascending) of the Hessian of :func:`population_loss` in the flattened ``(W, b)`` (float64)."""
+def hessian_eigenvalues(W, b, x=None) -> np.ndarray:
+    """Eigenvalues (ascending) of the Hessian, in the flattened ``(W, b)`` (float64), of :func:`population_loss`,
+    or with inputs ``x`` (shape ``(n, n_features)``) of the empirical loss :math:`L_n` on them."""
     W, b = _as_params(W, b)
     W, b = W.detach().double(), b.detach().double()
     r, c = W.shape
     z = torch.cat([W.flatten(), b])
-    H = torch.autograd.functional.hessian(lambda z: population_loss(z[:r * c].reshape(r, c), z[r * c:]), z)
+    if x is None:
+        loss = lambda z: population_loss(z[:r * c].reshape(r, c), z[r * c:])  # noqa: E731
+    else:
+        loss = _flat_empirical_loss(W, x)
+    with cpu_threads(1):
+        H = torch.autograd.functional.hessian(loss, z)
     return torch.linalg.eigvalsh(H).numpy()
+
+
+def is_local_minimum(W, b, x, *, rtol: float = 1e-6) -> bool:
+    r"""Whether ``(W, b)`` passes the second-order test for a local minimum of the empirical loss :math:`L_n` on
+    inputs ``x``: no Hessian eigenvalue below :math:`-\text{rtol}\cdot\max|\text{eigenvalue}|`. Call it at a
+    critical point (e.g. the output of :func:`empirical_minimum`). The LLC is defined at a local minimum; at a
+    saddle the chains descend and :math:`\hat\lambda` comes out negative, whatever the budget. Flat directions (zero
+    eigenvalues: rotations, dead features) pass; a descent of higher than second order would not be seen."""
+    ev = hessian_eigenvalues(W, b, x)
+    return bool(ev[0] >= -rtol * max(float(np.abs(ev).max()), 1e-300))
 
 
 def _llc_settings() -> dict:

@@ -175,6 +175,30 @@ def test_empirical_minimum_moves_little_and_lowers_the_loss():
     assert m.name == "6" and m.distance < 0.3
 
 
+def test_second_order_check_tells_minima_from_saddles_of_the_empirical_loss():
+    x = tms_data(3000, 6, seed=0).x
+    for k, pos, neg in [(6, 0, 0), (5, 1, 0), (5, 0, 1)]:          # the paper's minima
+        W, b = tms.empirical_minimum(*tms.k_gon(k, 6, positive=pos, negative=neg), x)
+        assert tms.is_local_minimum(W, b, x), (k, pos, neg)
+    W, b = tms.empirical_minimum(*tms.k_gon(4, 6, positive=1, negative=1), x)   # the 4+--gon: a saddle
+    ev = tms.hessian_eigenvalues(W, b, x)
+    assert ev[0] < -1e-3 and not tms.is_local_minimum(W, b, x), ev[:3]
+    # the empirical Hessian is that of L_n: its quadratic form matches a finite difference of the loss
+    r, c = W.shape
+    z = torch.cat([W.flatten(), b])
+    v = torch.randn(z.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v /= v.norm()
+    loss = lambda z_: ((torch.relu(x.double() @ z_[:r * c].reshape(r, c).T @ z_[:r * c].reshape(r, c)  # noqa: E731
+                                   + z_[r * c:]) - x.double()) ** 2).sum(1).mean()
+    h = 1e-4
+    fd = float((loss(z + h * v) - 2 * loss(z) + loss(z - h * v)) / h ** 2)
+    H = torch.autograd.functional.hessian(loss, z)
+    assert abs(fd - float(v @ H @ v)) < 1e-3
+    assert np.allclose(ev, torch.linalg.eigvalsh(H).numpy(), atol=1e-10)
+    with pytest.raises(ValueError, match="x must have shape"):
+        tms.hessian_eigenvalues(W, b, x[:, :5])
+
+
 def test_sgd_and_plateaus_are_deterministic_and_counted():
     kw = dict(n=200, steps=300, lr=0.05, batch_size=20, num_checkpoints=10, seed=1, progress=False)
     a, b = tms.train_sgd(3, **kw), tms.train_sgd(3, **kw)
