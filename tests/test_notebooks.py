@@ -132,6 +132,26 @@ def test_parallel_pages_fill_an_empty_cache(tmp_path):
     assert len(get_cache(str(cache)).list_cache_records()) == 4
 
 
+def test_parallel_pages_start_longest_first(tmp_path, monkeypatch):
+    """``--jobs`` starts the pages with the longest recorded run time first (so the longest does not run alone at the
+    end), pages with no record before them, ties in reading order; an unreadable record keeps reading order."""
+    import json
+
+    from nbexec import ROOT as NB_ROOT, longest_first
+
+    times = tmp_path / "run_times.json"
+    times.write_text(json.dumps({"full": {"pages": {"book/a": 5.0, "book/b": 50.0, "book/c": 5.0}},
+                                 "quick": {"pages": {"book/a": 9.0, "book/b": 1.0, "book/c": 2.0}}}))
+    pages = [NB_ROOT / "book" / f"{n}.md" for n in "abcd"]
+    monkeypatch.delenv("SLT_QUICK", raising=False)
+    assert [p.stem for p in longest_first(pages, times)] == ["d", "b", "a", "c"]
+    monkeypatch.setenv("SLT_QUICK", "1")
+    assert [p.stem for p in longest_first(pages, times)] == ["d", "a", "c", "b"]
+    assert longest_first(pages, tmp_path / "missing.json") == pages
+    times.write_text("{not json")
+    assert longest_first(pages, times) == pages
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_signal_stops_the_whole_run(tmp_path, jobs):
     """SIGTERM (a CI timeout) or Ctrl-C while a page runs stops the run and its kernel, not just that page --
