@@ -335,18 +335,21 @@ def prepare_cache(cache_dir) -> None:
     get_cache(str(cache_dir)).db        # creates <cache_dir>/global.db and its tables
 
 
-def longest_first(pages, times_file: Path = ROOT / "book" / "_data" / "run_times.json") -> list:
+def longest_first(pages, times_file: Path | None = None) -> list:
     """``pages`` in the order ``--jobs`` starts them: longest first by the run times recorded for this mode
-    (``SLT_QUICK``) in ``book/_data/run_times.json``, pages with no record before all others (they may be long).
+    (``SLT_QUICK``) in ``times_file`` (default ``notebooks.RUN_TIMES``, the file ``exec-table --record`` writes),
+    pages with no record before all others (they may be long).
     With two workers, reading order let the longest page (transient_ridge, about 20 min) start late and run alone at
     the end; longest-first shortens a full build's execution by about 77 s of the 41 min (computed from the
     recorded times). Without a readable record the order is unchanged."""
     import json
 
+    from notebooks import RUN_TIMES
+
     try:
         quick = os.environ.get("SLT_QUICK", "").strip().lower() in ("1", "true", "yes", "on")   # as config.QUICK
         mode = "quick" if quick else "full"
-        times = json.loads(Path(times_file).read_text())[mode]["pages"]
+        times = json.loads(Path(RUN_TIMES if times_file is None else times_file).read_text())[mode]["pages"]
     except (OSError, ValueError, KeyError, TypeError):
         return list(pages)
 

@@ -150,6 +150,9 @@ def test_parallel_pages_start_longest_first(tmp_path, monkeypatch):
     assert longest_first(pages, tmp_path / "missing.json") == pages
     times.write_text("{not json")
     assert longest_first(pages, times) == pages
+    monkeypatch.delenv("SLT_QUICK")      # the default record is the book's: its longest full-size page goes first
+    book = [NB_ROOT / "book" / "intro.md", NB_ROOT / "book" / "partIII_development" / "transient_ridge.md"]
+    assert longest_first(book)[0].stem == "transient_ridge"
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
