@@ -324,7 +324,7 @@ def transient_settings() -> dict:
     Task: :math:`D = 2`, :math:`K = 8`, :math:`\sigma^2 = 0.125` (the paper: :math:`D = 8`, :math:`K = 16`).
     Model: :class:`~slt_companion.models.ICLTransformer` with 2 layers, 2 heads, width 32. Training: Adam at a
     constant learning rate 3e-3, batch 32, one run per task diversity :math:`M` in ``Ms``. LLC: the settings of
-    "Stages in in-context linear regression" (step size 1e-4, :math:`n\beta = 60`, :math:`\gamma = 6`).
+    "Stages in in-context linear regression" (:math:`n\beta = 60`, :math:`\gamma = 6`) at step size 1e-4.
     """
     from .config import size
 
