@@ -279,10 +279,9 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     if cache_name is None:
         out = compute()
     else:
-        fp = float(trajectory.params.double().sum()), float(trajectory.params.double().abs().sum())
         key = {"user": dict(cache_config or {}),
                "llc": {k: v for k, v in llc_kwargs.items() if k not in ("chunk_size", "distributed")},
-               "checkpoints": idx, "trajectory": [repr(fp[0]), repr(fp[1]), len(trajectory)]}
+               "checkpoints": idx, "trajectory": trajectory.fingerprint()}
         out = _cache.cached(cache_name, key, compute)
     bad = np.flatnonzero(~np.asarray(out["converged"], dtype=bool))
     if bad.size:
