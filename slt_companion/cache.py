@@ -11,6 +11,11 @@ Entries are ``.npz`` files read with ``allow_pickle=False`` (no code runs on loa
 torch tensors or nested dicts of those.
 
 Where: ``$SLT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/slt_companion`` (``~/.cache/slt_companion``).
+
+Computed once, also in parallel: while a process computes an entry it holds ``<entry>.lock`` (its host and pid); another
+process on the same machine that needs the same entry waits for it and loads it instead of computing it again (two
+notebooks of a parallel book build that share a training run). A lock whose process is gone is removed; a lock from
+another host, or a folder where no lock can be created, is not waited for.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import functools
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -245,6 +252,71 @@ def load(path: Path) -> dict:
     return result
 
 
+#: seconds between two looks at an entry another process is computing
+LOCK_POLL_SECONDS = 0.5
+
+
+def _lock_owner(lock: Path) -> tuple[str, int] | None:
+    """``(host, pid)`` written in ``lock``, or None when it is gone or not yet written."""
+    try:
+        host, pid = lock.read_text().split()
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def _claim(path: Path, *, wait: bool = True) -> Callable[[], None] | None:
+    """Claim the computation of entry ``path``: returns a function that releases the claim, or None when another
+    process on this machine computed the entry while we waited (``wait=True``): load it then."""
+    lock = path.with_name(path.name + ".lock")
+    host = socket.gethostname()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    unreadable = 0
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is None:                              # being written or just removed: look again
+                unreadable += 1
+                if unreadable > 100:                       # 5 s without an owner: left by a crash, remove it
+                    try:
+                        lock.unlink()
+                    except OSError:
+                        return lambda: None
+                time.sleep(0.05)
+                if not _exists(lock) and wait and _exists(path):
+                    return None
+                continue
+            if owner[0] != host or owner[1] == os.getpid():   # another machine, or ourselves: do not wait
+                return lambda: None
+            if not _pid_alive(owner[1]):                   # its process is gone: remove the stale lock, retry
+                try:
+                    lock.unlink()
+                except OSError:
+                    return lambda: None
+                continue
+            time.sleep(LOCK_POLL_SECONDS)
+            if wait and _exists(path) and not _exists(lock):
+                return None
+            continue
+        except OSError:                                    # cannot create a lock here: compute unguarded
+            return lambda: None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{host} {os.getpid()}")
+
+        def release() -> None:
+            try:
+                if _lock_owner(lock) == (host, os.getpid()):
+                    lock.unlink()
+            except OSError:
+                pass
+        return release
+
+
 def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: bool = False) -> dict:
     """Return the stored result of ``compute()`` for ``(name, config)``, computing it if needed.
 
@@ -259,15 +331,26 @@ def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: boo
             return load(path)
         except ValueError as err:
             warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=2)
-    result = compute()
-    if not isinstance(result, dict):
-        raise TypeError(f"compute() for {name!r} must return a dict, got {type(result).__name__}")
+            refresh = True                                 # do not wait for, or load, the corrupt entry again
+    release = _claim(path, wait=not refresh)
+    if release is None:                                    # another process computed it while we waited
+        try:
+            return load(path)
+        except ValueError as err:
+            warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=2)
+            release = _claim(path, wait=False)
     try:
-        save(path, result)
-    except OSError as err:   # a finished computation is never lost because the cache cannot be written
-        warnings.warn(f"could not store the result of {name!r} in the cache ({type(err).__name__}: {err}); "
-                      "returning it uncached. Set SLT_CACHE_DIR to a writable folder to keep results.",
-                      RuntimeWarning, stacklevel=2)
+        result = compute()
+        if not isinstance(result, dict):
+            raise TypeError(f"compute() for {name!r} must return a dict, got {type(result).__name__}")
+        try:
+            save(path, result)
+        except OSError as err:   # a finished computation is never lost because the cache cannot be written
+            warnings.warn(f"could not store the result of {name!r} in the cache ({type(err).__name__}: {err}); "
+                          "returning it uncached. Set SLT_CACHE_DIR to a writable folder to keep results.",
+                          RuntimeWarning, stacklevel=2)
+    finally:
+        release()
     return result
 
 

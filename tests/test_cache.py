@@ -165,3 +165,67 @@ def test_a_killed_write_leaves_no_temporary_file_behind():
     assert [p for p in folder.iterdir() if p.name.endswith(".tmp")]         # the killed writer left one
     assert cache.cached("demo", {"k": 1}, lambda: {"x": 2})["x"] == 2
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def _slow_counted(marker: str, delay: float):
+    """A compute that records each call in ``marker`` (one line per call) and takes ``delay`` seconds."""
+    import time
+
+    def compute():
+        with open(marker, "a") as fh:
+            fh.write("call\n")
+        time.sleep(delay)
+        return {"v": 7}
+    return compute
+
+
+def _cached_in_child(cache_dir: str, marker: str, out: str):
+    import os
+
+    os.environ["SLT_CACHE_DIR"] = cache_dir
+    from slt_companion import cache as c
+
+    res = c.cached("shared", {"k": 1}, _slow_counted(marker, 4.0))   # long enough to overlap
+    with open(out, "w") as fh:
+        fh.write(str(res["v"]))
+
+
+def test_two_processes_compute_one_entry_once(tmp_path):
+    """Two processes asking for one entry at once: one computes, the other waits and loads it."""
+    import multiprocessing as mp
+
+    marker = tmp_path / "calls.txt"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_cached_in_child, args=(str(tmp_path / "cache"), str(marker), str(tmp_path / f"out{i}")))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert marker.read_text().count("call") == 1
+    assert [(tmp_path / f"out{i}").read_text() for i in range(2)] == ["7", "7"]
+    assert not list((tmp_path / "cache").glob("*.lock"))          # the lock is gone afterwards
+
+
+def test_stale_lock_of_a_dead_process_is_removed(tmp_path):
+    """A lock left by a process that no longer exists does not block: it is removed and the entry computed."""
+    import socket
+
+    path = cache.entry_path("demo", {"s": 1})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    lock.write_text(f"{socket.gethostname()} 999999999")        # no such pid
+    assert cache.cached("demo", {"s": 1}, lambda: {"v": 1}) == {"v": 1}
+    assert not lock.exists()
+
+
+def test_lock_released_when_compute_fails(tmp_path):
+    path = cache.entry_path("demo", {"f": 1})
+
+    def boom():
+        raise RuntimeError("compute failed")
+    with pytest.raises(RuntimeError, match="compute failed"):
+        cache.cached("demo", {"f": 1}, boom)
+    assert not path.with_name(path.name + ".lock").exists()
+    assert cache.cached("demo", {"f": 1}, lambda: {"v": 2}) == {"v": 2}
