@@ -280,26 +280,17 @@ def _claim(path: Path, *, wait: bool = True) -> Callable[[], None] | None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(lock)
-            if owner is None:                              # being written or just removed: look again
-                unreadable += 1
-                if unreadable > 100:                       # 5 s without an owner: left by a crash, remove it
-                    try:
-                        lock.unlink()
-                    except OSError:
-                        return lambda: None
-                time.sleep(0.05)
-                if not _exists(lock) and wait and _exists(path):
-                    return None
-                continue
-            if owner[0] != host or owner[1] == os.getpid():   # another machine, or ourselves: do not wait
-                return lambda: None
-            if not _pid_alive(owner[1]):                   # its process is gone: remove the stale lock, retry
+            if owner is not None and (owner[0] != host or owner[1] == os.getpid()):
+                return lambda: None                        # another machine, or ourselves: do not wait
+            unreadable = unreadable + 1 if owner is None else 0
+            # its process is gone, or 5 s without an owner line (left by a crash): remove the stale lock, retry
+            if (owner is None and unreadable > 100) or (owner is not None and not _pid_alive(owner[1])):
                 try:
                     lock.unlink()
                 except OSError:
                     return lambda: None
                 continue
-            time.sleep(LOCK_POLL_SECONDS)
+            time.sleep(0.05 if owner is None else LOCK_POLL_SECONDS)   # being written, or being computed
             if wait and _exists(path) and not _exists(lock):
                 return None
             continue
