@@ -588,8 +588,10 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         llc_ofs = [llc_of_group(g) for g in range(M)]
         checks = [curvature_check(p, c) if "auto_step" in x else None for p, c, x in zip(probs, one, extras)]
         stop = rule.group_stop_fn(llc_ofs, groups, BLOCK, checks) if rule is not None else None
+        psl = [p.center_per_sample() for p in probs] if baseline == "paired" else None   # remembered by check()
         res = _run(base_prob, cfg, progress=progress, record_params=False, center_loss=(baseline == "paired"),
-                   on_divergence="raise", stop=stop, centers=centers, groups=groups, frozen=frozen or None)
+                   on_divergence="raise", stop=stop, centers=centers, groups=groups, frozen=frozen or None,
+                   center_psl=psl)
     out = []
     for g, (prob, model) in enumerate(zip(probs, models)):
         steps, burnin, reason = res.extras["group_stop"][g]

@@ -48,8 +48,10 @@ Used in: Part II, "SGLD and the local posterior" and every LLC estimate in the b
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
 
@@ -71,6 +73,41 @@ BLOCK = 64
 
 #: below this many multiply-adds per step (chains × batch × parameters) a CPU run uses one thread
 SMALL_WORK = 10_000_000
+
+#: per model (weakly held: forgotten with the model), the per-sample losses at its parameters as they stand, for
+#: the last few (parameters, loss_fn, data) it was estimated with: :meth:`_Problem.center_per_sample`
+_CENTER_LOSSES: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+_CENTER_LOSSES_PER_MODEL = 4
+
+
+def _weak(obj):
+    """A weak reference to ``obj``, or None where it cannot have one (then nothing is remembered for it)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return None
+
+
+def _center_key(prob: "_Problem") -> tuple:
+    """What the per-sample losses at the centre depend on besides the model's code: every parameter and buffer by
+    name and content (the sampled ones at w*; not which of them are sampled), the train/eval mode, and the identity
+    and version of ``loss_fn`` and of the data tensors."""
+    h = hashlib.blake2b(digest_size=16)
+    state = {**prob.frozen, **{k: v[0] for k, v in prob.views(prob.center[None]).items()}}
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(str((tuple(t.shape), t.dtype, t.device)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return (h.digest(), prob.model.training, _weak(prob.loss_fn), _weak(prob.x), prob.x._version, _weak(prob.y),
+            prob.y._version)
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    """Two :func:`_center_key` s are the same state, loss and data (a dead or missing reference never matches)."""
+    if a[:2] != b[:2] or a[4] != b[4] or a[6] != b[6]:
+        return False
+    return all(r is not None and q is not None and r() is not None and r() is q() for r, q in
+               ((a[2], b[2]), (a[3], b[3]), (a[5], b[5])))
 
 
 @contextlib.contextmanager
@@ -403,10 +440,29 @@ class _Problem:
         return losses.detach(), grad
 
     def center_loss(self) -> float:
-        """L(w*) on the full data, computed once per problem (by :meth:`check`, or on first use)."""
+        """L(w*) on the full data, computed once per problem (by :meth:`check`, or on first use): the mean of
+        :meth:`center_per_sample` where the loss is a mean over samples (one forward pass over the data serves both
+        the paired baseline and this), else one pass of :meth:`full_loss`."""
         if self._center_loss is None:
-            self._center_loss = self.full_loss(self.center)
+            psl = self.center_per_sample()
+            self._center_loss = float(psl.mean()) if psl is not None else self.full_loss(self.center)
         return self._center_loss
+
+    def center_per_sample(self) -> torch.Tensor | None:
+        """:meth:`per_sample_losses` at the centre w* -- the model exactly as it was passed in -- remembered with
+        the model (:data:`_CENTER_LOSSES`): a refined LLC of every head at the same checkpoints, or a second estimate
+        on the same model, data and loss, does not run the forward pass over the data again."""
+        if self.chain_frozen is not None:
+            return self.per_sample_losses(self.center)
+        key = _center_key(self)
+        memo = _CENTER_LOSSES.setdefault(self.model, [])
+        for k, v in memo:
+            if _same_key(k, key):
+                return v
+        v = self.per_sample_losses(self.center)
+        memo.append((key, v))
+        del memo[:-_CENTER_LOSSES_PER_MODEL]
+        return v
 
     @torch.no_grad()
     def full_loss(self, w: torch.Tensor, chunk: int = 65536) -> float:
@@ -613,7 +669,7 @@ def _check_chain_mask(chain_mask, num_chains: int, prob: _Problem) -> torch.Tens
 
 def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, center_loss, on_divergence,
          mask: torch.Tensor | None = None, stop: Callable | None = None, centers: torch.Tensor | None = None,
-         groups: list | None = None, frozen: dict | None = None):
+         groups: list | None = None, frozen: dict | None = None, center_psl: list | None = None):
     """The SGLD loop. ``centers`` ``(chains, D)``: a centre w* per chain (default: ``prob.center`` for all).
     ``groups``: lists of chain indices that are separate estimates (checkpoints); ``stop`` may then return
     ``{group: (num_burnin, reason)}`` to retire groups, whose chains leave the batch (their traces end there,
@@ -621,7 +677,9 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
     ``extras["group_stop"]`` lists ``(steps run, num_burnin, reason)`` per group. A chain's random numbers depend
     only on ``config.seed`` and its index within its group (the generators are those of a one-group run).
     ``frozen`` ``{name: (chains, *shape)}``: values of parameters left out of the sampling that differ per chain
-    (:meth:`_Problem.with_chain_frozen`; with ``centers``)."""
+    (:meth:`_Problem.with_chain_frozen`; with ``centers``). ``center_psl``: with ``centers`` and ``groups``, each
+    group's per-sample losses at its own centre (:meth:`_Problem.center_per_sample` of its checkpoint), instead of
+    computing them here again."""
     cfg = config
     C, D, dev = cfg.num_chains, prob.D, prob.device
     T = cfg.num_steps
@@ -663,7 +721,13 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         center = centers.clone()                               # (C, D), one row per chain
     psl = None
     if center_loss:
-        rows = [prob.per_sample_losses(u, frozen=f) for u, f in zip(uniq, uniq_frozen or [None] * len(uniq))]
+        if centers is None and prob.chain_frozen is None:
+            rows = [prob.center_per_sample()]
+        elif center_psl is not None and centers is not None and groups is not None:
+            group_of_chain = {c: g for g, grp in enumerate(groups) for c in grp}   # each centre's own problem
+            rows = [center_psl[group_of_chain[c]] for c in first]
+        else:
+            rows = [prob.per_sample_losses(u, frozen=f) for u, f in zip(uniq, uniq_frozen or [None] * len(uniq))]
         psl = torch.stack(rows) if all(r is not None for r in rows) else None   # (unique centres, n)
 
     W = (center.expand(C, D) if center.dim() == 1 else center).clone()

@@ -181,3 +181,38 @@ def test_llc_over_trajectory_equals_estimate_llc_at_a_checkpoint():
         curve = llc_over_trajectory(traj, _net(9), half_mse, _data(), chunk_size=2, **kw)
         one = estimate_llc(traj.model_at(1, _net(9)), half_mse, _data(), **kw)
     assert curve["mean"][1] == one.mean and curve["rhat"][1] == one.rhat
+
+
+def test_losses_at_a_checkpoint_are_computed_once_and_follow_its_state(monkeypatch):
+    """The per-sample losses at a model's own parameters are computed once per (state, loss, data): a second head
+    of the same checkpoints reuses them (same numbers as computed afresh); changing a weight, the data or the loss
+    computes them again."""
+    from slt_companion import sampling
+
+    calls = []
+    real = sampling._Problem.per_sample_losses
+    monkeypatch.setattr(sampling._Problem, "per_sample_losses",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    x, y = _data()
+    models = [_trained(s, steps=50) for s in (1, 2)]
+    kw = dict(num_chains=2, num_draws=20, num_burnin=0, step_size=1e-4, batch_size=50, progress=False, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        first = estimate_llcs(models, half_mse, (x, y), params="0.weight", **kw)
+        n_first = len(calls)
+        again = estimate_llcs(models, half_mse, (x, y), params="2", **kw)       # other parameters, same states
+        assert len(calls) == n_first == 2, calls                              # nothing computed again
+        sampling._CENTER_LOSSES.clear()
+        fresh = estimate_llcs(models, half_mse, (x, y), params="2", **kw)
+        assert [e.mean for e in fresh] == [e.mean for e in again]
+        assert [e.init_loss for e in fresh] == [e.init_loss for e in again] == [e.init_loss for e in first]
+        n = len(calls)
+        with torch.no_grad():
+            models[0][0].weight.add_(0.01)                                    # a new state: computed again
+        estimate_llcs(models, half_mse, (x, y), params="2", **kw)
+        assert len(calls) == n + 1, calls
+        x.mul_(1.0)                                                           # the data changed (in place)
+        estimate_llc(models[1], half_mse, (x, y), **kw)
+        assert len(calls) == n + 2, calls
+        estimate_llc(models[1], lambda o, t: half_mse(o, t), (x, y), **kw)     # another loss function
+        assert len(calls) == n + 3, calls
