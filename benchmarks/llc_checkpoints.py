@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     from slt_companion.convergence import LLCConvergenceWarning
     from slt_companion.diagnostics import NegativeLLCWarning
     from slt_companion.llc import estimate_llc, estimate_llcs, half_mse
+    from slt_companion.sampling import clear_center_losses
 
     warnings.simplefilter("ignore", LLCConvergenceWarning)   # fixed short runs: convergence is reported, not warned
     warnings.simplefilter("ignore", NegativeLLCWarning)
@@ -124,9 +125,11 @@ def main(argv=None) -> int:
             """Alternating timings (a change in load hits both) of the loop and the batched call, their results."""
             t_loop, t_batch = [], []
             for _ in range(args.repeats):
+                clear_center_losses()      # each way pays its own pass over the data at every checkpoint
                 t = time.perf_counter()
                 loop = [estimate_llc(m, half_mse, d.xy, progress=False, **kw, **L) for m in models]
                 t_loop.append(time.perf_counter() - t)
+                clear_center_losses()
                 t = time.perf_counter()
                 batched = estimate_llcs(models, half_mse, d.xy, progress=False, **kw, **L)
                 t_batch.append(time.perf_counter() - t)

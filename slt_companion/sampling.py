@@ -65,7 +65,7 @@ from .config import resolve_device
 from .diagnostics import SGLDDivergenceError
 
 __all__ = ["SamplerConfig", "SGLDResult", "sgld", "NonFunctionalModelError", "select_params", "local_posterior_grid",
-           "chain_generators"]
+           "chain_generators", "clear_center_losses"]
 
 #: steps whose minibatches and noise are drawn together (per chain); part of the RNG contract
 BLOCK = 64
@@ -78,6 +78,12 @@ SMALL_WORK = 10_000_000
 #: the last few (parameters, loss_fn, data) it was estimated with: :meth:`_Problem.center_per_sample`
 _CENTER_LOSSES: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
 _CENTER_LOSSES_PER_MODEL = 4
+
+
+def clear_center_losses() -> None:
+    """Forget every remembered per-sample loss at a centre (:meth:`_Problem.center_per_sample`): for a timing that
+    must pay for the pass over the data each time (a benchmark of one way against another on the same models)."""
+    _CENTER_LOSSES.clear()
 
 
 def _weak(obj):

@@ -202,7 +202,7 @@ def test_losses_at_a_checkpoint_are_computed_once_and_follow_its_state(monkeypat
         n_first = len(calls)
         again = estimate_llcs(models, half_mse, (x, y), params="2", **kw)       # other parameters, same states
         assert len(calls) == n_first == 2, calls                              # nothing computed again
-        sampling._CENTER_LOSSES.clear()
+        sampling.clear_center_losses()
         fresh = estimate_llcs(models, half_mse, (x, y), params="2", **kw)
         assert [e.mean for e in fresh] == [e.mean for e in again]
         assert [e.init_loss for e in fresh] == [e.init_loss for e in again] == [e.init_loss for e in first]
