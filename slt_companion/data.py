@@ -359,18 +359,18 @@ def _insert_repeats(w: torch.Tensor, repeat_span, vocab_size: int, generator) ->
     if not lo < hi or 2 * (hi - 1) > W:
         raise ValueError(f"repeat_span=(lo, hi) needs lo < hi and two copies of hi - 1 characters to fit in a window "
                          f"of {W} tokens (seq_len + 1); got {repeat_span!r}")
-    w = w.clone()
     lengths = torch.randint(lo, hi, (B,), generator=generator)
     u = torch.rand(B, 3, generator=generator, dtype=torch.float64)
     span = torch.randint(0, vocab_size, (B, hi - 1), generator=generator)
-    for r in range(B):
-        ell = int(lengths[r])
-        free = W - 2 * ell                                  # slack to share out before, between and after
-        a = int(u[r, 0] * (free + 1))
-        b = a + ell + int(u[r, 1] * (free - a + 1))
-        w[r, a:a + ell] = span[r, :ell]
-        w[r, b:b + ell] = span[r, :ell]
-    return w
+    free = W - 2 * lengths                                  # slack to share out before, between and after
+    a = (u[:, 0] * (free + 1)).long()                       # first copy at a, the second at b >= a + length
+    b = a + lengths + (u[:, 1] * (free - a + 1)).long()
+    j = torch.arange(W)[None, :]
+    ell = lengths[:, None]
+    first = (j >= a[:, None]) & (j < a[:, None] + ell)
+    second = (j >= b[:, None]) & (j < b[:, None] + ell)
+    src = torch.where(first, j - a[:, None], j - b[:, None]).clamp(0, hi - 2)   # position within the span
+    return torch.where(first | second, span.gather(1, src), w).to(w.dtype)
 
 
 def repeated_tokens(n: int, half_length: int, vocab_size: int, *, seed: int = 0) -> torch.Tensor:

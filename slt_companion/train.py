@@ -308,7 +308,9 @@ def _make_optimizer(model, s, opt_factory):
     name = s["optimizer"]
     if name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(params, lr=s["lr"], betas=tuple(s["betas"]), weight_decay=s["weight_decay"])
+        # foreach: one kernel per operation for all tensors (torch's default only on GPUs); on the CPU the same
+        # trajectory to the bit as the per-tensor loop (tested), a few per cent faster for the book's small models
+        return cls(params, lr=s["lr"], betas=tuple(s["betas"]), weight_decay=s["weight_decay"], foreach=True)
     if name in ("sgd", "momentum"):
         return torch.optim.SGD(params, lr=s["lr"], momentum=s["betas"][0] if name == "momentum" else 0.0,
                                weight_decay=s["weight_decay"])

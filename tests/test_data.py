@@ -56,3 +56,27 @@ def test_digits_and_mnist1d_load_offline_or_name_the_missing_package():
         assert d.x.shape[1] == shape and d.num_classes == 10
         assert set(d.y.tolist()) == set(range(10))
         assert abs(float(d.x.mean())) < 0.05
+
+
+def test_repeated_spans_are_placed_as_the_per_row_rule_says():
+    """_insert_repeats (vectorised) places each row's span where the per-row rule puts it: the first copy at
+    a = floor(u0 (free + 1)), the second at a + length + floor(u1 (free - a + 1)); nothing else changes."""
+    from slt_companion.data import _insert_repeats
+
+    for s in range(40):
+        lo, hi = (4, 16) if s % 2 else (1, 2 + s % 9)
+        w = torch.randint(0, 50, (16, 33 + s % 5), generator=torch.Generator().manual_seed(100 + s))
+        got = _insert_repeats(w, (lo, hi), 50, torch.Generator().manual_seed(s))
+        g = torch.Generator().manual_seed(s)                    # the same draws, in the same order
+        lengths = torch.randint(lo, hi, (16,), generator=g)
+        u = torch.rand(16, 3, generator=g, dtype=torch.float64)
+        span = torch.randint(0, 50, (16, hi - 1), generator=g)
+        want = w.clone()
+        for r in range(16):
+            ell = int(lengths[r])
+            free = w.shape[1] - 2 * ell
+            a = int(u[r, 0] * (free + 1))
+            b = a + ell + int(u[r, 1] * (free - a + 1))
+            want[r, a:a + ell] = span[r, :ell]
+            want[r, b:b + ell] = span[r, :ell]
+        assert torch.equal(got, want), s

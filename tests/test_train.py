@@ -163,3 +163,24 @@ def test_numpy_and_torch_numbers_are_accepted_for_lr_and_grad_clip():
         assert np.array_equal(traj.lr, ref.lr) and torch.equal(traj.params, ref.params)
     with pytest.raises(ValueError, match="grad_clip"):
         run(grad_clip=np.float32(-1.0))
+
+
+
+@pytest.mark.parametrize("optimizer,extra", [("adam", {}), ("adamw", {"weight_decay": 0.05, "grad_clip": 1.0})])
+def test_adam_trains_as_the_per_tensor_loop_does(optimizer, extra, monkeypatch):
+    """train() runs Adam/AdamW with foreach kernels (faster); the trajectory is the per-tensor loop's, to the bit."""
+    import slt_companion.train as slt_train
+
+    fast = run(optimizer=optimizer, **extra)
+    made = slt_train._make_optimizer
+
+    def per_tensor(model, settings, factory):
+        opt = made(model, settings, factory)
+        assert all(g["foreach"] for g in opt.param_groups)
+        for g in opt.param_groups:
+            g["foreach"] = False
+        return opt
+
+    monkeypatch.setattr(slt_train, "_make_optimizer", per_tensor)
+    slow = run(optimizer=optimizer, **extra)
+    assert torch.equal(fast.params, slow.params) and np.array_equal(fast.train_loss, slow.train_loss)
