@@ -95,25 +95,24 @@ def _weak(obj):
 
 
 def _center_key(prob: "_Problem") -> tuple:
-    """What the per-sample losses at the centre depend on besides the model's code: every parameter and buffer by
-    name and content (the sampled ones at w*; not which of them are sampled), the train/eval mode, and the identity
-    and version of ``loss_fn`` and of the data tensors."""
+    """What the per-sample losses at the centre depend on besides the model's code, as ``(values, objects)``:
+    ``values`` must be equal -- every parameter and buffer by name and content (the sampled ones at w*; not which of
+    them are sampled), the train/eval mode, the data tensors' in-place versions; ``objects`` (weak references to
+    ``loss_fn`` and the data tensors) must be the same objects."""
     h = hashlib.blake2b(digest_size=16)
     state = {**prob.frozen, **{k: v[0] for k, v in prob.views(prob.center[None]).items()}}
     for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(str((tuple(t.shape), t.dtype, t.device)).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return (h.digest(), prob.model.training, _weak(prob.loss_fn), _weak(prob.x), prob.x._version, _weak(prob.y),
-            prob.y._version)
+    values = (h.digest(), prob.model.training, prob.x._version, prob.y._version)
+    return values, (_weak(prob.loss_fn), _weak(prob.x), _weak(prob.y))
 
 
 def _same_key(a: tuple, b: tuple) -> bool:
     """Two :func:`_center_key` s are the same state, loss and data (a dead or missing reference never matches)."""
-    if a[:2] != b[:2] or a[4] != b[4] or a[6] != b[6]:
-        return False
-    return all(r is not None and q is not None and r() is not None and r() is q() for r, q in
-               ((a[2], b[2]), (a[3], b[3]), (a[5], b[5])))
+    return a[0] == b[0] and all(r is not None and q is not None and r() is not None and r() is q()
+                                for r, q in zip(a[1], b[1]))
 
 
 @contextlib.contextmanager
@@ -458,8 +457,6 @@ class _Problem:
         """:meth:`per_sample_losses` at the centre w* -- the model exactly as it was passed in -- remembered with
         the model (:data:`_CENTER_LOSSES`): a refined LLC of every head at the same checkpoints, or a second estimate
         on the same model, data and loss, does not run the forward pass over the data again."""
-        if self.chain_frozen is not None:
-            return self.per_sample_losses(self.center)
         key = _center_key(self)
         memo = _CENTER_LOSSES.setdefault(self.model, [])
         for k, v in memo:
@@ -725,13 +722,15 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         if frozen:
             uniq_frozen = [{k: v[c] for k, v in frozen.items()} for c in first]
         center = centers.clone()                               # (C, D), one row per chain
+    group_of = torch.empty(C, dtype=torch.long)                # each chain's group (checkpoint)
+    for g, grp in enumerate(groups or [range(C)]):
+        group_of[list(grp)] = g
     psl = None
     if center_loss:
-        if centers is None and prob.chain_frozen is None:
+        if centers is None:
             rows = [prob.center_per_sample()]
-        elif center_psl is not None and centers is not None and groups is not None:
-            group_of_chain = {c: g for g, grp in enumerate(groups) for c in grp}   # each centre's own problem
-            rows = [center_psl[group_of_chain[c]] for c in first]
+        elif center_psl is not None and groups is not None:    # each centre's own problem remembered them
+            rows = [center_psl[int(group_of[c])] for c in first]
         else:
             rows = [prob.per_sample_losses(u, frozen=f) for u, f in zip(uniq, uniq_frozen or [None] * len(uniq))]
         psl = torch.stack(rows) if all(r is not None for r in rows) else None   # (unique centres, n)
@@ -765,9 +764,6 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
     param_trace = torch.empty(T, C, D, dtype=torch.float64) if record_params else None
     active = torch.arange(C)                    # the chains still running (original indices)
     group_stop: dict = {}
-    group_of = torch.empty(C, dtype=torch.long)
-    for g, grp in enumerate(groups or [range(C)]):
-        group_of[list(grp)] = g
 
     def retire(verdicts: dict, steps: int):
         """Drop the chains of the groups in ``verdicts`` from every per-chain array."""
