@@ -216,3 +216,24 @@ def test_losses_at_a_checkpoint_are_computed_once_and_follow_its_state(monkeypat
         assert len(calls) == n + 2, calls
         estimate_llc(models[1], lambda o, t: half_mse(o, t), (x, y), **kw)     # another loss function
         assert len(calls) == n + 3, calls
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batched_on_cuda_agrees_with_one_at_a_time_and_with_the_cpu(checkpoints):
+    """On a GPU the batched run's kernels see other shapes than one checkpoint alone, so the two agree up to
+    rounding that the chains carry along (within chain noise), and the GPU agrees with the CPU in distribution."""
+    import copy
+
+    kw = dict(KW, num_draws=400, num_burnin=100, step_size=1e-4)
+    gpu_models = [copy.deepcopy(m).cuda() for m in checkpoints]
+    xy = tuple(t.cuda() for t in _data())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        together = estimate_llcs(gpu_models, half_mse, xy, device="cuda", **kw)
+        alone = [estimate_llc(m, half_mse, xy, device="cuda", **kw) for m in gpu_models]
+        cpu = estimate_llcs(checkpoints, half_mse, _data(), **kw)
+    for t, a, c in zip(together, alone, cpu):
+        assert np.isfinite(t.llc_trace).all() and t.extras["batched"]["checkpoints"] == 3
+        sem = max(t.std, a.std, c.std) / np.sqrt(KW["num_chains"])
+        assert abs(t.mean - a.mean) < 3 * sem, (t.mean, a.mean, sem)
+        assert abs(t.mean - c.mean) < 4 * sem, (t.mean, c.mean, sem)

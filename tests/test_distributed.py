@@ -245,3 +245,22 @@ def test_data_that_does_not_fit_the_model_is_refused_before_sampling(on_path, ca
     torch.save((torch.randn(16, 3), torch.randn(16, 1)), tmp_path / "three_features.pt")
     err = _run_in_process(on_path, capsys, on_path / "ckpts" / "step_10.pt", data=tmp_path / "three_features.pt")
     assert "model(x) failed" in err
+
+
+# ------------------------------------------------------------------------------------------- torchrun, NCCL, GPU
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nccl_ranks_on_gpus_give_the_numbers_of_one_gpu_process(problem):
+    """Under torchrun with --device cuda the process group is NCCL, one GPU per rank (as many ranks as GPUs, at most
+    the 3 checkpoints). One rank repeats the one-process run exactly; several ranks batch other checkpoints
+    together, and the GPU's kernels round differently for other shapes, so they agree within chain noise."""
+    nproc = min(torch.cuda.device_count(), 3)
+    one = cli(problem, "--checkpoints", "ckpts", "--out", "gpu_one.json", "--device", "cuda")
+    assert one.returncode == 0, one.stderr
+    ranks = cli(problem, "--checkpoints", "ckpts", "--out", "gpu_nccl.json", "--device", "cuda", nproc=nproc)
+    assert ranks.returncode == 0, ranks.stderr
+    a, b = (json.loads((problem / name).read_text()) for name in ("gpu_one.json", "gpu_nccl.json"))
+    assert (a["world_size"], b["world_size"]) == (1, nproc)
+    for ra, rb in zip(a["checkpoints"], b["checkpoints"], strict=True):
+        tol = 1e-6 * (1 + abs(ra["mean"])) if nproc == 1 else 0.5 * ra["sem"]
+        assert abs(rb["mean"] - ra["mean"]) <= tol, (ra, rb)
