@@ -239,6 +239,15 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
                                      "min_separation": min_separation})
 
 
+def _relaxation(estimates) -> np.ndarray:
+    """The chains' mean λ̂ per step, burn-in and draws, one row per estimate (NaN-padded to the longest run)."""
+    rows = [np.concatenate([e.burnin_llc_trace, e.llc_trace], axis=1).mean(0) for e in estimates]
+    out = np.full((len(rows), max(len(r) for r in rows)), np.nan)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
 def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *, checkpoints=None,
                         cache_name: str | None = None, cache_config: dict | None = None, progress: bool = True,
                         **llc_kwargs) -> dict:
@@ -248,9 +257,11 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     ``checkpoints``: indices into the trajectory (default: all). Each estimate is centred at that checkpoint's
     parameters, with the same ``data``, sampler settings (``llc_kwargs``, as for
     :func:`~slt_companion.llc.estimate_llc`) and ``seed``, and equals ``estimate_llc`` at that checkpoint. Returns
-    ``{"steps", "mean", "std", "sem", "init_loss", "rhat", "ess", "converged", "per_chain"}`` as arrays
-    (``per_chain``: checkpoints × chains; ``converged``: R̂ ≤ 1.01 and ESS ≥ 400 at that checkpoint,
-    :mod:`slt_companion.convergence`). Instead of one warning per checkpoint, a single
+    ``{"steps", "mean", "std", "sem", "init_loss", "rhat", "ess", "converged", "per_chain", "relaxation"}`` as
+    arrays (``per_chain``: checkpoints × chains; ``converged``: R̂ ≤ 1.01 and ESS ≥ 400 at that checkpoint,
+    :mod:`slt_companion.convergence`; ``relaxation``: checkpoints × SGLD steps, the chains' mean λ̂ at every step
+    from :math:`w^*` through the burn-in to the last draw, NaN after a checkpoint's last step -- how long its
+    chains took to relax, from the run itself). Instead of one warning per checkpoint, a single
     :class:`~slt_companion.convergence.LLCConvergenceWarning` lists the unconverged checkpoints (also when the curve
     comes from the cache): a figure must mark them and no claim may rest on them. With ``cache_name`` the whole
     curve is cached under ``cache_config`` + the sampler settings + a fingerprint of the trajectory (``chunk_size``
@@ -274,7 +285,7 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
                 "sem": np.array([e.sem for e in rows]), "init_loss": np.array([e.init_loss for e in rows]),
                 "rhat": np.array([e.rhat for e in rows]), "ess": np.array([e.ess for e in rows]),
                 "converged": np.array([e.converged for e in rows], dtype=bool),
-                "per_chain": np.stack([e.per_chain for e in rows])}
+                "per_chain": np.stack([e.per_chain for e in rows]), "relaxation": _relaxation(rows)}
 
     if cache_name is None:
         out = compute()

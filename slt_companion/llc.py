@@ -100,6 +100,9 @@ class LLCEstimate:
     - ``per_chain``: per-chain estimates ``(chains,)``; ``llc_trace``: per-draw values
       :math:`n\beta(L_{B_t}(w_t) - L_{B_t}(w^*))` ``(chains, draws)``;
     - ``trace``: the minibatch loss :math:`L_{B_t}(w_t)` ``(chains, burn-in + draws)``;
+    - ``burnin_llc_trace``: the same per-step values as ``llc_trace`` along the burn-in ``(chains, burn-in)``, so
+      that ``np.concatenate([est.burnin_llc_trace, est.llc_trace], axis=1)`` follows :math:`\hat\lambda` from
+      :math:`w^*` to the end of the run (how long the chains took to relax); not used by any estimate;
     - ``init_loss``: :math:`L_n(w^*)` on the full data; ``ess``, ``rhat``: bulk ESS and rank-normalised split
       :math:`\hat R` of ``llc_trace`` (:mod:`slt_companion.diagnostics`); ``config``: the :class:`SamplerConfig` used
       (with the step size actually chosen, and the burn-in and draws actually run); ``seconds``: sampling wall time;
@@ -123,6 +126,7 @@ class LLCEstimate:
     seconds: float = 0.0
     extras: dict = field(default_factory=dict)
     stop_reason: str = "fixed"
+    burnin_llc_trace: np.ndarray | None = None
 
     @property
     def converged(self) -> bool:
@@ -411,6 +415,7 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, 
     llc_trace = llc_of(res.loss, res.center_loss, cfg.num_burnin)
     est = _summarize(llc_trace, res.loss.numpy(), init_loss, cfg, baseline, res.seconds, extras)
     est.stop_reason = reason
+    est.burnin_llc_trace = llc_of(res.loss, res.center_loss, 0)[:, :cfg.num_burnin]
     return est
 
 
@@ -614,6 +619,7 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         ext["batched"] = {"checkpoints": M, "seconds_all": res.seconds}
         est = _summarize(trace, loss.numpy(), prob.center_loss(), cfg_g, baseline, res.seconds / M, ext)
         est.stop_reason = reason
+        est.burnin_llc_trace = llc_ofs[g](loss, center, 0)[:, :cfg_g.num_burnin]
         out.append(est)
     return out
 

@@ -478,9 +478,11 @@ class _Problem:
         return total / self.n
 
     @torch.no_grad()
-    def per_sample_losses(self, w: torch.Tensor, chunk: int = 8192, frozen: dict | None = None) -> torch.Tensor | None:
+    def per_sample_losses(self, w: torch.Tensor, chunk: int = 512, frozen: dict | None = None) -> torch.Tensor | None:
         """The loss of each sample at ``w`` (with the frozen tensors ``frozen`` overriding the problem's) if
-        ``loss_fn`` is a mean over samples, else ``None``."""
+        ``loss_fn`` is a mean over samples, else ``None``. Chunks of 512 samples: for the transformers of Part III
+        that is 3-4 times faster than chunks of 8,192 (the activations stay in the CPU's cache), with the same values
+        to the bit; for small models the chunk size hardly matters."""
         p = {k: v[0] for k, v in self.views(w[None]).items()} | (frozen or {})
 
         def one(x1, y1):

@@ -180,7 +180,16 @@ def test_llc_over_trajectory_equals_estimate_llc_at_a_checkpoint():
         warnings.simplefilter("ignore", LLCConvergenceWarning)
         curve = llc_over_trajectory(traj, _net(9), half_mse, _data(), chunk_size=2, **kw)
         one = estimate_llc(traj.model_at(1, _net(9)), half_mse, _data(), **kw)
+        # the same chains run with no burn-in: every step, from w* on, is a draw
+        burnin = one.config.num_burnin
+        flat = estimate_llc(traj.model_at(1, _net(9)), half_mse, _data(), **dict(kw, num_burnin=0,
+                                                                                  num_draws=burnin + 120))
     assert curve["mean"][1] == one.mean and curve["rhat"][1] == one.rhat
+    assert one.burnin_llc_trace.shape == (KW["num_chains"], burnin) and burnin > 0
+    whole = np.concatenate([one.burnin_llc_trace, one.llc_trace], axis=1)
+    assert np.array_equal(whole, flat.llc_trace)
+    assert curve["relaxation"].shape == (3, burnin + 120)
+    assert np.array_equal(curve["relaxation"][1], whole.mean(0))
 
 
 def test_losses_at_a_checkpoint_are_computed_once_and_follow_its_state(monkeypatch):
