@@ -118,7 +118,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--sections", default="abc", help="which of (a), (b), (c) to run (default all: abc)")
-    ap.add_argument("--gpu", default="cuda", help="the accelerator side (default cuda; 'cpu' only smoke-tests the script)")
+    ap.add_argument("--gpu", default="cuda",
+                    help="the accelerator side (default cuda; 'cpu' only smoke-tests the script)")
     args = ap.parse_args()
     gpu = args.gpu
     if gpu.startswith("cuda") and not torch.cuda.is_available():
@@ -181,7 +182,8 @@ def main() -> int:
                        ratio_cpu_over_gpu=times["cpu"] / times["gpu"], mean_lambda=means, std_lambda=stds)
             results["llc"].append(row)
             print(f"(b) λ̂ at {len(states)} checkpoints × {L['num_chains']} chains, batch {batch}: CPU "
-                  f"{times['cpu']:.1f} ms/step, GPU {times['gpu']:.1f} ms/step, ratio {times['cpu'] / times['gpu']:.1f}")
+                  f"{times['cpu']:.1f} ms/step, GPU {times['gpu']:.1f} ms/step, "
+                  f"ratio {times['cpu'] / times['gpu']:.1f}")
 
         # agreement of the estimates in distribution: the same draws count on both devices
         settings = dict(num_chains=L["num_chains"], num_burnin=20 if q else 200, num_draws=40 if q else 300,
