@@ -102,7 +102,8 @@ class LLCEstimate:
     - ``trace``: the minibatch loss :math:`L_{B_t}(w_t)` ``(chains, burn-in + draws)``;
     - ``burnin_llc_trace``: the same per-step values as ``llc_trace`` along the burn-in ``(chains, burn-in)``, so
       that ``np.concatenate([est.burnin_llc_trace, est.llc_trace], axis=1)`` follows :math:`\hat\lambda` from
-      :math:`w^*` to the end of the run (how long the chains took to relax); not used by any estimate;
+      :math:`w^*` to the end of the run (how long the chains took to relax); not used by any estimate (``None`` for
+      the per-group results of :func:`estimate_refined_llcs`);
     - ``init_loss``: :math:`L_n(w^*)` on the full data; ``ess``, ``rhat``: bulk ESS and rank-normalised split
       :math:`\hat R` of ``llc_trace`` (:mod:`slt_companion.diagnostics`); ``config``: the :class:`SamplerConfig` used
       (with the step size actually chosen, and the burn-in and draws actually run); ``seconds``: sampling wall time;
