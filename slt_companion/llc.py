@@ -413,10 +413,11 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, 
     res = _sample_retrying(prob, model, loss_fn, cfg, rule, llc_of, auto="auto_step" in extras, extras=extras,
                            progress=progress, center_loss=(baseline == "paired"))
     cfg, reason = _finish(res, rule)
-    llc_trace = llc_of(res.loss, res.center_loss, cfg.num_burnin)
-    est = _summarize(llc_trace, res.loss.numpy(), init_loss, cfg, baseline, res.seconds, extras)
+    whole = llc_of(res.loss, res.center_loss, 0)            # every step from w*: burn-in, then draws
+    est = _summarize(np.ascontiguousarray(whole[:, cfg.num_burnin:]), res.loss.numpy(), init_loss, cfg, baseline,
+                     res.seconds, extras)
     est.stop_reason = reason
-    est.burnin_llc_trace = llc_of(res.loss, res.center_loss, 0)[:, :cfg.num_burnin]
+    est.burnin_llc_trace = whole[:, :cfg.num_burnin]
     return est
 
 
@@ -615,12 +616,13 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         rows = groups[g]
         loss = res.loss[rows, :steps]
         center = res.center_loss[rows, :steps] if res.center_loss is not None else None
-        trace = llc_ofs[g](loss, center, cfg_g.num_burnin)
+        whole = llc_ofs[g](loss, center, 0)                 # every step from w*: burn-in, then draws
         ext = dict(extras[g])
         ext["batched"] = {"checkpoints": M, "seconds_all": res.seconds}
-        est = _summarize(trace, loss.numpy(), prob.center_loss(), cfg_g, baseline, res.seconds / M, ext)
+        est = _summarize(np.ascontiguousarray(whole[:, cfg_g.num_burnin:]), loss.numpy(), prob.center_loss(), cfg_g,
+                         baseline, res.seconds / M, ext)
         est.stop_reason = reason
-        est.burnin_llc_trace = llc_ofs[g](loss, center, 0)[:, :cfg_g.num_burnin]
+        est.burnin_llc_trace = whole[:, :cfg_g.num_burnin]
         out.append(est)
     return out
 
