@@ -132,6 +132,41 @@ def test_parallel_pages_fill_an_empty_cache(tmp_path):
     assert len(get_cache(str(cache)).list_cache_records()) == 4
 
 
+STORE_MANY = """
+import sys
+sys.path.insert(0, "tests")
+import nbformat as nbf
+from jupyter_cache import get_cache
+from jupyter_cache.base import CacheBundleIn
+from nbexec import store_execution
+cache_dir, tag = sys.argv[1], sys.argv[2]
+cache = get_cache(cache_dir)
+for i in range(30):
+    nb = nbf.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                       "language": "python"}})
+    nb.cells.append(nbf.v4.new_code_cell(f"print('{tag}{i}')", execution_count=1))
+    store_execution(cache, cache_dir, CacheBundleIn(nb, f"/pages/{tag}{i}.md"))
+"""
+
+
+def test_two_writers_lose_no_cache_record(tmp_path):
+    """Two processes storing 30 executions each into one cache keep all 60. jupyter-cache alone is not safe for
+    two writers (each write trims the cache in two queries and may delete the record the other just wrote: 48-76
+    of 80 kept when tried); ``store_execution`` serialises the writes with a file lock."""
+    from jupyter_cache import get_cache
+
+    from nbexec import prepare_cache
+
+    cache = tmp_path / "cache"
+    prepare_cache(cache)
+    procs = [subprocess.Popen([sys.executable, "-c", STORE_MANY, str(cache), tag], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for tag in "ab"]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    uris = sorted(r.uri for r in get_cache(str(cache)).list_cache_records())
+    assert uris == sorted(f"/pages/{t}{i}.md" for t in "ab" for i in range(30))
+
+
 def test_parallel_pages_start_longest_first(tmp_path, monkeypatch):
     """``--jobs`` starts the pages with the longest recorded run time first (so the longest does not run alone at the
     end), pages with no record before them, ties in reading order; an unreadable record keeps reading order."""
