@@ -410,12 +410,13 @@ class _Problem:
         return out
 
     def views(self, W: torch.Tensor) -> dict:
-        out, off = {}, 0
+        """``{name: (C, *shape)}`` views of the chain states ``W (C, D)``. One ``split``, not a slice per tensor:
+        a slice's backward writes its gradient into a zero ``(C, D)`` tensor of its own and autograd adds them all
+        up (a quarter of a step of Part III's transformer went into those fills and adds); a split's backward
+        concatenates the pieces once. The gradient is the same to the bit."""
         C = W.shape[0]
-        for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[name] = W[:, off:off + size].view(C, *shape)
-            off += size
-        return out
+        return {name: piece.view(C, *shape)
+                for name, shape, piece in zip(self.names, self.shapes, torch.split(W, self.sizes, dim=1))}
 
     def _forward_one(self, p: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, {**self.frozen, **p}, (x,))
