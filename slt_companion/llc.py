@@ -413,12 +413,8 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, 
     res = _sample_retrying(prob, model, loss_fn, cfg, rule, llc_of, auto="auto_step" in extras, extras=extras,
                            progress=progress, center_loss=(baseline == "paired"))
     cfg, reason = _finish(res, rule)
-    whole = llc_of(res.loss, res.center_loss, 0)            # every step from w*: burn-in, then draws
-    est = _summarize(np.ascontiguousarray(whole[:, cfg.num_burnin:]), res.loss.numpy(), init_loss, cfg, baseline,
-                     res.seconds, extras)
-    est.stop_reason = reason
-    est.burnin_llc_trace = whole[:, :cfg.num_burnin]
-    return est
+    return _summarize_run(llc_of(res.loss, res.center_loss, 0), res.loss.numpy(), init_loss, cfg, baseline,
+                          res.seconds, extras, reason)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -616,14 +612,10 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         rows = groups[g]
         loss = res.loss[rows, :steps]
         center = res.center_loss[rows, :steps] if res.center_loss is not None else None
-        whole = llc_ofs[g](loss, center, 0)                 # every step from w*: burn-in, then draws
         ext = dict(extras[g])
         ext["batched"] = {"checkpoints": M, "seconds_all": res.seconds}
-        est = _summarize(np.ascontiguousarray(whole[:, cfg_g.num_burnin:]), loss.numpy(), prob.center_loss(), cfg_g,
-                         baseline, res.seconds / M, ext)
-        est.stop_reason = reason
-        est.burnin_llc_trace = whole[:, :cfg_g.num_burnin]
-        out.append(est)
+        out.append(_summarize_run(llc_ofs[g](loss, center, 0), loss.numpy(), prob.center_loss(), cfg_g, baseline,
+                                  res.seconds / M, ext, reason))
     return out
 
 
@@ -647,6 +639,18 @@ def _warn_if_negative(mean: float, sem: float, rhat: float) -> None:
                       "estimate: the chains found lower loss than at w* (is w* a local minimum? train longer) or did "
                       "not converge (use a smaller step_size, a larger localization or more burn-in; see est.plot())",
                       NegativeLLCWarning, stacklevel=5)
+
+
+def _summarize_run(whole: np.ndarray, trace: np.ndarray, init_loss: float, cfg: SamplerConfig, baseline: str,
+                   seconds: float, extras: dict, stop_reason: str) -> LLCEstimate:
+    """The estimate of one run from its per-step λ̂ ``whole`` ``(chains, burn-in + draws)``, every step from w*:
+    the draws (made contiguous, so that their means are those of a trace computed from the burn-in on) are
+    summarised; the burn-in is kept as ``burnin_llc_trace``."""
+    est = _summarize(np.ascontiguousarray(whole[:, cfg.num_burnin:]), trace, init_loss, cfg, baseline, seconds,
+                     extras)
+    est.stop_reason = stop_reason
+    est.burnin_llc_trace = whole[:, :cfg.num_burnin]
+    return est
 
 
 def _summarize(llc_trace: np.ndarray, trace: np.ndarray, init_loss: float, cfg: SamplerConfig, baseline: str,
