@@ -280,14 +280,14 @@ def execute_page(path: Path, *, cache_dir: Path | None = None, timeout: float = 
         # per-cell times go into the record's data, not the cells: jupyter-cache hashes cell metadata, and a cell
         # carrying nbclient's timing would no longer match its source (Jupyter Book would execute it again)
         cell_seconds = [_cell_seconds(c.metadata.pop("execution", {})) for c in nb.cells if c.cell_type == "code"]
-        store_execution(cache, cache_dir, CacheBundleIn(nb, str(path), data={"execution_seconds": seconds,
-                                                                             "cell_seconds": cell_seconds}))
+        store_execution(cache, CacheBundleIn(nb, str(path), data={"execution_seconds": seconds,
+                                                                  "cell_seconds": cell_seconds}))
     return PageRun(path, seconds, error=error)
 
 
-def store_execution(cache, cache_dir, bundle) -> None:
-    """Store one executed notebook in the jupyter-cache ``cache`` (at ``cache_dir``), holding an exclusive lock on
-    ``<cache_dir>/nbexec.lock`` while it writes.
+def store_execution(cache, bundle) -> None:
+    """Store one executed notebook in the jupyter-cache ``cache``, holding an exclusive lock on
+    ``<cache.path>/nbexec.lock`` while it writes.
 
     jupyter-cache is not safe for two writers: after each write it trims the cache to its size limit by listing
     the records to keep and then, in a second query, every record not in that list; a record another process
@@ -296,8 +296,8 @@ def store_execution(cache, cache_dir, bundle) -> None:
     80). Writers that take the lock cannot interleave."""
     import fcntl
 
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(cache_dir) / "nbexec.lock", "w") as lock:
+    cache.path.mkdir(parents=True, exist_ok=True)
+    with open(cache.path / "nbexec.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             cache.cache_notebook_bundle(bundle, check_validity=False, overwrite=True)

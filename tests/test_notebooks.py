@@ -145,7 +145,7 @@ for i in range(30):
     nb = nbf.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                        "language": "python"}})
     nb.cells.append(nbf.v4.new_code_cell(f"print('{tag}{i}')", execution_count=1))
-    store_execution(cache, cache_dir, CacheBundleIn(nb, f"/pages/{tag}{i}.md"))
+    store_execution(cache, CacheBundleIn(nb, f"/pages/{tag}{i}.md"))
 """
 
 
