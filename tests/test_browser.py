@@ -91,8 +91,65 @@ INSPECT = """async () => {
 }"""
 
 
+# Issue 18: the launch buttons (Binder, Colab), the repository button and the licence footer of a page.
+LAUNCH = """() => ({
+  launch: Array.from(document.querySelectorAll('.dropdown-launch-buttons a.dropdown-item'))
+               .map(a => [a.textContent.trim(), a.href]),
+  repo: Array.from(document.querySelectorAll('a.btn-source-repository-button')).map(a => a.href),
+  footer: (document.querySelector('.extra_footer') || {textContent: ''}).textContent,
+})"""
+
+
+@pytest.fixture(scope="session")
+def launch_links(quick_book):
+    """What every page's launch buttons must say, derived from repository.url and .branch in _config.yml:
+    ``(repository URL, function docname -> [[label, href], ...] for a notebook page)``."""
+    import sys
+
+    import yaml
+
+    from notebooks import ROOT
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import launch
+
+    repo = launch.repository_url()
+    org, name = launch.github_parts(repo)
+    branch = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["branch"]
+
+    def expected(docname: str) -> list:
+        return [["Binder", f"https://mybinder.org/v2/gh/{org}/{name}/{branch}?urlpath=lab/tree/{docname}.md"],
+                ["Colab", f"https://colab.research.google.com/github/{org}/{name}/blob/notebooks/{docname}.ipynb"]]
+
+    return repo, expected
+
+
+def _check_launch_buttons(docname: str, seen: dict, launch_links, quick_book: Path) -> None:
+    """Issue 18: every page has the repository button and the licence footer; every notebook page has exactly a
+    Binder link (its .md on the branch, opened by binder/'s environment) and a Colab link (its executed .ipynb on
+    the notebooks branch, which .github/workflows/book.yml fills from _build/html/_sources)."""
+    import nbformat
+
+    from notebooks import ROOT, is_notebook, source_of
+
+    repo, expected = launch_links
+    assert seen["repo"] == [repo], f"{docname}: repository button {seen['repo']}"
+    assert "MIT" in seen["footer"] and "CC BY 4.0" in seen["footer"], f"{docname}: footer {seen['footer']!r}"
+    if not is_notebook(source_of(docname)):
+        assert seen["launch"] == [], f"{docname} is not a notebook but offers {seen['launch']}"
+        return
+    assert seen["launch"] == expected(docname), f"{docname}: launch buttons {seen['launch']}"
+    assert (ROOT / f"{docname}.md").is_file()                       # what Binder opens
+    # what the notebooks branch holds, and Colab runs: the install cell comes first
+    first = next(c for c in nbformat.read(quick_book / "_sources" / f"{docname}.ipynb", as_version=4).cells
+                 if c.cell_type == "code")
+    assert "google.colab" in first.source and f"git+{repo}" in first.source, f"{docname}: {first.source}"
+
+
 @pytest.mark.parametrize("docname", toc_docnames())
-def test_page_in_browser(browser, site, docname):
+def test_page_in_browser(browser, site, quick_book, launch_links, docname):
+    """The page loads with nothing off the site and no errors, all math typeset, every image loaded, every widget
+    drawn once; and its launch buttons, repository button and footer are right (one page load checks both)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     problems: list[str] = []
     page.on("pageerror", lambda err: problems.append(f"JavaScript error: {err}"))
@@ -107,6 +164,7 @@ def test_page_in_browser(browser, site, docname):
     try:
         page.goto(f"{site}/{docname}.html", wait_until="networkidle")
         seen = page.evaluate(INSPECT)
+        buttons = page.evaluate(LAUNCH)
         page.wait_for_timeout(200)  # let late errors (widget rendering) arrive
     finally:
         page.close()
@@ -119,6 +177,7 @@ def test_page_in_browser(browser, site, docname):
         assert view["areas"] == view["views"] and view["drawn"] == view["views"], \
             f"{docname}: widget view #{i}: {view['views']} view(s) in its output drawn {view['drawn']} times " \
             f"in {view['areas']} areas (want each drawn exactly once)"
+    _check_launch_buttons(docname, buttons, launch_links, quick_book)
 
 
 def test_widgets_and_math_are_really_there(browser, site):
@@ -159,66 +218,29 @@ def test_code_cells_have_copy_buttons(browser, site):
     assert cells > 5 and buttons == cells, f"{buttons} copy buttons for {cells} code cells"
 
 
-# ---- issue 18: launch buttons, licence footer, version and release notes --------------------------------------
-LAUNCH = """() => ({
-  launch: Array.from(document.querySelectorAll('.dropdown-launch-buttons a.dropdown-item'))
-               .map(a => [a.textContent.trim(), a.href]),
-  repo: Array.from(document.querySelectorAll('a.btn-source-repository-button')).map(a => a.href),
-  footer: (document.querySelector('.extra_footer') || {textContent: ''}).textContent,
-})"""
+# ---- issue 18: the launch menu, version and release notes --------------------------------------
+def test_the_launch_menu_opens_and_loads_nothing_off_the_site(browser, site, launch_links):
+    """A reader opens the rocket menu of the last notebook page: the Binder and Colab links show, and nothing is
+    requested off the site. (Every page's buttons are checked by ``test_page_in_browser``.)"""
+    from notebooks import is_notebook, source_of
 
-
-def test_launch_buttons_link_to_binder_colab_and_the_repository(browser, site, quick_book):
-    """Every page has the repository button and the licence footer; every notebook page has exactly a Binder
-    link (its .md on the branch, opened by binder/'s environment) and a Colab link (its executed .ipynb on the
-    notebooks branch, which .github/workflows/book.yml fills from _build/html/_sources), all derived from
-    repository.url in _config.yml. Neither the pages nor opening the launch menu request anything off the site."""
-    import sys
-
-    import nbformat
-    import yaml
-
-    from notebooks import ROOT, is_notebook, source_of
-
-    sys.path.insert(0, str(ROOT / "book" / "_ext"))
-    import launch
-
-    repo = launch.repository_url()
-    org, name = launch.github_parts(repo)
-    branch = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["branch"]
+    notebooks = [d for d in toc_docnames() if is_notebook(source_of(d))]
+    assert notebooks, "no notebook page in _toc.yml"
     page = browser.new_page()
     off_site: list[str] = []
     page.on("request", lambda req: None if req.url.startswith((site, "data:")) or FONT.search(req.url)
             else off_site.append(req.url))
-    notebooks: list[str] = []
     try:
-        for docname in toc_docnames():
-            page.goto(f"{site}/{docname}.html", wait_until="domcontentloaded")
-            seen = page.evaluate(LAUNCH)
-            assert seen["repo"] == [repo], f"{docname}: repository button {seen['repo']}"
-            assert "MIT" in seen["footer"] and "CC BY 4.0" in seen["footer"], f"{docname}: footer {seen['footer']!r}"
-            if not is_notebook(source_of(docname)):
-                assert seen["launch"] == [], f"{docname} is not a notebook but offers {seen['launch']}"
-                continue
-            notebooks.append(docname)
-            assert seen["launch"] == [
-                ["Binder", f"https://mybinder.org/v2/gh/{org}/{name}/{branch}?urlpath=lab/tree/{docname}.md"],
-                ["Colab", f"https://colab.research.google.com/github/{org}/{name}/blob/notebooks/{docname}.ipynb"],
-            ], f"{docname}: launch buttons {seen['launch']}"
-            assert (ROOT / f"{docname}.md").is_file()                       # what Binder opens
-            # what the notebooks branch holds, and Colab runs: the install cell comes first
-            first = next(c for c in nbformat.read(quick_book / "_sources" / f"{docname}.ipynb", as_version=4).cells
-                         if c.cell_type == "code")
-            assert "google.colab" in first.source and f"git+{repo}" in first.source, f"{docname}: {first.source}"
-        # a reader opens the rocket menu: the two links show, and still nothing is loaded from elsewhere
-        assert notebooks, "no notebook page in _toc.yml"
         page.goto(f"{site}/{notebooks[-1]}.html", wait_until="networkidle")
         page.click(".dropdown-launch-buttons button.dropdown-toggle", timeout=10_000)
-        page.wait_for_selector(".dropdown-launch-buttons a.dropdown-item:has-text('Colab')", state="visible",
-                               timeout=10_000)
+        for label in ("Binder", "Colab"):
+            page.wait_for_selector(f".dropdown-launch-buttons a.dropdown-item:has-text('{label}')", state="visible",
+                                   timeout=10_000)
         page.wait_for_timeout(300)
+        seen = page.evaluate(LAUNCH)
     finally:
         page.close()
+    assert seen["launch"] == launch_links[1](notebooks[-1]), seen["launch"]
     assert not off_site, f"requests off the site: {off_site}"
 
 
