@@ -7,6 +7,7 @@
                                                    # them to book/_data/run_times.json for the {runtime} role
     python tests/notebooks.py section-times BUILD  # per page and "## " section: seconds its code cells took
                                                    # in the last build (nbclient's per-cell timing)
+    python tests/notebooks.py probe                # seconds of a fixed workload: how fast this machine is now
 
 Executing pages is tests/nbexec.py's job (``python tests/nbexec.py PAGE.md`` runs one page and reports the
 failing cell).
@@ -117,6 +118,35 @@ def exec_table(build_dir: Path, root: Path = ROOT) -> str:
 RUN_TIMES = ROOT / "book" / "_data" / "run_times.json"
 
 
+def machine_probe(repeats: int = 5) -> float:
+    """Seconds of a fixed single-threaded workload like the book's (a pure-Python loop, then 300 forward and
+    backward passes of a small torch layer), the best of ``repeats``. Recorded with every build's times, so that two
+    builds' minutes can be told apart from two days' machines: the same code has taken 1.3-2.6x longer from one
+    day to the next on the same 2-core machine. First measured on 2026-11-30, one of those slow days."""
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(64, 64, generator=gen, requires_grad=True)
+        x = torch.randn(32, 64, generator=gen)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            total = 0
+            for i in range(1_000_000):
+                total += i * i % 7
+            for _ in range(300):
+                torch.tanh(x @ w).pow(2).mean().backward()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return round(best, 3)
+
+
 def record_times(build_dir: Path, mode: str, root: Path = ROOT) -> None:
     """Store this build's per-page times in book/_data/run_times.json under ``mode`` ("full" or "quick").
 
@@ -139,12 +169,13 @@ def record_times(build_dir: Path, mode: str, root: Path = ROOT) -> None:
     entry.setdefault("pages", {}).update(fresh)
     entry["measured"] = datetime.date.today().isoformat()
     entry["machine"] = f"{os.cpu_count()}-core {platform.machine()} CPU"
+    entry["probe_seconds"] = machine_probe()        # how fast the machine was, right after the build
     RUN_TIMES.parent.mkdir(parents=True, exist_ok=True)
     RUN_TIMES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"list", "exec-table", "section-times"}:
+    if not argv or argv[0] not in {"list", "exec-table", "section-times", "probe"}:
         print(__doc__)
         return 2
     cmd, args = argv[0], argv[1:]
@@ -152,6 +183,9 @@ def main(argv: list[str]) -> int:
         for docname in toc_docnames():
             src = source_of(docname)
             print(f"{docname:50s} {src.relative_to(ROOT)}  notebook={is_notebook(src)}")
+    elif cmd == "probe":
+        print(f"{machine_probe():.3f} s  (tests/notebooks.py machine_probe; compare probe_seconds in "
+              f"{RUN_TIMES.relative_to(ROOT)})")
     elif cmd == "section-times":
         if len(args) != 1:
             print("usage: notebooks.py section-times BUILD_DIR")

@@ -265,3 +265,22 @@ def test_the_cached_execution_matches_its_source_for_jupyter_book(tmp_path):
     rec = cache.match_cache_notebook(read_page(page))   # as MyST-NB reads it
     secs = rec.data["cell_seconds"]
     assert len(secs) == 2 and secs[0] >= 0.2 and secs[1] >= 0
+
+
+def test_recorded_times_carry_the_machine_probe(tmp_path, monkeypatch):
+    """`exec-table --record` stores, beside the pages' times, how fast the machine ran a fixed workload then."""
+    import json
+
+    import torch
+
+    import notebooks
+
+    monkeypatch.setattr(notebooks, "RUN_TIMES", tmp_path / "run_times.json")
+    monkeypatch.setattr(notebooks, "execution_times", lambda build_dir, root: [("book/intro", 3.04), ("x", None)])
+    monkeypatch.setattr(notebooks, "machine_probe", lambda: 0.125)
+    notebooks.record_times(tmp_path, "full")
+    entry = json.loads((tmp_path / "run_times.json").read_text())["full"]
+    assert entry["pages"] == {"book/intro": 3.0} and entry["probe_seconds"] == 0.125
+    monkeypatch.undo()
+    threads = torch.get_num_threads()
+    assert 0 < notebooks.machine_probe(repeats=1) < 60 and torch.get_num_threads() == threads
