@@ -159,11 +159,11 @@ class _BackgroundPages:
 
         from nbexec import child_command, child_env
 
-        if self.stopping.is_set():
-            return {"ok": False, "seconds": 0.0, "error": "not executed: the test session stopped first"}
         start = time.perf_counter()
         cmd = child_command(page, cache_dir=self.cache_dir, timeout=CELL_TIMEOUT_S, force=True)
-        with self.lock:
+        with self.lock:              # stop() holds it while it sets `stopping`: no child starts after stop()
+            if self.stopping.is_set():
+                return {"ok": False, "seconds": 0.0, "error": "not executed: the test session stopped first"}
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     env=child_env(TEST_JOBS))
             self.children.append(proc)
@@ -182,9 +182,9 @@ class _BackgroundPages:
             torch.set_num_threads(self.main_threads)
 
     def stop(self) -> None:
-        self.stopping.set()
         torch.set_num_threads(self.main_threads)
         with self.lock:
+            self.stopping.set()
             for proc in self.children:
                 if proc.poll() is None:
                     proc.terminate()     # nbexec shuts its kernel down on SIGTERM
