@@ -138,12 +138,17 @@ class _BackgroundPages:
     started at collection, while the unit tests run. ``results()`` waits for them: ``{page: {"ok", "seconds",
     "error"}}``; ``stop()`` ends the children still running."""
 
-    def __init__(self, pages: list[Path], cache_dir: Path):
+    def __init__(self, pages: list[Path], cache_dir: Path, *, command=None, popen=subprocess.Popen):
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
-        from nbexec import longest_first
+        from nbexec import child_command, child_env, longest_first
 
+        self.command, self.popen = command or child_command, popen      # (tests pass stand-ins)
+        # the children's environment, taken now: a unit test running when a page starts may have changed os.environ
+        # (monkeypatch.setenv of SLT_CACHE_DIR sent one page's results into that test's temporary cache, whose
+        # check for leftover locks then failed)
+        self.env = child_env(TEST_JOBS)
         self.cache_dir, self.stopping = cache_dir, threading.Event()
         self.lock, self.children = threading.Lock(), []
         # the unit tests beside the pages get the cores the pages leave (at least one): torch's default pool of
@@ -157,15 +162,13 @@ class _BackgroundPages:
         import re
         import time
 
-        from nbexec import child_command, child_env
-
         start = time.perf_counter()
-        cmd = child_command(page, cache_dir=self.cache_dir, timeout=CELL_TIMEOUT_S, force=True)
+        cmd = self.command(page, cache_dir=self.cache_dir, timeout=CELL_TIMEOUT_S, force=True)
         with self.lock:              # stop() holds it while it sets `stopping`: no child starts after stop()
             if self.stopping.is_set():
                 return {"ok": False, "seconds": 0.0, "error": "not executed: the test session stopped first"}
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env=child_env(TEST_JOBS))
+            proc = self.popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=self.env)
             self.children.append(proc)
         out, _ = proc.communicate()
         m = re.search(r": ok in ([0-9.]+) s", out)
