@@ -136,23 +136,19 @@ def _selected_pages(items) -> list[Path]:
 
 class _BackgroundPages:
     """Every selected page executed once by ``tests/nbexec.py`` in a child process of its own (its own kernel, IPC
-    sockets, per-cell timeout with the kernel's stack), ``TEST_JOBS`` at a time, longest first, into ``cache_dir``;
-    started at collection, while the unit tests run. ``results()`` waits for them: ``{page: {"ok", "seconds",
-    "error"}}``; ``stop()`` ends the children still running."""
+    sockets, per-cell timeout with the kernel's stack; ``nbexec.PageProcesses``), ``TEST_JOBS`` at a time, longest
+    first, into ``cache_dir``; started at collection, while the unit tests run. ``results()`` waits for them:
+    ``{page: {"ok", "seconds", "error"}}``; ``stop()`` ends the children still running. The children get the
+    environment of collection (a ``monkeypatch.setenv`` of SLT_CACHE_DIR by a unit test once sent a page's results
+    into that test's temporary cache). ``command``, ``popen``: stand-ins for tests."""
 
-    def __init__(self, pages: list[Path], cache_dir: Path, *, command=None, popen=subprocess.Popen):
-        import threading
+    def __init__(self, pages: list[Path], cache_dir: Path, *, command=None, popen=None):
         from concurrent.futures import ThreadPoolExecutor
 
-        from nbexec import child_command, child_env, longest_first
+        from nbexec import PageProcesses, longest_first
 
-        self.command, self.popen = command or child_command, popen      # (tests pass stand-ins)
-        # the children's environment, taken now: a unit test running when a page starts may have changed os.environ
-        # (monkeypatch.setenv of SLT_CACHE_DIR sent one page's results into that test's temporary cache, whose
-        # check for leftover locks then failed)
-        self.env = child_env(TEST_JOBS)
-        self.cache_dir, self.stopping = cache_dir, threading.Event()
-        self.lock, self.children = threading.Lock(), []
+        self.runner = PageProcesses(TEST_JOBS, cache_dir=cache_dir, timeout=CELL_TIMEOUT_S, force=True, cwd=ROOT,
+                                    command=command, popen=popen)
         # the unit tests beside the pages get the cores the pages leave (at least one): torch's default pool of
         # one thread per core, spinning beside two single-threaded kernels on two cores, slowed some pages 2x
         self.main_threads = torch.get_num_threads()
@@ -165,20 +161,14 @@ class _BackgroundPages:
         import time
 
         start = time.perf_counter()
-        cmd = self.command(page, cache_dir=self.cache_dir, timeout=CELL_TIMEOUT_S, force=True)
-        with self.lock:              # stop() holds it while it sets `stopping`: no child starts after stop()
-            if self.stopping.is_set():
-                return {"ok": False, "seconds": 0.0, "error": "not executed: the test session stopped first"}
-            proc = self.popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=self.env)
-            self.children.append(proc)
-        out, _ = proc.communicate()
+        returncode, out = self.runner.run(page)
+        if returncode is None:
+            return {"ok": False, "seconds": 0.0, "error": "not executed: the test session stopped first"}
         m = re.search(r": ok in ([0-9.]+) s", out)
         seconds = float(m.group(1)) if m else time.perf_counter() - start
-        if proc.returncode == 130 or self.stopping.is_set():
+        if returncode == 130 or self.runner.stopping.is_set():
             return {"ok": False, "seconds": seconds, "error": f"stopped while executing {page}\n{out[-4000:]}"}
-        return {"ok": proc.returncode == 0, "seconds": seconds,
-                "error": None if proc.returncode == 0 else out[-12000:]}
+        return {"ok": returncode == 0, "seconds": seconds, "error": None if returncode == 0 else out[-12000:]}
 
     def results(self) -> dict:
         try:
@@ -188,11 +178,7 @@ class _BackgroundPages:
 
     def stop(self) -> None:
         torch.set_num_threads(self.main_threads)
-        with self.lock:
-            self.stopping.set()
-            for proc in self.children:
-                if proc.poll() is None:
-                    proc.terminate()     # nbexec shuts its kernel down on SIGTERM
+        self.runner.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -200,12 +186,12 @@ _background: _BackgroundPages | None = None
 
 
 @pytest.fixture(scope="session")
-def page_runs(request, quick_exec_cache) -> dict:
+def page_runs(quick_exec_cache) -> dict:
     """Every notebook page selected for this session, executed once (in the background since collection, see
     ``_BackgroundPages``); ``{page path: result}``."""
-    global _background
-    if _background is None:       # e.g. a session whose pages were selected after collection
-        _background = _BackgroundPages(_selected_pages(request.session.items), quick_exec_cache)
+    if _background is None:
+        pytest.fail("the selected pages were not started at collection (conftest.pytest_collection_finish)",
+                    pytrace=False)
     return _background.results()
 
 

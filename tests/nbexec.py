@@ -381,39 +381,67 @@ def longest_first(pages, times_file: Path | None = None) -> list:
     return sorted(pages, key=key)     # stable: equal keys keep reading order
 
 
+class PageProcesses:
+    """Pages executed each in a child process of this file's CLI (its own kernel): the mechanism of ``--jobs`` and
+    of the background pages of `make test` (tests/conftest.py). The children's environment is :func:`child_env`
+    taken once, when the runner is made, so that a caller changing ``os.environ`` meanwhile (a unit test's
+    ``monkeypatch.setenv`` beside the pages) does not reach them; :meth:`stop` ends the children still running and
+    starts no more. ``new_session``: children in a session of their own, stopped by the caller's signal handler
+    rather than by the terminal's Ctrl-C. ``command`` and ``popen`` stand in for :func:`child_command` and
+    ``subprocess.Popen`` in tests."""
+
+    def __init__(self, jobs: int, *, cache_dir=None, timeout: float, force: bool = False, cwd=None,
+                 new_session: bool = False, command=None, popen=None):
+        import subprocess
+        import threading
+
+        self.cache_dir, self.timeout, self.force = cache_dir, timeout, force
+        self.cwd, self.new_session = cwd, new_session
+        self.command, self.popen = command or child_command, popen or subprocess.Popen
+        self.env = child_env(jobs)
+        self.lock, self.stopping, self.children = threading.Lock(), threading.Event(), []
+
+    def run(self, page) -> tuple[int | None, str]:
+        """Execute ``page`` in a child process: ``(returncode, output)``, or ``(None, "")`` once :meth:`stop` came."""
+        import subprocess
+
+        cmd = self.command(page, cache_dir=self.cache_dir, timeout=self.timeout, force=self.force)
+        with self.lock:              # stop() holds it while it sets `stopping`: no child starts after stop()
+            if self.stopping.is_set():
+                return None, ""
+            proc = self.popen(cmd, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=self.new_session, env=self.env)
+            self.children.append(proc)
+        out, _ = proc.communicate()
+        return proc.returncode, out
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping.set()
+            for proc in self.children:
+                if proc.poll() is None:
+                    proc.terminate()     # SIGTERM: the child's handler shuts its kernel down
+
+
 def _main_parallel(pages, args, timeout: float) -> int:
     """``--jobs N``: every page in a child ``nbexec.py`` process, N at a time; SIGTERM/Ctrl-C stops them all."""
-    import subprocess
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     if args.cache is not None:
         prepare_cache(args.cache)
-
-    children: list[subprocess.Popen] = []
-    lock = threading.Lock()
-    stopping = threading.Event()
+    # children in sessions of their own: our handler, not the terminal, stops them
+    runner = PageProcesses(args.jobs, cache_dir=args.cache, timeout=timeout, force=args.force, new_session=True)
+    printing = threading.Lock()
 
     def one(page):
-        if stopping.is_set():
-            return page, None
-        cmd = child_command(page, cache_dir=args.cache, timeout=timeout, force=args.force)
-        with lock:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True,   # our handler, not the terminal, stops it
-                                    env=child_env(args.jobs))
-            children.append(proc)
-        out, _ = proc.communicate()
-        with lock:
+        returncode, out = runner.run(page)
+        with printing:
             print(out, end="", flush=True)
-        return page, proc.returncode
+        return page, returncode
 
     def stop(signum, frame):
-        stopping.set()
-        with lock:
-            for proc in children:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
+        runner.stop()
         raise KeyboardInterrupt(f"signal {signum}")
 
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -101,7 +101,7 @@ LAUNCH = """() => ({
 
 
 @pytest.fixture(scope="session")
-def launch_links(quick_book):
+def launch_links():
     """What every page's launch buttons must say, derived from repository.url and .branch in _config.yml:
     ``(repository URL, function docname -> [[label, href], ...] for a notebook page)``."""
     import sys

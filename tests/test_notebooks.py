@@ -286,25 +286,18 @@ def test_recorded_times_carry_the_machine_probe(tmp_path, monkeypatch):
     assert 0 < notebooks.machine_probe(repeats=1) < 60 and torch.get_num_threads() == threads
 
 
-def test_background_pages_keep_the_environment_of_collection(monkeypatch):
+def test_page_processes_keep_the_environment_they_were_made_with(monkeypatch):
     """The pages of `make test` run beside the unit tests: a page that starts while a test has changed os.environ
     (monkeypatch.setenv of SLT_CACHE_DIR, say) still gets the environment of the session's start."""
-    import threading
+    from nbexec import PageProcesses
 
-    import conftest
-
-    monkeypatch.setenv("SLT_BACKGROUND_PROBE", "at collection")
-    go, seen = threading.Event(), {}
-
-    def command(page, **kw):          # the page starts only once the test below has changed the environment
-        assert go.wait(30)
-        return ["true", str(page)]
+    seen = {}
 
     class Process:
         returncode = 0
 
         def __init__(self, cmd, env=None, **kw):
-            seen["env"] = env
+            seen["cmd"], seen["env"] = cmd, env
 
         def communicate(self):
             return "execute: page.md: ok in 0.1 s", None
@@ -312,8 +305,10 @@ def test_background_pages_keep_the_environment_of_collection(monkeypatch):
         def poll(self):
             return 0
 
-    background = conftest._BackgroundPages([Path("page.md")], Path("unused"), command=command, popen=Process)
+    monkeypatch.setenv("SLT_BACKGROUND_PROBE", "when the runner was made")
+    runner = PageProcesses(2, timeout=5, command=lambda page, **kw: ["true", str(page)], popen=Process)
     monkeypatch.setenv("SLT_BACKGROUND_PROBE", "changed by a test")
-    go.set()
-    assert background.results() == {Path("page.md"): {"ok": True, "seconds": 0.1, "error": None}}
-    assert seen["env"]["SLT_BACKGROUND_PROBE"] == "at collection"
+    assert runner.run(Path("page.md")) == (0, "execute: page.md: ok in 0.1 s")
+    assert seen["cmd"] == ["true", "page.md"] and seen["env"]["SLT_BACKGROUND_PROBE"] == "when the runner was made"
+    runner.stop()
+    assert runner.run(Path("page.md")) == (None, "")           # nothing starts after stop()
