@@ -10,6 +10,10 @@ Stan and ArviZ use:
   folded draws :math:`|x - \text{median}|` (which detects chains with equal means but different spreads).
   Values above about 1.01--1.05 mean the chains disagree; run longer or check the step size.
 
+And :func:`z_change`, the change between two independent estimates in units of their combined standard error,
+:math:`(b - a)/\sqrt{s_a^2 + s_b^2}`: how the book compares two λ̂ (a change of more than 3 is called a rise or
+a fall).
+
 Also :class:`SGLDDivergenceError`, raised by :mod:`slt_companion.sampling` when a chain blows up.
 
 Used in: Part II, "Estimating λ and knowing when to trust it".
@@ -22,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["ess", "rhat", "split_chains", "rank_normalize", "autocovariance", "SGLDDivergenceError",
+__all__ = ["ess", "rhat", "split_chains", "rank_normalize", "autocovariance", "z_change", "SGLDDivergenceError",
            "NegativeLLCWarning"]
 
 
@@ -162,3 +166,21 @@ def rhat(draws) -> float:
     bulk = _rhat_raw(rank_normalize(split))
     folded = _rhat_raw(rank_normalize(np.abs(split - np.median(split))))
     return max(bulk, folded)
+
+
+def z_change(mean_from, sem_from, mean_to, sem_to):
+    r"""The change from one estimate to another in units of their combined standard error,
+    :math:`z = (b - a)/\sqrt{s_a^2 + s_b^2}` for independent estimates :math:`a \pm s_a` and :math:`b \pm s_b`
+    (e.g. :attr:`LLCEstimate.mean` and :attr:`LLCEstimate.sem` at two checkpoints). Positive for a rise.
+
+    Scalars give a ``float``; arrays broadcast (NumPy) and give an array. A zero combined error gives ``±inf`` for a
+    change and ``nan`` for none; a NaN (an estimate not made) gives ``nan``; a negative standard error is refused
+    (``ValueError``), since it is not one.
+    """
+    a, sa, b, sb = (np.asarray(v, dtype=float) for v in (mean_from, sem_from, mean_to, sem_to))
+    for name, s in (("sem_from", sa), ("sem_to", sb)):
+        if np.any(s < 0):
+            raise ValueError(f"{name} must be standard errors (≥ 0), got {s!r}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (b - a) / np.hypot(sa, sb)
+    return float(z) if z.ndim == 0 else z

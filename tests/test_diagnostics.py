@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from slt_companion.diagnostics import (SGLDDivergenceError, autocovariance, ess, rank_normalize, rhat,
+from slt_companion.diagnostics import (SGLDDivergenceError, autocovariance, ess, rank_normalize, rhat, z_change,
                                        split_chains)
 
 
@@ -82,3 +82,15 @@ def test_divergence_error_names_the_step_and_a_smaller_step_size():
     msg = str(err)
     assert "step 17" in msg and "chain 2" in msg and "step_size=0.0001" in msg
     assert err.step == 17 and err.step_size == 1e-3
+
+
+def test_z_change_is_the_difference_in_combined_standard_errors():
+    assert z_change(1.0, 0.3, 2.0, 0.4) == pytest.approx(2.0)          # (2 - 1) / sqrt(0.3² + 0.4²)
+    assert z_change(2.0, 0.3, 1.0, 0.4) == pytest.approx(-2.0)         # a fall is negative
+    assert isinstance(z_change(1, 1, 2, 1), float)
+    z = z_change(np.array([1.0, 2.0]), np.array([0.1, 0.2]), np.array([3.0, 1.0]), 0.2)   # arrays broadcast
+    np.testing.assert_allclose(z, [2 / np.hypot(0.1, 0.2), -1 / np.hypot(0.2, 0.2)])
+    assert z_change(1.0, 0.0, 2.0, 0.0) == np.inf and np.isnan(z_change(1.0, 0.0, 1.0, 0.0))
+    assert np.isnan(z_change(1.0, float("nan"), 2.0, 0.1))               # an estimate not made: no z
+    with pytest.raises(ValueError, match="sem_to"):
+        z_change(1.0, 0.1, 2.0, -0.1)
