@@ -37,3 +37,14 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
         bound = "≥ 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(v)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn``, called from the function that warns, that points at the first frame
+    outside this package: the reader's line, however deep inside the package the warning is raised."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("slt_companion"):
+        frame, level = frame.f_back, level + 1
+    return level

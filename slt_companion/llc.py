@@ -38,6 +38,7 @@ import torch
 from . import config as _config
 from .convergence import TARGET_ESS, TARGET_RHAT, ConvergenceRule, LLCConvergenceWarning, is_converged, warn_unconverged
 from .diagnostics import NegativeLLCWarning, ess as _ess, rhat as _rhat
+from ._checks import user_stacklevel
 from .sampling import SamplerConfig, SGLDResult, _Problem, cpu_threads, sgld, threads_for
 
 from .stepsize import AUTO_STEP_FACTOR, StepTooLarge, auto_step_size, curvature_check
@@ -259,8 +260,11 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
         targets afterwards.
     num_burnin : burn-in steps for a fixed ``num_draws`` (must be ``None`` with ``"auto"``).
     max_draws, max_seconds : the budget of ``num_draws="auto"``: at most ``max_draws`` kept draws per chain
-        (default 5000, 1000 in ``SLT_QUICK`` mode; the run is twice as long) and ``max_seconds`` of sampling
-        (default none; a time budget makes the result machine-dependent).
+        (default 5000, 1000 in ``SLT_QUICK`` mode; the run is twice as long, rounded up to whole blocks of
+        :data:`~slt_companion.sampling.BLOCK` = 64 steps, so 1000 keeps 1024) and ``max_seconds`` of sampling
+        (default none; a time budget makes the result machine-dependent). The first convergence test comes after
+        ``min(2000, max_draws)`` draws (:class:`~slt_companion.convergence.ConvergenceRule`), so a ``max_draws`` below
+        2000 is one test at the end of the budget, not an earlier stop.
     step_size : a float :math:`\varepsilon`, or ``"auto"`` (:func:`auto_step_size`, a short pilot run).
     localization : :math:`\gamma` (default 1: a weak tether that removes drift along flat directions
         while biasing :math:`\hat\lambda` by only a few percent; large values bias it low).
@@ -430,6 +434,9 @@ def _as_models(models, template) -> list:
     """``models`` as nn.Modules: modules pass through; state dicts are loaded into copies of ``template``."""
     import copy
 
+    if isinstance(models, (torch.nn.Module, dict)):
+        raise TypeError(f"models must be a list of nn.Modules (or of state dicts with template=), got one "
+                        f"{type(models).__name__}: pass [model], or call estimate_llc(model, ...)")
     models = list(models)
     if not models:
         raise ValueError("models is empty: pass a list of nn.Modules, or of state dicts with template=")
@@ -450,6 +457,20 @@ def _as_models(models, template) -> list:
             raise ValueError(f"models[{i}] does not fit template ({type(template).__name__}): {err}") from err
         out.append(model)
     return out
+
+
+def _signature_difference(a: tuple, b: tuple) -> str:
+    """What differs between two submodules' :func:`~slt_companion.sampling.module_signature` entries, in words."""
+    name = a[0] or "the model"
+    if a[0] != b[0] or a[1] != b[1]:
+        return f"{a[0] or 'the model'} is a {a[1].rsplit('.', 1)[-1]}, {b[0] or 'the model'} a {b[1].rsplit('.', 1)[-1]}"
+    if a[2] != b[2]:
+        return f"{name} is in {'training' if a[2] else 'eval'} mode in one, {'training' if b[2] else 'eval'} in the other"
+    if a[3] != b[3]:
+        da, db = dict(a[3]), dict(b[3])
+        diff = [f"{k} {da.get(k, '-')} vs {db.get(k, '-')}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+        return f"{name}: {', '.join(diff)}"
+    return f"{name}: forward hooks {a[4]} vs {b[4]}"
 
 
 def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module | None = None, num_chains: int = 4,
@@ -491,12 +512,33 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
     chunk = CHECKPOINTS_PER_RUN if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
     num_draws, num_burnin, device = _sampling_defaults(models[0], num_draws, num_burnin, device)
     rule, burnin_run, draws_run = _plan(num_draws, num_burnin, max_draws, max_seconds)
+    # validate everything but the step size (and nβ, which may depend on n) before any computation, as estimate_llc
+    SamplerConfig(step_size=1.0, nbeta=1.0 if nbeta is None else nbeta, localization=localization,
+                  num_chains=num_chains, num_draws=draws_run, num_burnin=burnin_run, batch_size=batch_size,
+                  seed=seed, preconditioner=preconditioner)
+    from .sampling import module_signature
+
+    # every checkpoint is sampled through the first one's forward: they must be one architecture in one state
+    sig0 = module_signature(models[0], hook_ids=False)
+    for i, m in enumerate(models[1:], start=1):
+        sig = module_signature(m, hook_ids=False)
+        if sig != sig0:
+            where = next((_signature_difference(a, b) for a, b in zip(sig0, sig) if a != b),
+                         f"{len(sig)} submodules vs {len(sig0)}")
+            raise ValueError(f"models[{i}] is not the architecture of models[0] in the same state ({where}); "
+                             "estimate_llcs samples every checkpoint through one forward: pass models of one class, "
+                             "sizes and train/eval mode, or estimate them separately with estimate_llc")
     settings = dict(num_chains=num_chains, num_draws=draws_run, num_burnin=burnin_run, rule=rule,
                     step_size=step_size, localization=localization, nbeta=nbeta, batch_size=batch_size,
                     seed=seed, progress=progress, preconditioner=preconditioner, baseline=baseline)
 
     def work(indices: list[int]) -> list[LLCEstimate]:
-        probs = [_Problem(models[i], loss_fn, data, params, device) for i in indices]
+        probs = []
+        for i in indices:
+            try:
+                probs.append(_Problem(models[i], loss_fn, data, params, device))
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"checkpoint {i} (models[{i}]): {err}") from err
         first = probs[0] if probs else None
         for i, prob in zip(indices, probs):
             if (prob.names, prob.shapes, prob.dtype) != (first.names, first.shapes, first.dtype):
@@ -638,7 +680,7 @@ def _warn_if_negative(mean: float, sem: float, rhat: float) -> None:
         warnings.warn(f"λ̂ = {mean:.4g} is negative{': ' + why if why else ''}. The LLC is ≥ 0, so this is not an "
                       "estimate: the chains found lower loss than at w* (is w* a local minimum? train longer) or did "
                       "not converge (use a smaller step_size, a larger localization or more burn-in; see est.plot())",
-                      NegativeLLCWarning, stacklevel=5)
+                      NegativeLLCWarning, stacklevel=user_stacklevel())
 
 
 def _summarize_run(whole: np.ndarray, trace: np.ndarray, init_loss: float, cfg: SamplerConfig, baseline: str,
@@ -693,7 +735,8 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
     settings (paired baseline); only the random numbers differ. Passing data other than the training data gives
     the weight- and data-refined LLC.
 
-    The arguments not listed below are those of :func:`estimate_llc`.
+    The arguments not listed below are those of :func:`estimate_llc`, except ``params`` (the groups take its place),
+    ``preconditioner`` (plain SGLD only) and ``baseline`` (always the paired baseline).
 
     Parameters
     ----------
@@ -804,13 +847,17 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
 
 def half_mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""The per-sample Gaussian negative log-likelihood with unit variance, up to a constant:
-    :math:`\tfrac12\|y - f(x)\|^2`, averaged over the batch (the loss of every regression in Part II)."""
-    return 0.5 * ((out - y) ** 2).sum(-1).mean()
+    :math:`\tfrac12\|y - f(x)\|^2`, averaged over the batch (the loss of every regression in Part II). The last
+    axis is the output vector; a 1-D ``(batch,)`` output is one number per sample; any axes between are averaged."""
+    d = (out - y) ** 2
+    return 0.5 * (d.mean() if d.ndim == 1 else d.sum(-1).mean())
 
 
 def _half_mse_batched(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``half_mse`` of every chain at once: ``out``, ``y`` of shape ``(C, B, ...)`` -> ``(C,)``."""
-    return 0.5 * ((out - y) ** 2).sum(-1).mean(-1)
+    d = (out - y) ** 2
+    per = d if d.ndim == 2 else d.sum(-1)
+    return 0.5 * per.reshape(per.shape[0], -1).mean(-1)
 
 
 half_mse.batched = _half_mse_batched  # the sampler's fast path (checked against vmap before use)

@@ -65,7 +65,7 @@ from .config import resolve_device
 from .diagnostics import SGLDDivergenceError
 
 __all__ = ["SamplerConfig", "SGLDResult", "sgld", "NonFunctionalModelError", "select_params", "local_posterior_grid",
-           "chain_generators", "clear_center_losses"]
+           "chain_generators", "clear_center_losses", "module_signature"]
 
 #: steps whose minibatches and noise are drawn together (per chain); part of the RNG contract
 BLOCK = 64
@@ -94,17 +94,42 @@ def _weak(obj):
         return None
 
 
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def module_signature(model: nn.Module, *, hook_ids: bool = True) -> tuple:
+    """What a module's forward depends on besides its tensors and code, as far as it can be read: for every submodule
+    its name, class, train/eval flag, plain attributes (numbers, strings, booleans, None: ``self.scale = 2.0``) and
+    forward hooks -- their handles' ids (``hook_ids=True``; a hook removed and another added is a change) or only
+    their number. Two models of one architecture in the same state have equal signatures (``hook_ids=False``)."""
+    out = []
+    for name, m in model.named_modules():
+        plain = tuple(sorted((k, repr(v)) for k, v in vars(m).items()
+                             if not k.startswith("_") and k != "training" and isinstance(v, _PLAIN)))
+        hooks = (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) if hook_ids else \
+            (len(m._forward_hooks), len(m._forward_pre_hooks))
+        out.append((name, type(m).__module__ + "." + type(m).__qualname__, m.training, plain, hooks))
+    if hook_ids:
+        from torch.nn.modules import module as _module
+        out.append(("<global hooks>", tuple(getattr(_module, "_global_forward_hooks", {})),
+                    tuple(getattr(_module, "_global_forward_pre_hooks", {}))))
+    return tuple(out)
+
+
 def _center_key(prob: "_Problem") -> tuple:
     """What the per-sample losses at the centre depend on besides the model's code, as ``(values, objects)``:
     ``values`` must be equal -- every parameter and buffer by name and content (the sampled ones at w*; not which of
-    them are sampled), the train/eval mode, the data tensors' in-place versions; ``objects`` (weak references to
-    ``loss_fn`` and the data tensors) must be the same objects."""
+    them are sampled), the :func:`module_signature` (train/eval flags, plain attributes, forward hooks), the data
+    tensors' in-place versions; ``objects`` (weak references to ``loss_fn`` and the data tensors) must be the same
+    objects. A forward that reads anything else (a tensor attribute that is no buffer, a global) is not seen: call
+    :func:`clear_center_losses` after changing it."""
     h = hashlib.blake2b(digest_size=16)
     state = {**prob.frozen, **{k: v[0] for k, v in prob.views(prob.center[None]).items()}}
     for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(str((tuple(t.shape), t.dtype, t.device)).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(repr(module_signature(prob.model)).encode())
     values = (h.digest(), prob.model.training, prob.x._version, prob.y._version)
     return values, (_weak(prob.loss_fn), _weak(prob.x), _weak(prob.y))
 
@@ -549,7 +574,8 @@ class _Problem:
         try:
             loss = self.loss_fn(out, self.y[:b])
         except Exception as err:
-            raise ValueError(f"loss_fn(model(x), y) failed with output shape {tuple(out.shape)} and y shape "
+            what = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"type {type(out).__name__}"
+            raise ValueError(f"loss_fn(model(x), y) failed with an output of {what} and y shape "
                              f"{tuple(self.y[:b].shape)}: {type(err).__name__}: {err}") from err
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("loss_fn(model(x), y) must return a scalar tensor (the mean loss over the batch); "
@@ -571,16 +597,19 @@ class _Problem:
             with torch.no_grad():
                 for k, v in self.model.named_buffers():
                     v.copy_(buffers[k])
+        # what "equal" means for this dtype: float32 and float64 to 1e-4; half precision to a few of its rounding steps
+        rtol = max(1e-4, 8 * torch.finfo(losses.dtype).eps) if losses.dtype.is_floating_point else 1e-4
+        atol = max(1e-6, 8 * torch.finfo(losses.dtype).eps) if losses.dtype.is_floating_point else 1e-6
         if self.fast_forward is not None or self.fast_loss is not None:
             with torch.no_grad():
                 Wr = W + 1e-3 * torch.arange(1, 3, dtype=W.dtype, device=W.device)[:, None]
                 ref = self.batched_losses(Wr, xb, yb, fast=False)
                 got = self.batched_losses(Wr, xb, yb)
-            if not torch.allclose(ref, got, rtol=1e-4, atol=1e-6):
+            if not torch.allclose(ref, got, rtol=rtol, atol=atol):
                 raise ValueError(
                     f"the batched fast path (model.forward_batched / loss_fn.batched) gives {got.tolist()} but "
                     f"the vmapped model and loss give {ref.tolist()}; fix the fast path or remove it")
-        if not torch.allclose(losses[0], loss.to(losses.dtype), rtol=1e-4, atol=1e-6):
+        if not torch.allclose(losses[0], loss.to(losses.dtype), rtol=rtol, atol=atol):
             raise NonFunctionalModelError(
                 f"the vmapped forward gives loss {float(losses[0]):.6g} but model(x) gives {float(loss):.6g}: "
                 f"{type(self.model).__name__}.forward depends on something other than its parameters and input "

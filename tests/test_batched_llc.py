@@ -131,8 +131,19 @@ def test_state_dicts_with_a_template(checkpoints):
 
 
 def test_models_of_different_shapes_are_refused_by_name(checkpoints):
-    with pytest.raises(ValueError, match="checkpoint 1's sampled parameters differ"):
+    with pytest.raises(ValueError, match=r"models\[1\] is not the architecture.*out_features 4 vs 5"):
         estimate_llcs([checkpoints[0], _net(0, hidden=5)], half_mse, _data(), **KW, num_draws=50, step_size=1e-4)
+
+    class Bare(torch.nn.Module):                     # no attribute says its size: the parameters' shapes do
+        def __init__(self, h):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3, h))
+            self.v = torch.nn.Parameter(torch.zeros(h, 2))
+
+        def forward(self, x):
+            return torch.tanh(x @ self.w) @ self.v
+    with pytest.raises(ValueError, match="checkpoint 1's sampled parameters differ"):
+        estimate_llcs([Bare(4), Bare(5)], half_mse, _data(), **KW, num_draws=50, step_size=1e-4)
     with pytest.raises(ValueError, match="models is empty"):
         estimate_llcs([], half_mse, _data())
     with pytest.raises(ValueError, match="chunk_size"):
@@ -246,3 +257,41 @@ def test_batched_on_cuda_agrees_with_one_at_a_time_and_with_the_cpu(checkpoints)
         sem = max(t.std, a.std, c.std) / np.sqrt(KW["num_chains"])
         assert abs(t.mean - a.mean) < 3 * sem, (t.mean, a.mean, sem)
         assert abs(t.mean - c.mean) < 4 * sem, (t.mean, c.mean, sem)
+
+
+FAST = dict(num_chains=2, num_draws=20, num_burnin=5, step_size=1e-4, progress=False)
+
+
+def test_checkpoints_of_another_architecture_or_state_are_refused(checkpoints):
+    """Every checkpoint is sampled through models[0]'s forward: one of another class, or in another mode, is an
+    error naming it (it once gave models[0]'s function at its weights, silently)."""
+    x, y = _data()
+    relu = _net(0)
+    relu[1] = torch.nn.ReLU()
+    with pytest.raises(ValueError, match=r"models\[1\] is not the architecture"):
+        estimate_llcs([checkpoints[0], relu], half_mse, (x, y), **FAST)
+    training = _trained(1, steps=10).eval()           # the others are in training mode
+    with pytest.raises(ValueError, match=r"models\[2\]"):
+        estimate_llcs([checkpoints[0], checkpoints[1], training], half_mse, (x, y), **FAST)
+
+
+def test_estimate_llcs_checks_its_arguments_as_estimate_llc_does(checkpoints):
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"pass \[model\]"):
+        estimate_llcs(checkpoints[0], half_mse, (x, y), **FAST)
+    for bad in ({"num_chains": 2.5}, {"num_draws": 20.5}, {"seed": 1.5}, {"batch_size": None}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            estimate_llcs(checkpoints[:2], half_mse, (x, y), **{**FAST, **bad})
+    wide = _trained(0, steps=10).double()
+    with pytest.raises(TypeError, match=r"checkpoint 1 \(models\[1\]\)"):
+        estimate_llcs([checkpoints[0], wide], half_mse, (x, y), **FAST)
+
+
+def test_the_negative_llc_warning_points_at_the_callers_line():
+    x, y = _data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimate_llcs([_net(0)], half_mse, (x, y), **FAST)                  # untrained: λ̂ < 0
+    from slt_companion.diagnostics import NegativeLLCWarning
+    negative = [w for w in caught if issubclass(w.category, NegativeLLCWarning)]
+    assert negative and all(w.filename == __file__ for w in negative), [(w.filename, w.lineno) for w in negative]

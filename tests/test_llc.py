@@ -271,3 +271,40 @@ def test_a_negative_estimate_warns():
     with pytest.warns(NegativeLLCWarning, match="negative.*local minimum"):
         est = estimate_llc(off, mse, d.xy, **{**FAST, "step_size": 1e-3, "num_draws": 50})
     assert est.mean < 0
+
+
+def test_a_hook_added_after_an_estimate_is_not_served_the_old_centre_losses():
+    """The per-sample losses at w* are remembered with the model; a forward hook (or a plain attribute the forward
+    reads) changes the function without changing a tensor, and must not reuse them."""
+    from slt_companion.llc import half_mse
+
+    x, y = _hook_data()
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    kw = dict(num_chains=2, num_draws=20, num_burnin=5, step_size=1e-4, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = estimate_llc(net, half_mse, (x, y), **kw).init_loss
+        handle = net[1].register_forward_hook(lambda mod, inp, out: out * 0)
+        with torch.no_grad():
+            truth = float(half_mse(net(x), y))
+        hooked = estimate_llc(net, half_mse, (x, y), **kw).init_loss
+        handle.remove()
+        again = estimate_llc(net, half_mse, (x, y), **kw).init_loss
+    assert hooked == pytest.approx(truth, rel=1e-5) and hooked != pytest.approx(before, rel=1e-3)
+    assert again == pytest.approx(before, rel=1e-6)
+
+
+def _hook_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g)
+    return x, x @ torch.randn(3, 2, generator=g)
+
+
+def test_half_mse_of_one_number_per_sample_is_its_mean():
+    from slt_companion.llc import half_mse
+
+    out, y = torch.arange(4.0), torch.zeros(4)
+    assert float(half_mse(out, y)) == pytest.approx(0.5 * (0 + 1 + 4 + 9) / 4)
+    assert float(half_mse(out, y)) == float(half_mse(out[:, None], y[:, None]))       # (n,) as (n, 1)
+    batched = half_mse.batched(torch.stack([out, 2 * out]), torch.zeros(2, 4))
+    assert torch.allclose(batched, torch.stack([half_mse(out, y), half_mse(2 * out, y)]))
