@@ -49,15 +49,19 @@ def cache_dir() -> Path:
 
 
 def _canonical(obj: Any) -> Any:
-    """A JSON-able canonical form of a config (dict keys sorted by json.dumps)."""
+    """A JSON-able canonical form of a config in which values of different types never meet: a dict becomes
+    ``{"dict": [[key, value], ...]}`` sorted by key (so key order does not matter, and the key ``1`` is not the key
+    ``"1"``), a float ``{"float": repr}`` (exact; not the string ``"1.0"``, nor ``nan`` the string ``"nan"``); lists
+    and tuples are the same list, NumPy scalars the Python ones."""
     if isinstance(obj, dict):
-        return {str(k): _canonical(v) for k, v in obj.items()}
+        items = [[_canonical(k), _canonical(v)] for k, v in obj.items()]
+        return {"dict": sorted(items, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
     if isinstance(obj, (list, tuple)):
         return [_canonical(v) for v in obj]
     if isinstance(obj, (bool, int, str)) or obj is None:
         return obj
     if isinstance(obj, float):
-        return repr(obj)  # exact round-trip, distinguishes 0.1 from 0.1000000001
+        return {"float": repr(obj)}  # exact round-trip, distinguishes 0.1 from 0.1000000001
     if isinstance(obj, (np.integer, np.floating)):
         return _canonical(obj.item())
     if isinstance(obj, (torch.device, torch.dtype)):

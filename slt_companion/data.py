@@ -223,6 +223,7 @@ class ICLTaskSampler:
 def icl_regression(n: int, task_dim: int = 4, num_examples: int = 16, *, noise_var: float = 0.125,
                    num_tasks: int | None = None, seed: int = 0, task_seed: int = 0) -> ICLData:
     """``n`` sequences from :class:`ICLTaskSampler` with a generator seeded by ``seed`` (a fixed data set)."""
+    n = check_int("n", n, 1)
     sampler = ICLTaskSampler(task_dim, num_examples, noise_var=noise_var, num_tasks=num_tasks, task_seed=task_seed)
     return sampler.sample(n, torch.Generator().manual_seed(int(seed)))
 
@@ -411,7 +412,8 @@ def char_corpus(kind: str = "prose", *, max_chars: int | None = None, val_fracti
     3.11), in sorted file-name order. The text is cut to ``max_chars``, split into blocks of ``block``
     characters, and every block whose index ``i`` satisfies ``i % round(1 / val_fraction) == round(1 /
     val_fraction) - 1`` goes to validation: a deterministic split (the same on every machine with the same
-    Python version) that spreads validation text across the whole corpus. Characters outside
+    Python version) that spreads validation text across the whole corpus (with fewer than ``1 / val_fraction``
+    blocks, the last block is the validation text; the two never share a block). Characters outside
     :data:`CHAR_VOCAB` (tabs, non-ASCII) become ``"?"``.
     """
     text, sources = _corpus_text(kind)
@@ -425,7 +427,9 @@ def char_corpus(kind: str = "prose", *, max_chars: int | None = None, val_fracti
     blocks = list(torch.split(tokens, block))
     val = [b for i, b in enumerate(blocks) if i % every == every - 1]
     train = [b for i, b in enumerate(blocks) if i % every != every - 1]
-    return CharCorpus(kind, torch.cat(train), torch.cat(val) if val else tokens[-block:].clone(), sources)
+    if not val:                      # fewer blocks than 1 / val_fraction: the last block validates, and trains not
+        train, val = blocks[:-1], blocks[-1:]
+    return CharCorpus(kind, torch.cat(train), torch.cat(val), sources)
 
 
 __all__ += ["CHAR_VOCAB", "CharCorpus", "char_corpus", "repeated_tokens"]
@@ -453,6 +457,10 @@ def _split(x, y, test_fraction: float, seed: int, num_classes: int, dtype) -> Cl
     y = torch.as_tensor(y, dtype=torch.long)
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))
     n_test = int(round(test_fraction * x.shape[0]))
+    if not 1 <= n_test <= x.shape[0] - 2:
+        raise ValueError(f"test_fraction={test_fraction!r} of {x.shape[0]} examples leaves {n_test} for testing and "
+                         f"{x.shape[0] - n_test} for training: each needs at least 1 (training 2, for its standard "
+                         "deviation); pick a fraction nearer 0.5")
     test, train = perm[:n_test], perm[n_test:]
     mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)   # standardise with training statistics
     z = ((x - mean) / std).to(dtype)

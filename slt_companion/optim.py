@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.optim import Optimizer
 
@@ -58,6 +59,14 @@ def _check(name: str, value, *, low: float = 0.0, strict: bool = False, high: fl
         rng = f"{'>' if strict else '≥'} {low:g}" + (f" and ≤ {high:g}" if high is not None else "")
         raise ValueError(f"{name} must be a finite number {rng}, got {value!r}")
     return float(value)
+
+
+def _noise_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s Langevin noise: mixed from ``(seed, step)`` and a tag of its own (NumPy's
+    SeedSequence), so that it never repeats the minibatch stream that :func:`slt_companion.train.train` seeds with
+    ``seed * 1_000_003 + step`` (the same affine seed made the noise equal the step's minibatch inputs)."""
+    tag = 0x6E6F697365                                    # "noise"
+    return int(np.random.SeedSequence([tag, int(seed) % 2 ** 63, int(step)]).generate_state(1, np.uint64)[0]) % 2 ** 63
 
 
 class EntropySGD(Optimizer):
@@ -100,7 +109,7 @@ class EntropySGD(Optimizer):
             raise ValueError("EntropySGD.step needs a closure: a function that draws a minibatch, zeroes the "
                              "gradients, computes the loss, calls backward() and returns the loss")
         t = self._step_count()
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + t) % (2 ** 63))
+        gen = torch.Generator().manual_seed(_noise_seed(self.seed, t))
         params = [p for g in self.param_groups for p in g["params"]]
         anchor = {p: p.detach().clone() for p in params}          # x
         avg = {p: p.detach().clone() for p in params}             # mu

@@ -165,9 +165,15 @@ class Replication:
         return axes
 
 
+def _stable_repr(value) -> str:
+    """``repr(value)``, or the type's name where the repr holds a memory address (it changes from run to run)."""
+    r = repr(value)
+    return type(value).__qualname__ if " at 0x" in r else r
+
+
 def code_fingerprint(fn) -> str | None:
     """A hash of what ``fn`` computes as written: for a function its bytecode, the names it uses and its constants
-    (nested functions included), not its file name or line numbers (those change between runs of a notebook); for a
+    (nested functions included) and its default arguments, not its file name or line numbers (those change between runs of a notebook); for a
     ``functools.partial`` the function's fingerprint and the bound arguments' ``repr``. ``None`` for other callables."""
     import functools
     import hashlib
@@ -193,6 +199,9 @@ def code_fingerprint(fn) -> str | None:
     h = hashlib.sha256()
     for b in parts(code):
         h.update(b)
+    # default arguments are part of what fn computes: `def fn(seed, scale=2.0)` edited to 3.0 is another function
+    defaults = list(getattr(fn, "__defaults__", None) or ()) + sorted((getattr(fn, "__kwdefaults__", None) or {}).items())
+    h.update(repr([_stable_repr(v) for v in defaults]).encode())
     return h.hexdigest()[:16]
 
 
@@ -225,15 +234,18 @@ def replicate(fn: Callable[[int], dict], seeds: int | Iterable[int] = 5, *, name
             out = fn(seed)
             if not isinstance(out, dict):
                 raise TypeError(f"fn({seed}) returned {type(out).__name__}; it must return a dict of claims and numbers")
+            if "seed" in map(str, out):
+                raise ValueError(f"fn({seed}) returned a key 'seed', which is the row's own: rename it")
             return {str(k): _plain(str(k), v) for k, v in out.items()}
         got = cache.cached(f"replicate-{name}", {"config": config, "seed": seed, "code": code, "version": version},
                            compute)
         rows.append({"seed": seed, **{k: _plain(k, v) for k, v in got.items()}})
     keys = [k for k in rows[0] if k != "seed"]
     for r in rows[1:]:
-        if [k for k in r if k != "seed"] != keys:
+        if set(r) != set(rows[0]):
             raise ValueError(f"fn(seed) returned different keys for seed {r['seed']} than for seed {rows[0]['seed']}: "
                              f"{sorted(set(r) ^ set(rows[0]))}")
+    rows = [{"seed": r["seed"], **{k: r[k] for k in keys}} for r in rows]      # one key order: the first row's
     claims = [k for k in keys if all(isinstance(r[k], bool) for r in rows)]
     nums = [k for k in keys if k not in claims]
     return Replication(name=name, seeds=seed_list, rows=rows, claims=claims, numbers=nums)

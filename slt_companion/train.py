@@ -73,7 +73,9 @@ class Trajectory:
     """Parameters at the checkpoint ``steps``, and the training loss at every step.
 
     - ``steps`` ``(C,)``: checkpoint steps (0 = initialisation); ``params`` ``(C, P)``: the flattened
-      parameters there (float32, in ``names`` order with ``shapes``);
+      parameters there (in the model's dtype, in ``names`` order with ``shapes``);
+    - ``buffers``: for a model with persistent buffers (BatchNorm's running statistics, say), one
+      ``{name: tensor}`` per checkpoint, which :meth:`model_at` loads with the parameters; ``None`` without buffers;
     - ``train_loss`` ``(num_steps,)``: the minibatch loss of each step; ``lr`` ``(num_steps,)``: its learning rate;
     - ``config``: the training settings; ``seconds``: training wall time (of the run that produced it).
 
@@ -88,6 +90,7 @@ class Trajectory:
     lr: np.ndarray
     config: dict = field(default_factory=dict)
     seconds: float = 0.0
+    buffers: list | None = None
 
     def __len__(self) -> int:
         return int(len(self.steps))
@@ -112,13 +115,31 @@ class Trajectory:
     def model_at(self, i: int, template: nn.Module) -> nn.Module:
         """A deep copy of ``template`` holding checkpoint ``i``'s parameters, in eval mode."""
         model = copy.deepcopy(template)
-        missing = set(self.names) - {n for n, _ in model.named_parameters()}
-        if missing:
-            raise ValueError(f"template has no parameters {sorted(missing)[:3]}...; pass the model class trained")
+        have = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        want = dict(zip(self.names, (tuple(s) for s in self.shapes)))
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        wrong = [f"{n} {have[n]} (trained: {want[n]})" for n in self.names if n in have and have[n] != want[n]]
+        if missing or extra or wrong:
+            raise ValueError("template does not match the trained model: "
+                             + "; ".join(f"{what} {names[:3]}" for what, names in
+                                         (("missing parameters", missing), ("extra parameters", extra),
+                                          ("other shapes", wrong)) if names)
+                             + ". Pass a model built with the same class and sizes as the one trained")
         sd = self.state_dict(i)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(sd[name].to(p))
+            if self.buffers is not None:
+                own = dict(model.named_buffers())
+                lost = sorted(set(self.buffers[i]) - set(own))
+                if lost:
+                    raise ValueError(f"template has no buffers {lost[:3]}, which the trained model had: pass a model "
+                                     "built with the same class and sizes as the one trained")
+                for name, b in self.buffers[i].items():
+                    if own[name].shape != b.shape:
+                        raise ValueError(f"template's buffer {name} has shape {tuple(own[name].shape)}, the trained "
+                                         f"model's {tuple(b.shape)}: pass a model built like the one trained")
+                    own[name].copy_(b.to(own[name]))
         return model.eval()
 
     def models(self, template: nn.Module):
@@ -131,7 +152,9 @@ class Trajectory:
         return int(np.argmin(np.abs(self.steps - step)))
 
     def smoothed_loss(self, window: int = 50) -> np.ndarray:
-        """The training loss averaged over a trailing window (length ``num_steps``)."""
+        """The training loss averaged over a trailing window of ``window`` steps (length ``num_steps``)."""
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+            raise ValueError(f"window must be a positive number of steps, got {window!r}")
         x = np.asarray(self.train_loss, dtype=np.float64)
         c = np.concatenate([[0.0], np.cumsum(x)])
         i = np.arange(1, len(x) + 1)
@@ -139,20 +162,34 @@ class Trajectory:
         return (c[i] - c[lo]) / (i - lo)
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "params": self.params, "names": list(self.names),
-                "shapes": [list(s) for s in self.shapes], "train_loss": self.train_loss, "lr": self.lr,
-                "config": self.config, "seconds": self.seconds}
+        d = {"steps": self.steps, "params": self.params, "names": list(self.names),
+             "shapes": [list(s) for s in self.shapes], "train_loss": self.train_loss, "lr": self.lr,
+             "config": self.config, "seconds": self.seconds}
+        if self.buffers is not None:
+            d["buffers"] = {str(k): dict(b) for k, b in enumerate(self.buffers)}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trajectory":
-        return cls(steps=np.asarray(d["steps"], dtype=np.int64), params=torch.as_tensor(d["params"]),
+        steps = np.asarray(d["steps"], dtype=np.int64)
+        buffers = d.get("buffers")
+        if buffers is not None:
+            buffers = [{k: torch.as_tensor(v) for k, v in buffers[str(i)].items()} for i in range(len(steps))]
+        return cls(steps=steps, params=torch.as_tensor(d["params"]),
                    names=list(d["names"]), shapes=[tuple(s) for s in d["shapes"]],
                    train_loss=np.asarray(d["train_loss"]), lr=np.asarray(d["lr"]),
-                   config=dict(d.get("config", {})), seconds=float(d.get("seconds", 0.0)))
+                   config=dict(d.get("config", {})), seconds=float(d.get("seconds", 0.0)), buffers=buffers)
 
 
 def _flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
+    """The parameters as one flat CPU tensor, in their own dtype (float32 models stay float32, float64 float64)."""
+    return torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()])
+
+
+def _buffers(model: nn.Module) -> dict:
+    """The model's persistent buffers (what its ``state_dict`` holds besides parameters), cloned to the CPU."""
+    params = {n for n, _ in model.named_parameters()}
+    return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n not in params}
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -213,8 +250,17 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         optimizer = "callable:" + getattr(optimizer, "__qualname__", type(optimizer).__name__)
     if schedule not in ("onecycle", "constant"):
         raise ValueError(f"schedule must be 'onecycle' or 'constant', got {schedule!r}")
+    if schedule == "onecycle" and not (isinstance(pct_start, (int, float)) and 0 < pct_start <= 1):
+        raise ValueError(f"pct_start (the fraction of steps spent warming up) must lie in (0, 1], got {pct_start!r}")
+    if grad_clip is not None and optimizer == "entropy-sgd":
+        raise ValueError("grad_clip is not supported with optimizer='entropy-sgd' (its inner Langevin loop takes the "
+                         "gradients itself); pass grad_clip=None")
     if not callable(loss_fn) or not callable(batch_fn):
         raise TypeError("loss_fn and batch_fn must be callables: loss_fn(model(x), y), batch_fn(generator) -> (x, y)")
+    if checkpoints is not None:
+        raw = np.asarray(checkpoints)
+        if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(raw == np.round(raw))):
+            raise ValueError(f"checkpoints must be whole training steps, got {list(raw.reshape(-1))[:5]}")
     ckpts = log_checkpoint_steps(num_steps) if checkpoints is None else np.unique(np.asarray(checkpoints, dtype=np.int64))
     if ckpts.size == 0 or ckpts.min() < 0 or ckpts.max() > num_steps:
         raise ValueError(f"checkpoints must be steps in [0, num_steps={num_steps}], got {list(ckpts)[:5]}...")
@@ -253,9 +299,13 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         except OSError:
             pass
     traj = Trajectory.from_dict(result)
+    final = result.get("final") or traj.state_dict(-1)   # after the last step (older entries: the last checkpoint)
     with torch.no_grad():                       # leave the model trained, as without the cache
-        for (name, p), v in zip(model.named_parameters(), traj.state_dict(-1).values()):
-            p.copy_(v.to(p))
+        for name, p in model.named_parameters():
+            p.copy_(torch.as_tensor(final[name]).to(p))
+        for name, b in model.named_buffers():
+            if name in final:
+                b.copy_(torch.as_tensor(final[name]).to(b))
     return traj
 
 
@@ -319,10 +369,10 @@ def _make_optimizer(model, s, opt_factory):
     return EntropySGD(params, lr=s["lr"], weight_decay=s["weight_decay"], seed=s["seed"])
 
 
-def _load_partial(path, model, opt, N: int, ckpts) -> tuple:
+def _load_partial(path, model, opt, N: int, ckpts, has_buffers: bool = False) -> tuple:
     """Read a saved training state and load it into ``model`` and ``opt``; raise on anything inconsistent.
 
-    Returns ``(start, seconds, losses, lrs, kept)``."""
+    Returns ``(start, seconds, losses, lrs, kept, kept_buffers)``."""
     state = torch.load(path, weights_only=True)
     start = int(state["step"])
     if not 0 < start < N:
@@ -333,9 +383,12 @@ def _load_partial(path, model, opt, N: int, ckpts) -> tuple:
     kept = {int(k): v for k, v in zip(state["kept_steps"].tolist(), state["kept"])}
     if not set(kept) <= {int(c) for c in ckpts}:
         raise ValueError(f"saved checkpoints {sorted(kept)[:5]} are not in this run's schedule")
+    kept_buffers = dict(zip(kept, state["kept_buffers"])) if has_buffers else {}
+    if has_buffers and len(kept_buffers) != len(kept):
+        raise ValueError("the saved state's buffers do not match its checkpoints")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    return start, float(state["seconds"]), losses, lrs, kept
+    return start, float(state["seconds"]), losses, lrs, kept, kept_buffers
 
 
 def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progress, num_threads,
@@ -347,20 +400,26 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
     shapes = [list(p.shape) for p in model.parameters()]
     opt = _make_optimizer(model, s, opt_factory)
     needs_closure = getattr(opt, "needs_closure", False) or type(opt).__name__ == "EntropySGD"
+    if needs_closure and s["grad_clip"] is not None:
+        raise ValueError("grad_clip is not supported with an optimizer whose step takes a closure (it computes the "
+                         "gradients itself); pass grad_clip=None")
     losses = np.full(N, np.nan)
     lrs = np.full(N, np.nan)
     kept: dict[int, torch.Tensor] = {}
+    has_buffers = bool(_buffers(model))
+    kept_buffers: dict[int, dict] = {}
     start, elapsed = 0, 0.0
     if partial_path is not None and os.path.exists(partial_path):
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
-            start, elapsed, saved_losses, saved_lrs, kept = _load_partial(partial_path, model, opt, N, ckpts)
+            start, elapsed, saved_losses, saved_lrs, kept, kept_buffers = _load_partial(partial_path, model, opt, N,
+                                                                                        ckpts, has_buffers)
             losses[:start], lrs[:start] = saved_losses[:start], saved_lrs[:start]
         except Exception as err:      # truncated or foreign file: never let it block every later run
             with torch.no_grad():
                 model.load_state_dict(initial)
             opt = _make_optimizer(model, s, opt_factory)
-            start, elapsed, kept = 0, 0.0, {}
+            start, elapsed, kept, kept_buffers = 0, 0.0, {}, {}
             aside = f"{partial_path}.corrupt"
             try:
                 os.replace(partial_path, aside)
@@ -374,6 +433,11 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
                     f"{what}. The model passed holds the weights of that stopped run, not its initialisation, so "
                     "the run cannot restart from step 0: call train() with a freshly initialised model") from err
             warnings.warn(f"{what}; restarting the run from step 0.", RuntimeWarning, stacklevel=4)
+    if stop_at is not None and int(stop_at) < start:
+        with torch.no_grad():
+            model.load_state_dict(initial)          # the model as it was passed; the saved state stays as it is
+        raise ValueError(f"this run is already saved at step {start}, after stop_at={int(stop_at)}: pass a stop_at "
+                         f"of at least {start}, or none to finish the run")
     can_save = partial_path is not None
 
     def save_partial(step):
@@ -384,6 +448,8 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": elapsed,
                  "losses": torch.from_numpy(losses), "lrs": torch.from_numpy(lrs),
                  "kept_steps": torch.tensor(ks, dtype=torch.int64), "kept": [kept[k] for k in ks]}
+        if has_buffers:
+            state["kept_buffers"] = [kept_buffers[k] for k in ks]
         try:
             _cache.atomic_write(partial_path, lambda fh: torch.save(state, fh))
         except OSError as err:        # keep training; only resumability is lost
@@ -394,6 +460,8 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
 
     if start == 0 and 0 in ckpts:
         kept[0] = _flat(model)
+        if has_buffers:
+            kept_buffers[0] = _buffers(model)
     end = N if stop_at is None else int(stop_at)
     ckpt_set = set(int(c) for c in ckpts)
     if num_threads is None and dev.type == "cpu" and sum(p.numel() for p in model.parameters()) < 1_000_000:
@@ -434,6 +502,8 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
                 losses[step], lrs[step] = float(loss.detach()), lr
                 if step + 1 in ckpt_set:
                     kept[step + 1] = _flat(model)
+                    if has_buffers:
+                        kept_buffers[step + 1] = _buffers(model)
                     elapsed_now = elapsed + time.perf_counter() - t0
                     if partial_path is not None and (step + 1) < N:
                         elapsed, t0 = elapsed_now, time.perf_counter()
@@ -447,7 +517,9 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
         save_partial(end)
     ks = sorted(kept)
     return {"steps": np.asarray(ks, dtype=np.int64), "params": torch.stack([kept[k] for k in ks]),
-            "names": names, "shapes": shapes, "train_loss": losses, "lr": lrs, "config": s, "seconds": elapsed}
+            "names": names, "shapes": shapes, "train_loss": losses, "lr": lrs, "config": s, "seconds": elapsed,
+            "final": {n: t.detach().cpu().clone() for n, t in model.state_dict().items()},
+            **({"buffers": {str(j): kept_buffers[k] for j, k in enumerate(ks)}} if has_buffers else {})}
 
 
 def icl_settings() -> dict:

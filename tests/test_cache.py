@@ -43,6 +43,11 @@ def test_key_changes_with_config_name_and_version(monkeypatch):
     assert cache.cache_key("demo", {"b": [1, 2], "a": 1}) == base  # order-independent
     assert cache.cache_key("demo", {"a": 2, "b": [1, 2]}) != base
     assert cache.cache_key("demo", {"a": 1.0, "b": [1, 2]}) != base  # 1 and 1.0 are different configs
+    # values of different types never share a key: a float and its repr, an int key and its string, nan and "nan"
+    for a, b in (({"a": 1.0}, {"a": "1.0"}), ({1: "x"}, {"1": "x"}), ({"a": float("nan")}, {"a": "nan"}),
+                 ({"a": {"float": "1.0"}}, {"a": 1.0}), ({"a": [1, 2]}, {"a": {"1": 2}})):
+        assert cache.cache_key("demo", a) != cache.cache_key("demo", b), (a, b)
+    assert cache.cache_key("demo", {"x": {"b": 1, "a": 2}}) == cache.cache_key("demo", {"x": {"a": 2, "b": 1}})
     assert cache.cache_key("other", {"a": 1, "b": [1, 2]}) != base
     monkeypatch.setattr(cache, "__version__", "999.0")
     assert cache.cache_key("demo", {"a": 1, "b": [1, 2]}) != base

@@ -80,3 +80,16 @@ def test_repeated_spans_are_placed_as_the_per_row_rule_says():
             want[r, a:a + ell] = span[r, :ell]
             want[r, b:b + ell] = span[r, :ell]
         assert torch.equal(got, want), s
+
+
+def test_small_corpus_and_split_edges():
+    from slt_companion.data import char_corpus, digits, icl_regression
+
+    c = char_corpus("prose", max_chars=3 * 64, block=64, val_fraction=0.1)      # 3 blocks < 1 / val_fraction
+    assert len(c.val) == 64 and len(c.train) == 128                               # no block in both
+    with pytest.raises(ValueError, match="test_fraction"):
+        digits(test_fraction=0.9995)
+    with pytest.raises(ValueError, match="test_fraction"):
+        digits(test_fraction=0.0001)
+    with pytest.raises(ValueError, match="n must"):
+        icl_regression(0)

@@ -96,3 +96,12 @@ def test_llc_of_an_mlp_runs_with_cross_entropy():
     est = estimate_llc(m, torch.nn.functional.cross_entropy, (x, y), num_chains=2, num_draws=50,
                        num_burnin=20, step_size=1e-5, progress=False)
     assert np.isfinite(est.mean)
+
+
+def test_attention_only_lm_refuses_tokens_outside_its_vocabulary():
+    from slt_companion.models import AttentionOnlyLM
+
+    m = AttentionOnlyLM(10, n_ctx=4, d_model=8, num_heads=2)
+    for bad in ([[-1, 2]], [[10, 2]]):
+        with pytest.raises(ValueError, match="vocab_size = 10"):
+            m(torch.tensor(bad))

@@ -116,3 +116,16 @@ def test_train_accepts_sgd_momentum_entropy_sgd_and_callables():
         assert runs[0].train_loss[-10:].mean() < 0.8 * runs[0].train_loss[:5].mean(), opt
     with pytest.raises(ValueError, match="optimizer"):
         train(MLP([4, 8, 2]), ce, batch_fn, num_steps=2, optimizer="lbfgs", progress=False)
+
+
+def test_entropy_sgd_noise_is_not_the_minibatch_stream():
+    """train() seeds step t's minibatch with seed * 1_000_003 + t; the Langevin noise of the same step must come from
+    another stream (it once used the same seed, so the noise equalled the minibatch inputs)."""
+    from slt_companion.optim import _noise_seed
+    from slt_companion.train import _step_generator
+
+    for seed, step in ((0, 0), (3, 17), (11, 999)):
+        x = torch.randn(50, generator=_step_generator(seed, step))
+        xi = torch.randn(50, generator=torch.Generator().manual_seed(_noise_seed(seed, step)))
+        assert not torch.allclose(x, xi)
+    assert _noise_seed(1, 2) == _noise_seed(1, 2) and _noise_seed(1, 2) != _noise_seed(2, 1)

@@ -109,6 +109,16 @@ def test_fingerprint_of_partials_and_set_constants():
 
     assert code_fingerprint(functools.partial(fn, k=2)) != code_fingerprint(functools.partial(fn, k=3))
     assert code_fingerprint(print) is None
+
+    def g(seed, scale=2.0):
+        return {"x": scale * seed}
+    before = code_fingerprint(g)
+    g.__defaults__ = (3.0,)                            # the same code with another default computes something else
+    assert code_fingerprint(g) != before
+    g.__defaults__ = (object(),)                       # a default whose repr holds an address (which differs from
+    first = code_fingerprint(g)                        # run to run): the fingerprint does not depend on it
+    g.__defaults__ = (object(),)
+    assert code_fingerprint(g) == first
     # a set literal's order depends on the hash seed; the fingerprint must not
     prog = ("from slt_companion.replicate import code_fingerprint\n"
             "def fn(seed):\n    return {'a': str(seed) in {'one', 'two', 'three', 'four'}}\n"
@@ -122,3 +132,11 @@ def test_plot_labels_every_axis():
     rep = replicate(experiment([]), 3, name="toy", config={"v": 1}, progress=False)
     axes = rep.plot(["boundary", "count"], labels={"boundary": "boundary"}, ylabels={"boundary": "step"})
     assert [ax.get_ylabel() for ax in axes] == ["step", "count"]
+
+
+def test_rows_keep_their_seed_and_accept_any_key_order():
+    with pytest.raises(ValueError, match="key 'seed'"):
+        replicate(lambda s: {"seed": 99, "x": 1.0}, [0, 1], name="seedkey", config={}, progress=False)
+    rep = replicate(lambda s: {"a": 1.0, "b": True} if s else {"b": False, "a": 2.0}, [0, 1], name="order",
+                    config={}, progress=False)
+    assert [r["seed"] for r in rep.rows] == [0, 1] and [list(r) for r in rep.rows] == [["seed", "b", "a"]] * 2

@@ -184,3 +184,90 @@ def test_adam_trains_as_the_per_tensor_loop_does(optimizer, extra, monkeypatch):
     monkeypatch.setattr(slt_train, "_make_optimizer", per_tensor)
     slow = run(optimizer=optimizer, **extra)
     assert torch.equal(fast.params, slow.params) and np.array_equal(fast.train_loss, slow.train_loss)
+
+
+def _bn_setup():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 3, generator=g)
+    y = x[:, :1] + 0.1 * torch.randn(200, 1, generator=g)
+
+    def batch_fn(gen):
+        i = torch.randint(0, 200, (32,), generator=gen)
+        return x[i], y[i]
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+    return batch_fn, make
+
+
+def test_checkpoints_carry_the_buffers_and_the_cached_model_ends_trained(tmp_path, monkeypatch):
+    """BatchNorm's running statistics are part of a checkpoint (model_at loads them), also through the cache and a
+    resumed run; with the cache the model ends at its last step's weights even when that step is no checkpoint."""
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    batch_fn, make = _bn_setup()
+    net = make()
+    traj = train(net, mse, batch_fn, num_steps=40, lr=0.02, checkpoints=[0, 20, 40], progress=False)
+    assert traj.buffers is not None and len(traj.buffers) == 3
+    assert not torch.equal(traj.buffers[0]["1.running_mean"], traj.buffers[-1]["1.running_mean"])
+    at_end = traj.model_at(-1, make())
+    for (n, a), b in zip(net.state_dict().items(), at_end.state_dict().values()):
+        assert torch.equal(a, b), n                                     # parameters and buffers of the trained model
+    kw = dict(num_steps=40, lr=0.02, checkpoints=[0, 20, 40], progress=False, cache_name="bn")
+    train(make(), mse, batch_fn, stop_at=20, **kw)                      # interrupted, then resumed
+    resumed = train(make(), mse, batch_fn, **kw)
+    assert all(torch.equal(a["1.running_var"], b["1.running_var"]) for a, b in zip(traj.buffers, resumed.buffers))
+    cached = train(make(), mse, batch_fn, **kw)                        # from the cache
+    assert torch.equal(cached.buffers[-1]["1.running_mean"], traj.buffers[-1]["1.running_mean"])
+    # the last step is no checkpoint: the model still ends trained, with and without the cache
+    plain, via_cache = make(), make()
+    train(plain, mse, batch_fn, num_steps=15, lr=0.02, checkpoints=[0, 10], progress=False)
+    for _ in range(2):                                                  # computed, then served from the cache
+        m = make()
+        train(m, mse, batch_fn, num_steps=15, lr=0.02, checkpoints=[0, 10], progress=False, cache_name="mid")
+        for (n, a), b in zip(plain.state_dict().items(), m.state_dict().values()):
+            assert torch.equal(a, b), n
+
+
+def test_float64_checkpoints_keep_their_precision():
+    m = small().double()
+    traj = train(m, mse, lambda g: tuple(t.double() for t in SAMPLER.batch_fn(8)(g)), num_steps=5, lr=3e-3,
+                 checkpoints=[0, 5], progress=False)
+    assert traj.params.dtype == torch.float64
+    back = traj.model_at(-1, small().double())
+    assert all(torch.equal(a, b) for a, b in zip(m.parameters(), back.parameters()))
+
+
+def test_bad_training_arguments_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    for pct in (0.0, 5.0, -2.0, float("nan")):
+        with pytest.raises(ValueError, match="pct_start"):
+            run(pct_start=pct)
+    with pytest.raises(ValueError, match="checkpoints must be whole"):
+        train(small(), mse, SAMPLER.batch_fn(8), num_steps=5, checkpoints=[0, 2.7], progress=False)
+    with pytest.raises(ValueError, match="grad_clip is not supported"):
+        run(optimizer="entropy-sgd", grad_clip=1.0)
+    traj = run()
+    for w in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="window"):
+            traj.smoothed_loss(window=w)
+    wider = ICLTransformer(task_dim=2, num_examples=4, num_layers=1, num_heads=2, d_model=16, d_mlp=8, seed=0)
+    deeper = ICLTransformer(task_dim=2, num_examples=4, num_layers=2, num_heads=2, d_model=8, d_mlp=8, seed=0)
+    with pytest.raises(ValueError, match="other shapes"):
+        traj.model_at(-1, wider)
+    with pytest.raises(ValueError, match="extra parameters"):
+        traj.model_at(-1, deeper)
+
+
+def test_a_stop_before_the_saved_state_is_refused_and_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    kw = dict(num_steps=30, lr=3e-3, progress=False, checkpoints=[0, 10, 20, 30], cache_name="early")
+    train(small(), mse, SAMPLER.batch_fn(8), stop_at=20, **kw)
+    m = small()
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(ValueError, match="already saved at step 20"):
+        train(m, mse, SAMPLER.batch_fn(8), stop_at=10, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))    # the model as it was passed
+    full = train(small(), mse, SAMPLER.batch_fn(8), **kw)                   # the saved state still resumes exactly
+    plain = train(small(), mse, SAMPLER.batch_fn(8), num_steps=30, lr=3e-3, progress=False, checkpoints=[0, 10, 20, 30])
+    assert torch.equal(full.params, plain.params)
