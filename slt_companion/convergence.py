@@ -211,9 +211,9 @@ def warn_unconverged(what: str, rhat: float, ess: float, reason: str, *, target_
     """Issue :class:`LLCConvergenceWarning` for an estimate that ended unconverged, naming R̂, ESS and the fix."""
     why = []
     if not (rhat == rhat and rhat <= target_rhat):
-        why.append(f"split R̂ = {rhat:.3f} > {target_rhat}")
+        why.append(f"split R̂ = {rhat:.3f} > {target_rhat}" if rhat == rhat else "split R̂ undefined (too few draws)")
     if not (ess == ess and ess >= target_ess):
-        why.append(f"bulk ESS = {ess:.0f} < {target_ess:.0f}")
+        why.append(f"bulk ESS = {ess:.0f} < {target_ess:.0f}" if ess == ess else "bulk ESS undefined (too few draws)")
     budget = {"fixed": "the fixed num_draws ran out", "max_draws": "max_draws was reached",
               "max_seconds": "max_seconds was reached", "budget": "the budget ran out"}.get(reason, reason)
     fix = ("pass num_draws='auto' (sample until converged) or more num_draws" if reason == "fixed"

@@ -140,3 +140,12 @@ def test_the_ground_truth_suite_passes_with_the_defaults_quick():
     assert not bad, bad
     for r in rows:     # an unconverged row is always a warned row: never a silent wrong number
         assert r["converged"] or r["warned"], r
+
+
+def test_the_warning_says_undefined_rather_than_nan():
+    from slt_companion.convergence import warn_unconverged
+
+    with pytest.warns(LLCConvergenceWarning) as rec:
+        warn_unconverged("λ̂", float("nan"), float("nan"), "fixed")
+    msg = str(rec[0].message)
+    assert "R̂ undefined" in msg and "ESS undefined" in msg and "nan >" not in msg
