@@ -119,6 +119,8 @@ def crossing_exact(exponents, x, y, *, nbeta: float, loss_scale: float = 0.5, lo
     estimates at :math:`w^* = 0` (at finite :math:`n\beta` it differs from λ by lower-order terms). A 2-D grid
     graded towards the axes, ``points`` per axis on [−5, 5] (values agree with 1201 and 2401 points to 1e-4).
     """
+    if len(exponents) not in (1, 2):
+        raise ValueError(f"exponents must be one or two powers (k1,) or (k1, k2), got {tuple(exponents)!r}")
     k = tuple(int(v) for v in exponents) + ((0,) if len(exponents) == 1 else ())
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
@@ -258,7 +260,8 @@ def _judge(case: dict, est_rows: list, tolerance: float = 0.10) -> dict:
 def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress: bool = True,
                      tolerance: float | None = None, **llc_kwargs) -> list[dict]:
     """Estimate every case of :data:`GROUND_TRUTH` with the **defaults** of :func:`estimate_llc` and 4 chains
-    (cached per case). ``llc_kwargs`` overrides defaults (the suite is meant to be run without any).
+    (cached per case). ``llc_kwargs`` overrides defaults (the suite is meant to be run without any), except ``nbeta``
+    and ``localization``: each case's target is computed at its own nβ and γ, so they are refused (ValueError).
     ``names=None``: every case (:data:`QUICK_CASES` in ``SLT_QUICK`` mode).
     ``tolerance``: how close a converged estimate must be to its target (default 10 %; 25 % in ``SLT_QUICK`` mode,
     whose budget is five times shorter -- there a network once converged 12 % low).
@@ -275,6 +278,11 @@ def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress
     from . import cache
     from .llc import LLCConvergenceWarning
 
+    fixed = sorted({"nbeta", "localization"} & set(llc_kwargs))
+    if fixed:
+        raise ValueError(f"run_ground_truth cannot override {fixed}: each case's target (λ, or the exact value at its "
+                         "n) is computed at the case's own nβ and localization; estimate a case yourself with "
+                         "ground_truth_case(name) and estimate_llc to try other values")
     if names is None:
         names = QUICK_CASES if _config.QUICK else list(GROUND_TRUTH)
     names = list(names)

@@ -43,6 +43,8 @@ def _check_repeated(tokens) -> int:
     if T % 2 or not torch.equal(tokens[:, :L], tokens[:, L:]):
         raise ValueError("tokens must be sequences followed by an exact copy of themselves (even length, second "
                          "half = first half); make them with slt_companion.data.repeated_tokens")
+    if L < 2:
+        raise ValueError(f"the repeated sequence needs at least 2 tokens (T ≥ 4) for a loss in each half, got T = {T}")
     return L
 
 

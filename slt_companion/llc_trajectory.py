@@ -292,6 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     from .config import resolve_device
     from .llc import estimate_llcs
 
+    try:                           # the sampler's numbers, checked before any process group or sampling starts
+        from .sampling import SamplerConfig
+
+        SamplerConfig(step_size=args.step_size if isinstance(args.step_size, float) else 1.0,
+                      nbeta=1.0 if args.nbeta is None else args.nbeta, localization=args.localization,
+                      num_chains=args.num_chains, num_draws=args.num_draws if isinstance(args.num_draws, int) else 1,
+                      num_burnin=args.num_burnin or 0, batch_size=args.batch_size, seed=args.seed)
+        if args.max_draws is not None and args.max_draws < 1:
+            raise ValueError(f"max_draws must be ≥ 1, got {args.max_draws}")
+    except (TypeError, ValueError) as err:
+        sys.stderr.write(f"{PROG}: error: {err} (the sampler's arguments: see --help)\n")
+        return 2
     try:                                                        # every check before sampling: exit code 2
         template = make_template(args.model)
         loss_fn = resolve_loss(args.loss)

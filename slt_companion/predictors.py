@@ -290,7 +290,11 @@ def classify_run(d_ridge, d_dmmse, d_between, ridge_scale: float, steps, *, late
             ridge_index = int(np.argmin(np.where(rl, dr, np.inf)))
             leave_index = later[0]
             return RunVerdict("transient", rl, dl, ridge_index, leave_index)
-    if not rl.any() and dl[steps >= late_from].all():
+    late = steps >= late_from
+    if not late.any():
+        raise ValueError(f"late_from={late_from!r} is after the last checkpoint (step {steps[-1]}): no checkpoint is "
+                         "late enough to judge where the run ends; pass a step within the run")
+    if not rl.any() and dl[late].all():
         return RunVerdict("memorises", rl, dl, None, None)
     return RunVerdict("ridge" if rl[-1] else "undecided", rl, dl,
                       int(np.argmin(np.where(rl, dr, np.inf))) if rl.any() else None, None)

@@ -188,6 +188,11 @@ class SmoothTuringMachine(nn.Module):
         if x.dim() < 2 or x.is_floating_point():
             raise ValueError(f"x must be an integer tensor of tapes (batch, length), got dtype {x.dtype}, "
                              f"shape {tuple(x.shape)}")
+        from torch._C._functorch import is_functorch_wrapped_tensor
+
+        if x.numel() and not is_functorch_wrapped_tensor(x) and (int(x.min()) < 0 or int(x.max()) >= self.num_symbols):
+            raise ValueError(f"x's symbols must lie in [0, num_symbols = {self.num_symbols}), got values from "
+                             f"{int(x.min())} to {int(x.max())}")
 
     def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """All chains at once: ``params[t]`` of shape ``(C, num_states, num_symbols, k)``, ``x`` ``(C, B, L)``
@@ -250,7 +255,9 @@ def parity_programs() -> dict:
     return {"lean": lean, "redundant": redundant}
 
 
-def _reachable(program: Program, x: np.ndarray, steps: int) -> set:
+def _reachable(program: Program, x: np.ndarray, steps: int, moves=("L", "R")) -> set:
+    """The states the program visits on the tapes ``x``, moving as :func:`run_program` does."""
+    shift = {"L": -1, "S": 0, "R": 1}
     seen = set()
     for tape in np.asarray(x):
         tape, q, h = tape.copy(), 0, 0
@@ -258,7 +265,7 @@ def _reachable(program: Program, x: np.ndarray, steps: int) -> set:
             seen.add(q)
             s = tape[h]
             tape[h] = program.write[q, s]
-            h = (h + (1 if program.move[q, s] == 1 else -1)) % len(tape)
+            h = (h + shift[moves[program.move[q, s]]]) % len(tape)
             q = program.next[q, s]
     return seen
 
@@ -270,7 +277,7 @@ def classify_parity_code(model: SmoothTuringMachine, x, y) -> str:
     prog = Program(*(c[t].argmax(-1).numpy() for t in _TABLES))
     if not np.array_equal(run_program(prog, x, model.steps, moves=model.moves), np.asarray(y)):
         return "wrong"
-    return "lean" if len(_reachable(prog, x, model.steps)) <= 2 else "redundant"
+    return "lean" if len(_reachable(prog, x, model.steps, model.moves)) <= 2 else "redundant"
 
 
 # ---------------------------------------------------------------------- the zero set near a true code

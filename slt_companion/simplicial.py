@@ -106,6 +106,8 @@ class TwoSimplicialAttention(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention weights ``(..., N, N, N)`` (query i, pair j, k); each ``[i]`` sums to 1 over (j, k)."""
         N = x.shape[-2]
+        if self.exclude_self and N < 3:
+            raise ValueError(f"with exclude_self=True every query needs two other positions: N must be ≥ 3, got {N}")
         logits = triple_product_logits(self.p(x), self.l1(x), self.l2(x)) / math.sqrt(self.d_head)
         if self.exclude_self:
             ar = torch.arange(N, device=x.device)
@@ -135,6 +137,8 @@ class OneSimplicialAttention(nn.Module):
         logits = self.q(x) @ self.k(x).transpose(-1, -2) / math.sqrt(self.d_head)
         if self.exclude_self:
             N = x.shape[-2]
+            if N < 2:
+                raise ValueError(f"with exclude_self=True every query needs another position: N must be ≥ 2, got {N}")
             logits = logits.masked_fill(torch.eye(N, dtype=torch.bool, device=x.device), float("-inf"))
         return self.norm(self.o(torch.softmax(logits, -1) @ self.v(x)))
 

@@ -377,6 +377,7 @@ def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int =
     X = torch.stack([tms_data(n, c, seed=int(seed) + j, dtype=torch.float64).x for j in range(R)])  # (R, n, c)
     W = (torch.randn(R, 2, c, generator=gen, dtype=torch.float64) * init_scale).requires_grad_(True)
     b = torch.zeros(R, c, dtype=torch.float64, requires_grad=True)
+    num_checkpoints = check_int("num_checkpoints", num_checkpoints, 3)
     ckpts = log_checkpoint_steps(steps, num_checkpoints - 1)
     Ws, bs, train = [], [], []
     ar = torch.arange(R)[:, None]
@@ -695,7 +696,8 @@ def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps
                      progress: bool = True) -> dict:
     r"""Sample the TMS posterior :math:`p(w\mid D_n)\propto\varphi(w)\,e^{-nL_n(w)}` with many Langevin chains.
 
-    Chain ``j`` has its own data set :math:`D_n` (:func:`slt_companion.data.tms_data`, seed ``seed + j``) and
+    Chain ``j`` has its own data set :math:`D_n` (:func:`slt_companion.data.tms_data`, seed
+    ``seed * 100003 + 7919 n + j``: other data for every chain, seed and :math:`n`) and
     starts from the prior :math:`\varphi = \mathcal N(0, \text{prior\_std}^2 I)` on all :math:`3c` parameters.
     Unadjusted Langevin, full batch: :math:`w \leftarrow w - \frac\varepsilon2\nabla U(w) + \sqrt\varepsilon\,\xi`,
     :math:`U = nL_n(w) + \|w\|^2/(2\,\text{prior\_std}^2)`, :math:`\varepsilon = ` ``step_scale``:math:`/n`.
@@ -711,6 +713,7 @@ def sample_posterior(n: int, *, num_chains: int = 64, n_features: int = 6, steps
     steps, num_samples = check_int("steps", steps), check_int("num_samples", num_samples)
     if not step_scale > 0 or not prior_std > 0:
         raise ValueError(f"step_scale and prior_std must be > 0, got {step_scale!r}, {prior_std!r}")
+    _check_kept(num_samples, steps)
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + n)
     X = torch.stack([tms_data(n, c, seed=int(seed) * 100_003 + 7919 * n + j, dtype=torch.float64).x
                      for j in range(R)])
@@ -841,6 +844,14 @@ class _SortedData:
         return per.sum((-1, -2)) / self.n
 
 
+def _check_kept(num_samples: int, steps: int) -> None:
+    """The states are kept at distinct steps of the last half of the run: there must be enough of them."""
+    room = steps - steps // 2 + 1
+    if num_samples > room:
+        raise ValueError(f"num_samples={num_samples} states cannot be kept at distinct steps of the last half of "
+                         f"steps={steps} (at most {room}): lower num_samples or raise steps")
+
+
 def posterior_census(ladder=None, *, num_replicas: int | None = None, steps: int | None = None, m: int = 2000,
                      num_samples: int = 20, step_scale: float = 0.1, prior_std: float = 1.0, seed: int = 0,
                      near: float = 0.75, progress: bool = True) -> dict:
@@ -849,7 +860,7 @@ def posterior_census(ladder=None, *, num_replicas: int | None = None, steps: int
 
     Defaults: ``ladder`` = 18 values of :math:`n` geometrically from 20 to 2000 (8 with ``SLT_QUICK=1``), 16 replica
     sets × 12,000 steps (4 × 1,000), data sets of size ``m`` = 2000, 20 states kept per chain. Cached
-    (:func:`slt_companion.cache.cached`). Returns ``{"ns", "names" (sorted), "counts" (len(ns), len(names)),
+    (:func:`slt_companion.cache.cached`). Returns ``{"ns" (the ladder, sorted), "names" (sorted), "counts" (len(ns), len(names)),
     "k_counts" (len(ns), 9) by number of live features, "k_counts_near" the same for the states within ``near`` of
     their named k-gon (the states that *sit at* a k-gon), "distance" (median distance to the named k-gon),
     "swap_rate"}`` and the sizes used.
@@ -858,7 +869,7 @@ def posterior_census(ladder=None, *, num_replicas: int | None = None, steps: int
 
     if ladder is None:
         ladder = np.geomspace(20, 2000, config.size(18, 8)).round()
-    ladder = np.asarray(ladder, dtype=float)
+    ladder = np.asarray(sorted(float(v) for v in np.asarray(ladder, dtype=float).reshape(-1)))  # the rows' order
     num_replicas = config.size(16, 4) if num_replicas is None else num_replicas
     steps = config.size(12_000, 1_000) if steps is None else steps
     cfg = dict(ladder=[float(v) for v in ladder], num_replicas=num_replicas, steps=steps, m=m,
@@ -935,6 +946,9 @@ def sample_posterior_tempered(ladder, *, num_replicas: int = 16, m: int = 2000, 
     R, c, m = check_int("num_replicas", num_replicas), check_int("n_features", n_features), check_int("m", m)
     steps, swap_every = check_int("steps", steps), check_int("swap_every", swap_every)
     num_samples = check_int("num_samples", num_samples)
+    if not step_scale > 0 or not prior_std > 0:
+        raise ValueError(f"step_scale and prior_std must be > 0, got {step_scale!r}, {prior_std!r}")
+    _check_kept(num_samples, steps)
     K = len(ladder)
     gen = torch.Generator().manual_seed(int(seed) + 12345)
     X = torch.stack([tms_data(m, c, seed=int(seed) * 100_003 + 31 + j, dtype=torch.float64).x for j in range(R)])

@@ -264,3 +264,13 @@ def test_nccl_ranks_on_gpus_give_the_numbers_of_one_gpu_process(problem):
     for ra, rb in zip(a["checkpoints"], b["checkpoints"], strict=True):
         tol = 1e-6 * (1 + abs(ra["mean"])) if nproc == 1 else 0.5 * ra["sem"]
         assert abs(rb["mean"] - ra["mean"]) <= tol, (ra, rb)
+
+
+@pytest.mark.parametrize("bad", [["--num-chains", "0"], ["--batch-size", "0"], ["--localization", "-1"]])
+def test_bad_sampler_numbers_exit_2_naming_them(problem, capsys, bad):
+    code = llc_trajectory.main(["--model", "traj_helper:make_model", "--checkpoints", str(problem / "ckpts"),
+                                "--data", str(problem / "data.pt"), "--loss", "mse",
+                                "--out", str(problem / "bad.json"), *SAMPLER, *bad])
+    err = capsys.readouterr().err
+    assert code == 2 and bad[0][2:].replace("-", "_") in err and "Traceback" not in err, err
+    assert not (problem / "bad.json").exists()
