@@ -135,6 +135,8 @@ class ProductModel:
         """
         n = _check_n(n)
         g = grid_size if grid_size is not None else size(401, 121)
+        if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 2:
+            raise ValueError(f"grid_size must be an integer ≥ 2 (points per axis), got {grid_size!r}")
         a = np.linspace(-self.prior_bound, self.prior_bound, int(g))
         A, Bm = np.meshgrid(a, a)
         energy = self._energy(A * Bm, n, data)

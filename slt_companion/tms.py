@@ -474,6 +474,9 @@ def hessian_eigenvalues(W, b, x=None) -> np.ndarray:
     or with inputs ``x`` (shape ``(n, n_features)``) of the empirical loss :math:`L_n` on them."""
     W, b = _as_params(W, b)
     W, b = W.detach().double(), b.detach().double()
+    if W.dim() != 2 or b.dim() != 1 or b.shape[0] != W.shape[1]:
+        raise ValueError(f"hessian_eigenvalues takes one model: W of shape (2, c) and b of shape (c,), got "
+                         f"{tuple(W.shape)} and {tuple(b.shape)}; loop over a batch of them")
     r, c = W.shape
     z = torch.cat([W.flatten(), b])
     if x is None:

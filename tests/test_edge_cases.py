@@ -76,3 +76,14 @@ def test_posterior_samplers_check_what_they_are_asked_to_keep():
         sample_posterior(50, num_chains=1, steps=10, num_samples=10)
     with pytest.raises(ValueError, match="step_scale"):
         sample_posterior_tempered([20, 200], num_replicas=1, steps=10, num_samples=2, step_scale=-1.0)
+
+
+def test_one_model_hessians_and_grids_of_two_points_at_least():
+    from slt_companion.bayes import ProductModel
+    from slt_companion.tms import hessian_eigenvalues, k_gon
+
+    W, b = k_gon(5, 6)
+    with pytest.raises(ValueError, match="one model"):
+        hessian_eigenvalues(W[None], b[None])
+    with pytest.raises(ValueError, match="grid_size"):
+        ProductModel().posterior_grid(10, grid_size=1)
