@@ -48,3 +48,17 @@ def user_stacklevel() -> int:
     while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("slt_companion"):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def check_symbols(name: str, x, size: int, what: str) -> None:
+    """Raise ``ValueError`` unless the integers in ``x`` lie in ``[0, size)`` (``what`` names the bound, e.g.
+    ``"vocab_size = 65"``). Skipped inside a torch.func transform (vmap over SGLD chains) and under torch.compile,
+    where a data-dependent check cannot run."""
+    import torch
+    from torch._C._functorch import is_functorch_wrapped_tensor
+
+    if not x.numel() or torch.compiler.is_compiling() or is_functorch_wrapped_tensor(x):
+        return
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or hi >= size:
+        raise ValueError(f"{name} must lie in [0, {what}), got values from {lo} to {hi}")

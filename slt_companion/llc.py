@@ -217,6 +217,16 @@ def _sampling_defaults(model, num_draws, num_burnin, device, *, auto_ok: bool = 
     return num_draws, num_burnin, device
 
 
+def _check_sampler_args(num_draws, num_burnin, *, nbeta, localization, num_chains, batch_size, seed,
+                        preconditioner=None, step_size=None) -> None:
+    """Check the sampler's arguments before any computation (raises what :class:`SamplerConfig` raises);
+    ``nbeta=None`` (n / log n, which waits for the data) and a ``step_size`` that is no float ("auto", or none given)
+    are not checked."""
+    SamplerConfig(step_size=step_size if isinstance(step_size, float) else 1.0, nbeta=1.0 if nbeta is None else nbeta, localization=localization,
+                  num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed,
+                  preconditioner=preconditioner)
+
+
 def _plan(num_draws, num_burnin, max_draws, max_seconds):
     """``(rule, num_burnin, num_draws)`` for :func:`slt_companion.sampling.sgld`: with ``num_draws="auto"`` a
     :class:`ConvergenceRule` and the most steps it allows (burn-in 0; the stop rule sets the real split)."""
@@ -301,10 +311,8 @@ def estimate_llc(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains:
     prob = _Problem(model, loss_fn, data, params, device)
     if nbeta is None:
         nbeta = default_nbeta(prob.n)
-    # validate everything but the step size before any computation
-    SamplerConfig(step_size=1.0, nbeta=nbeta, localization=localization, num_chains=num_chains,
-                  num_draws=draws_run, num_burnin=burnin_run, batch_size=batch_size, seed=seed,
-                  preconditioner=preconditioner)
+    _check_sampler_args(draws_run, burnin_run, nbeta=nbeta, localization=localization, num_chains=num_chains,
+                        batch_size=batch_size, seed=seed, preconditioner=preconditioner)
     with cpu_threads(threads_for(prob, num_chains, batch_size)):
         est = _estimate(prob, model, loss_fn, num_chains=num_chains, num_draws=draws_run, num_burnin=burnin_run,
                         rule=rule, step_size=step_size, localization=localization, nbeta=nbeta,
@@ -512,10 +520,8 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
     chunk = CHECKPOINTS_PER_RUN if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
     num_draws, num_burnin, device = _sampling_defaults(models[0], num_draws, num_burnin, device)
     rule, burnin_run, draws_run = _plan(num_draws, num_burnin, max_draws, max_seconds)
-    # validate everything but the step size (and nβ, which may depend on n) before any computation, as estimate_llc
-    SamplerConfig(step_size=1.0, nbeta=1.0 if nbeta is None else nbeta, localization=localization,
-                  num_chains=num_chains, num_draws=draws_run, num_burnin=burnin_run, batch_size=batch_size,
-                  seed=seed, preconditioner=preconditioner)
+    _check_sampler_args(draws_run, burnin_run, nbeta=nbeta, localization=localization, num_chains=num_chains,
+                        batch_size=batch_size, seed=seed, preconditioner=preconditioner)
     from .sampling import module_signature
 
     # every checkpoint is sampled through the first one's forward: they must be one architecture in one state
@@ -788,8 +794,8 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
     if nbeta is None:
         nbeta = default_nbeta(prob.n)
     G = len(selected)
-    SamplerConfig(step_size=1.0, nbeta=nbeta, localization=localization, num_chains=num_chains * G,
-                  num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed)
+    _check_sampler_args(num_draws, num_burnin, nbeta=nbeta, localization=localization, num_chains=num_chains * G,
+                        batch_size=batch_size, seed=seed)
     mask = torch.zeros(G * num_chains, prob.D, dtype=prob.dtype, device=prob.device)
     off = 0
     for name, size in zip(prob.names, prob.sizes):

@@ -292,15 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     from .config import resolve_device
     from .llc import estimate_llcs
 
-    try:                           # the sampler's numbers, checked before any process group or sampling starts
-        from .sampling import SamplerConfig
+    try:                           # the sampler's numbers, checked as estimate_llcs checks them, before any process
+        from .llc import _check_sampler_args, _plan, _sampling_defaults   # group or sampling starts
 
-        SamplerConfig(step_size=args.step_size if isinstance(args.step_size, float) else 1.0,
-                      nbeta=1.0 if args.nbeta is None else args.nbeta, localization=args.localization,
-                      num_chains=args.num_chains, num_draws=args.num_draws if isinstance(args.num_draws, int) else 1,
-                      num_burnin=args.num_burnin or 0, batch_size=args.batch_size, seed=args.seed)
-        if args.max_draws is not None and args.max_draws < 1:
-            raise ValueError(f"max_draws must be ≥ 1, got {args.max_draws}")
+        draws, burnin, _ = _sampling_defaults(None, args.num_draws, args.num_burnin, None)
+        _, burnin, draws = _plan(draws, burnin, args.max_draws, None)
+        _check_sampler_args(draws, burnin, nbeta=args.nbeta, localization=args.localization,
+                            num_chains=args.num_chains, batch_size=args.batch_size, seed=args.seed,
+                            step_size=args.step_size)
     except (TypeError, ValueError) as err:
         sys.stderr.write(f"{PROG}: error: {err} (the sampler's arguments: see --help)\n")
         return 2

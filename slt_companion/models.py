@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_int
+from ._checks import check_int, check_symbols
 
 __all__ = ["DeepLinearNetwork", "MonomialModel", "MLP", "rank_constrained_least_squares"]
 
@@ -262,13 +262,6 @@ import math as _math
 
 
 
-def _is_batched_tracing(t: torch.Tensor) -> bool:
-    """Inside a torch.func transform (vmap over SGLD chains): no data-dependent checks there."""
-    from torch._C._functorch import is_functorch_wrapped_tensor
-
-    return bool(is_functorch_wrapped_tensor(t))
-
-
 def _causal_mask(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril()
 
@@ -440,10 +433,7 @@ class AttentionOnlyLM(nn.Module):
         if tokens.ndim != 2 or tokens.shape[1] > self.n_ctx or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be an integer tensor of shape (batch, T ≤ n_ctx = {self.n_ctx}), got "
                              f"{tuple(tokens.shape)} of dtype {tokens.dtype}")
-        if tokens.numel() and not torch.compiler.is_compiling() and not _is_batched_tracing(tokens) \
-                and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise ValueError(f"tokens must lie in [0, vocab_size = {self.vocab_size}), got values from "
-                             f"{int(tokens.min())} to {int(tokens.max())}")
+        check_symbols("tokens", tokens, self.vocab_size, f"vocab_size = {self.vocab_size}")
         T = tokens.shape[1]
         h = self.embed[tokens] + self.pos[:T]
         patterns = []

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from ._checks import check_int
+from ._checks import check_int, check_symbols
 
 __all__ = ["SmoothTuringMachine", "Program", "run_program", "parity_task", "parity_programs", "tm_loss",
            "langevin_codes", "classify_codes",
@@ -78,22 +78,26 @@ class Program:
         return int(np.shape(self.write)[1])
 
 
-def run_program(program: Program, x, steps: int, *, moves=("L", "R"), output_cell: int = -1) -> np.ndarray:
-    """Run a deterministic :class:`Program` on each input tape in ``x`` ``(B, L)``; return the symbols at
-    ``output_cell`` after ``steps`` steps (the discrete reference for :class:`SmoothTuringMachine`)."""
-    x = np.asarray(x)
+def _execute(program: Program, x, steps: int, moves) -> tuple[list, set]:
+    """Run ``program`` for ``steps`` steps on each tape of ``x``: the final tapes, and the states a step was taken in."""
     shift = {"L": -1, "S": 0, "R": 1}
-    out = []
-    for tape in x:
-        tape = tape.copy()
-        q, h = 0, 0
+    tapes, seen = [], set()
+    for tape in np.asarray(x):
+        tape, q, h = tape.copy(), 0, 0
         for _ in range(steps):
+            seen.add(q)
             s = tape[h]
             tape[h] = program.write[q, s]
             h = (h + shift[moves[program.move[q, s]]]) % len(tape)
             q = program.next[q, s]
-        out.append(tape[output_cell])
-    return np.array(out)
+        tapes.append(tape)
+    return tapes, seen
+
+
+def run_program(program: Program, x, steps: int, *, moves=("L", "R"), output_cell: int = -1) -> np.ndarray:
+    """Run a deterministic :class:`Program` on each input tape in ``x`` ``(B, L)``; return the symbols at
+    ``output_cell`` after ``steps`` steps (the discrete reference for :class:`SmoothTuringMachine`)."""
+    return np.array([tape[output_cell] for tape in _execute(program, x, steps, moves)[0]])
 
 
 class SmoothTuringMachine(nn.Module):
@@ -188,11 +192,7 @@ class SmoothTuringMachine(nn.Module):
         if x.dim() < 2 or x.is_floating_point():
             raise ValueError(f"x must be an integer tensor of tapes (batch, length), got dtype {x.dtype}, "
                              f"shape {tuple(x.shape)}")
-        from torch._C._functorch import is_functorch_wrapped_tensor
-
-        if x.numel() and not is_functorch_wrapped_tensor(x) and (int(x.min()) < 0 or int(x.max()) >= self.num_symbols):
-            raise ValueError(f"x's symbols must lie in [0, num_symbols = {self.num_symbols}), got values from "
-                             f"{int(x.min())} to {int(x.max())}")
+        check_symbols("x's symbols", x, self.num_symbols, f"num_symbols = {self.num_symbols}")
 
     def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """All chains at once: ``params[t]`` of shape ``(C, num_states, num_symbols, k)``, ``x`` ``(C, B, L)``
@@ -255,29 +255,15 @@ def parity_programs() -> dict:
     return {"lean": lean, "redundant": redundant}
 
 
-def _reachable(program: Program, x: np.ndarray, steps: int, moves=("L", "R")) -> set:
-    """The states the program visits on the tapes ``x``, moving as :func:`run_program` does."""
-    shift = {"L": -1, "S": 0, "R": 1}
-    seen = set()
-    for tape in np.asarray(x):
-        tape, q, h = tape.copy(), 0, 0
-        for _ in range(steps):
-            seen.add(q)
-            s = tape[h]
-            tape[h] = program.write[q, s]
-            h = (h + shift[moves[program.move[q, s]]]) % len(tape)
-            q = program.next[q, s]
-    return seen
-
-
 def classify_parity_code(model: SmoothTuringMachine, x, y) -> str:
     """Round a code to its most likely deterministic program and name it: ``"wrong"`` if that program fails
     on ``(x, y)``, else ``"lean"`` (it visits two states) or ``"redundant"`` (it visits three)."""
     c = model.codes()
     prog = Program(*(c[t].argmax(-1).numpy() for t in _TABLES))
-    if not np.array_equal(run_program(prog, x, model.steps, moves=model.moves), np.asarray(y)):
+    tapes, visited = _execute(prog, x, model.steps, model.moves)         # one run: the outputs and the states
+    if not np.array_equal(np.array([t[-1] for t in tapes]), np.asarray(y)):    # run_program's output cell
         return "wrong"
-    return "lean" if len(_reachable(prog, x, model.steps, model.moves)) <= 2 else "redundant"
+    return "lean" if len(visited) <= 2 else "redundant"
 
 
 # ---------------------------------------------------------------------- the zero set near a true code

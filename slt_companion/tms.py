@@ -373,11 +373,11 @@ def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int =
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if not init_scale > 0:
         raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+    num_checkpoints = check_int("num_checkpoints", num_checkpoints, 3)
     gen = torch.Generator().manual_seed(int(seed))
     X = torch.stack([tms_data(n, c, seed=int(seed) + j, dtype=torch.float64).x for j in range(R)])  # (R, n, c)
     W = (torch.randn(R, 2, c, generator=gen, dtype=torch.float64) * init_scale).requires_grad_(True)
     b = torch.zeros(R, c, dtype=torch.float64, requires_grad=True)
-    num_checkpoints = check_int("num_checkpoints", num_checkpoints, 3)
     ckpts = log_checkpoint_steps(steps, num_checkpoints - 1)
     Ws, bs, train = [], [], []
     ar = torch.arange(R)[:, None]

@@ -252,9 +252,6 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         raise ValueError(f"schedule must be 'onecycle' or 'constant', got {schedule!r}")
     if schedule == "onecycle" and not (isinstance(pct_start, (int, float)) and 0 < pct_start <= 1):
         raise ValueError(f"pct_start (the fraction of steps spent warming up) must lie in (0, 1], got {pct_start!r}")
-    if grad_clip is not None and optimizer == "entropy-sgd":
-        raise ValueError("grad_clip is not supported with optimizer='entropy-sgd' (its inner Langevin loop takes the "
-                         "gradients itself); pass grad_clip=None")
     if not callable(loss_fn) or not callable(batch_fn):
         raise TypeError("loss_fn and batch_fn must be callables: loss_fn(model(x), y), batch_fn(generator) -> (x, y)")
     if checkpoints is not None:
