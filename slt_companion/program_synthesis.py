@@ -261,7 +261,7 @@ def classify_parity_code(model: SmoothTuringMachine, x, y) -> str:
     c = model.codes()
     prog = Program(*(c[t].argmax(-1).numpy() for t in _TABLES))
     tapes, visited = _execute(prog, x, model.steps, model.moves)         # one run: the outputs and the states
-    if not np.array_equal(np.array([t[-1] for t in tapes]), np.asarray(y)):    # run_program's output cell
+    if not np.array_equal(np.array([t[model.output_cell] for t in tapes]), np.asarray(y)):   # the cell the model reads
         return "wrong"
     return "lean" if len(visited) <= 2 else "redundant"
 

@@ -20,6 +20,19 @@ def test_parity_code_counts_the_states_a_three_move_machine_visits():
     assert classify_parity_code(m, x, y) == "lean"
 
 
+def test_parity_code_reads_the_models_output_cell():
+    """classify_parity_code compared the program's last cell whatever cell the machine reads as its output."""
+    from slt_companion.program_synthesis import parity_programs
+
+    prog = parity_programs()["lean"]
+    x, _ = parity_task(4)
+    y1 = torch.as_tensor(run_program(prog, x.numpy(), 4, output_cell=1))   # what the program leaves in cell 1
+    m = SmoothTuringMachine(3, 2, 4, output_cell=1, parametrization="sphere").load_program(prog)
+    assert torch.equal(m(x).argmax(-1), y1)                                   # the model reads cell 1 too
+    assert classify_parity_code(m, x, y1) == "lean"
+    assert classify_parity_code(m, x, 1 - y1) == "wrong"
+
+
 def test_smooth_turing_machine_refuses_symbols_it_does_not_have():
     m = SmoothTuringMachine(2, 2, 4)
     with pytest.raises(ValueError, match="num_symbols = 2"):
