@@ -194,7 +194,7 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
     **Turning points.** Each PC coordinate is smoothed along the trajectory (Gaussian, ``smoothing`` checkpoints;
     with log-spaced checkpoints that is smoothing in :math:`\log t`), and a turning point is a checkpoint where
     a smoothed coordinate has a local extremum whose prominence (the smaller rise on either side, up to the next
-    extremum) exceeds ``prominence`` × that coordinate's range. These are the cusps and turns of the curves in
+    extremum) exceeds ``prominence`` × that coordinate's range (an exactly flat extremum counts once, at its middle). These are the cusps and turns of the curves in
     the PC1–PC2, PC1–PC3 … planes, the paper's developmental milestones. Turning points closer than
     ``min_separation`` checkpoints are merged (the earlier kept). The first and last checkpoints never count.
     """
@@ -221,7 +221,8 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
         z = sm[:, j]
         rng = float(z.max() - z.min()) or 1.0
         d = np.sign(np.diff(z))
-        ext = [i for i in range(1, C - 1) if d[i - 1] != 0 and d[i] != 0 and d[i] != d[i - 1]]
+        moves = np.flatnonzero(d)                       # steps where the coordinate changes (a flat run is one extremum)
+        ext = [(p + 1 + q) // 2 for p, q in zip(moves[:-1], moves[1:]) if d[p] != d[q]]   # the middle of the run
         marks = [0] + ext + [C - 1]
         for a, i, b in zip(marks[:-2], marks[1:-1], marks[2:]):
             prom = min(abs(z[i] - z[a]), abs(z[i] - z[b]))

@@ -80,6 +80,15 @@ def test_essential_dynamics_turning_point_of_a_parabola():
         essential_dynamics(np.full((4, 3), np.nan))
 
 
+def test_essential_dynamics_finds_an_exactly_flat_top_once_at_its_middle():
+    """A plateau of exactly equal values was missed (the sign of a zero difference matched neither side)."""
+    top = np.array([0.0, 1, 2, 3, 3, 3, 2, 1, 0, 1, 2])             # a flat maximum at 3..5, a sharp minimum at 8
+    out = np.stack([top, 0 * top], axis=1)
+    ed = essential_dynamics(out, n_components=1, smoothing=0.0, prominence=0.05)
+    assert np.ptp(ed.pcs[3:6, 0]) == 0                                   # still exactly flat in PC space
+    assert set(ed.turning_points) == {4, 8}
+
+
 def test_min_change_drops_boundaries_smaller_than_the_noise():
     # a big step up at u = 2 (plateau before and after) plus a tiny wiggle at u = 0.7 and a max at u = 3.3
     steps = np.unique(np.round(np.logspace(0, 4, 200)))
