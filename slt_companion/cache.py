@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from ._checks import user_stacklevel
 
 _META = "__meta__"
 
@@ -221,7 +222,7 @@ def load(path: Path) -> dict:
     """Read an entry written by :func:`save`. Raises ``ValueError`` if it is corrupt (unreadable, or metadata that
     is not what :func:`save` writes)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:   # (np.load(path) leaks a corrupt file)
             header = json.loads(str(npz[_META]))
             if not isinstance(header, dict) or header.get("format") != _FORMAT \
                     or not isinstance(header.get("entries"), dict):
@@ -325,14 +326,14 @@ def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: boo
         try:
             return load(path)
         except ValueError as err:
-            warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=user_stacklevel())
             refresh = True                                 # do not wait for, or load, the corrupt entry again
     release = _claim(path, wait=not refresh)
     if release is None:                                    # another process computed it while we waited
         try:
             return load(path)
         except ValueError as err:
-            warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=user_stacklevel())
             release = _claim(path, wait=False)
     try:
         result = compute()
@@ -343,7 +344,7 @@ def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: boo
         except OSError as err:   # a finished computation is never lost because the cache cannot be written
             warnings.warn(f"could not store the result of {name!r} in the cache ({type(err).__name__}: {err}); "
                           "returning it uncached. Set SLT_CACHE_DIR to a writable folder to keep results.",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=user_stacklevel())
     finally:
         release()
     return result

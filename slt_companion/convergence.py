@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import config as _config
+from ._checks import user_stacklevel
 from .diagnostics import ess as _ess, rhat as _rhat
 
 __all__ = ["ConvergenceRule", "LLCConvergenceWarning", "is_converged", "TARGET_RHAT", "TARGET_ESS"]
@@ -207,8 +208,9 @@ def drifting(last_three_quarters: np.ndarray, z: float = 1.5) -> bool:
 
 
 def warn_unconverged(what: str, rhat: float, ess: float, reason: str, *, target_rhat: float = TARGET_RHAT,
-                     target_ess: float = TARGET_ESS, step_size=None, stacklevel: int = 3) -> None:
-    """Issue :class:`LLCConvergenceWarning` for an estimate that ended unconverged, naming R̂, ESS and the fix."""
+                     target_ess: float = TARGET_ESS, step_size=None) -> None:
+    """Issue :class:`LLCConvergenceWarning` for an estimate that ended unconverged, naming R̂, ESS and the fix (at the
+    reader's line that led to it, however deep in the package it is raised)."""
     why = []
     if not (rhat == rhat and rhat <= target_rhat):
         why.append(f"split R̂ = {rhat:.3f} > {target_rhat}" if rhat == rhat else "split R̂ undefined (too few draws)")
@@ -222,4 +224,4 @@ def warn_unconverged(what: str, rhat: float, ess: float, reason: str, *, target_
         if isinstance(step_size, float) else ""
     warnings.warn(f"{what} did not converge ({', '.join(why) or 'diagnostics undefined'}) when {budget}: it is not a "
                   f"result. Fix: {fix}{eps}; est.plot() shows the traces.", LLCConvergenceWarning,
-                  stacklevel=stacklevel)
+                  stacklevel=user_stacklevel())

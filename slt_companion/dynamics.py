@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._checks import user_stacklevel
+
 __all__ = ["gaussian_smooth", "stage_boundaries", "StageBoundaries", "essential_dynamics", "EssentialDynamics",
            "model_outputs", "stages_from_boundaries"]
 
@@ -302,7 +304,7 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
                       f"{steps[:8]}{' …' if len(steps) > 8 else ''}; R̂ up to {np.nanmax(out['rhat'][bad]):.3f}, ESS "
                       f"down to {np.nanmin(out['ess'][bad]):.0f}): those points are not results. Mark them "
                       "(result['converged']), or sample longer (num_draws='auto' or more num_draws).",
-                      LLCConvergenceWarning, stacklevel=2)
+                      LLCConvergenceWarning, stacklevel=user_stacklevel())
     return out
 
 

@@ -326,7 +326,7 @@ def _warn_if_unconverged(est: LLCEstimate, what: str) -> None:
     if not est.converged:
         eps = est.config.step_size
         warn_unconverged(f"{what} λ̂ = {est.mean:.4g}", est.rhat, est.ess, est.stop_reason,
-                         step_size=float(eps) if not isinstance(eps, tuple) else None, stacklevel=4)
+                         step_size=float(eps) if not isinstance(eps, tuple) else None)
 
 
 def _resolve_step_size(prob, step_size, *, nbeta, localization, batch_size, seed, preconditioner=None):
@@ -567,7 +567,8 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
         warnings.warn(f"λ̂ did not converge at {len(bad)} of {len(ests)} checkpoints (indices {bad[:8]}"
                       f"{' …' if len(bad) > 8 else ''}; R̂ up to {max(ests[i].rhat for i in bad):.3f}, ESS down to "
                       f"{min(ests[i].ess for i in bad):.0f}): those estimates are not results. Mark them (est.converged) "
-                      "or sample longer (num_draws='auto', a larger max_draws).", LLCConvergenceWarning, stacklevel=2)
+                      "or sample longer (num_draws='auto', a larger max_draws).", LLCConvergenceWarning,
+                      stacklevel=user_stacklevel())
     return ests
 
 
@@ -847,7 +848,7 @@ def estimate_refined_llcs(model: torch.nn.Module, loss_fn: Callable, data, group
         worst = max(bad.values(), key=lambda e: e.rhat if e.rhat == e.rhat else float("inf"))
         warn_unconverged(f"{len(bad)} of {len(out)} refined LLCs ({', '.join(list(bad)[:6])}"
                          f"{', …' if len(bad) > 6 else ''}) are not converged; the worst of them",
-                         worst.rhat, worst.ess, reason, step_size=None, stacklevel=3)
+                         worst.rhat, worst.ess, reason, step_size=None)
     return out
 
 

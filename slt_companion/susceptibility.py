@@ -185,7 +185,7 @@ def _warn_if_unconverged(dL: np.ndarray, names: list, step_size) -> None:
             worst = (name, r, e)
     if worst is not None:
         warn_unconverged(f"The susceptibility run (its ΔL trace for {worst[0]!r})", worst[1], worst[2], "fixed",
-                         step_size=step_size if isinstance(step_size, float) else None, stacklevel=4)
+                         step_size=step_size if isinstance(step_size, float) else None)
 
 
 def susceptibility(model: torch.nn.Module, loss_fn: Callable, data, perturbation_data, observables, *,

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import cache as _cache
-from ._checks import check_positive
+from ._checks import check_positive, user_stacklevel
 from .config import resolve_device
 from .sampling import cpu_threads
 
@@ -342,7 +342,7 @@ def _write_resume_pointer(cache_name: str, base: dict, stopped: str, origin: str
     except OSError as err:
         warnings.warn(f"could not write the resume pointer {pointer} ({err}); to resume this run, call train() "
                       "again with a freshly initialised model rather than the stopped one", RuntimeWarning,
-                      stacklevel=3)
+                      stacklevel=user_stacklevel())
 
 
 _OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "entropy-sgd")
@@ -429,7 +429,7 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
                 raise RuntimeError(
                     f"{what}. The model passed holds the weights of that stopped run, not its initialisation, so "
                     "the run cannot restart from step 0: call train() with a freshly initialised model") from err
-            warnings.warn(f"{what}; restarting the run from step 0.", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"{what}; restarting the run from step 0.", RuntimeWarning, stacklevel=user_stacklevel())
     if stop_at is not None and int(stop_at) < start:
         with torch.no_grad():
             model.load_state_dict(initial)          # the model as it was passed; the saved state stays as it is
@@ -453,7 +453,7 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
             can_save = False
             warnings.warn(f"could not save the training state to {partial_path} ({type(err).__name__}: {err}); "
                           "training goes on, but an interruption will not be resumable", RuntimeWarning,
-                          stacklevel=4)
+                          stacklevel=user_stacklevel())
 
     if start == 0 and 0 in ckpts:
         kept[0] = _flat(model)

@@ -295,3 +295,24 @@ def test_the_negative_llc_warning_points_at_the_callers_line():
     from slt_companion.diagnostics import NegativeLLCWarning
     negative = [w for w in caught if issubclass(w.category, NegativeLLCWarning)]
     assert negative and all(w.filename == __file__ for w in negative), [(w.filename, w.lineno) for w in negative]
+
+
+def test_every_convergence_warning_points_at_the_callers_line():
+    """However deep in the package an unconverged estimate is found, the warning names the reader's line."""
+    from slt_companion.dynamics import llc_over_trajectory
+    from slt_companion.train import Trajectory
+
+    x, y = _data()
+    ms = [_trained(0, steps=s) for s in (50, 100)]
+    traj = Trajectory(steps=np.array([50, 100]),
+                      params=torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in ms]),
+                      names=[n for n, _ in ms[0].named_parameters()], shapes=[tuple(p.shape) for p in ms[0].parameters()],
+                      train_loss=np.zeros(100), lr=np.zeros(100))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimate_llc(ms[1], half_mse, (x, y), **FAST)                           # 20 draws: cannot converge
+        estimate_llcs(ms, half_mse, (x, y), **FAST)
+        llc_over_trajectory(traj, _net(9), half_mse, (x, y), **FAST)
+    unconverged = [w for w in caught if issubclass(w.category, LLCConvergenceWarning)]
+    assert len(unconverged) >= 3, [str(w.message) for w in unconverged]
+    assert all(w.filename == __file__ for w in unconverged), [(w.filename, w.lineno) for w in unconverged]

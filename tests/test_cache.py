@@ -234,3 +234,28 @@ def test_lock_released_when_compute_fails(tmp_path):
         cache.cached("demo", {"f": 1}, boom)
     assert not path.with_name(path.name + ".lock").exists()
     assert cache.cached("demo", {"f": 1}, lambda: {"v": 2}) == {"v": 2}
+
+
+def test_a_corrupt_entry_reached_through_the_package_is_reported_at_the_callers_line(tmp_path):
+    """The warning named cache.py's caller inside the package (train.py), not the reader's line."""
+    import warnings
+
+    from slt_companion.train import train
+
+    def run():
+        torch.manual_seed(0)
+        net = torch.nn.Linear(2, 1)
+        x, y = torch.randn(16, 2), torch.randn(16, 1)
+        return train(net, torch.nn.functional.mse_loss, lambda step: (x, y), num_steps=3, lr=0.1, progress=False,
+                     cache_name="corrupt-demo")
+
+    run()
+    entries = [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith("corrupt-demo-")]
+    assert entries
+    for p in entries:
+        p.write_bytes(p.read_bytes()[:40])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    corrupt = [w for w in caught if "corrupt" in str(w.message)]
+    assert corrupt and all(w.filename == __file__ for w in corrupt), [(w.filename, w.lineno, str(w.message)) for w in corrupt]
