@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import user_stacklevel
+from ._checks import check_int, user_stacklevel
+from .sampling import module_signature
 
 __all__ = ["gaussian_smooth", "stage_boundaries", "StageBoundaries", "essential_dynamics", "EssentialDynamics",
            "model_outputs", "stages_from_boundaries"]
@@ -38,7 +39,7 @@ def gaussian_smooth(y, sigma: float) -> np.ndarray:
         raise ValueError(f"sigma must be a finite number ≥ 0, got {sigma!r}")
     if sigma == 0 or len(y) < 2:
         return y.copy()
-    r = int(np.ceil(4 * sigma))
+    r = int(min(np.ceil(4 * sigma), len(y) - 1))      # no two samples lie further apart: the same result, bounded memory
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
     num = np.convolve(y, k, mode="full")[r:r + len(y)]
     den = np.convolve(np.ones_like(y), k, mode="full")[r:r + len(y)]
@@ -109,21 +110,32 @@ def stage_boundaries(steps, llc, *, smoothing: float = 0.15, plateau: float = 0.
     u, y = np.log10(t[ok][order]), y[ok][order]
     if np.any(np.diff(u) <= 0):
         raise ValueError("steps must be distinct")
+    if edge is not None and not (np.isfinite(edge) and edge >= 0):
+        raise ValueError(f"edge must be a finite number ≥ 0 (decades of steps) or None (2·smoothing), got {edge!r}")
     edge = 2 * smoothing if edge is None else float(edge)
     ug = np.linspace(u[0], u[-1], int(grid))
     du = ug[1] - ug[0]
     ys = gaussian_smooth(np.interp(ug, u, y), smoothing / du)
     s = np.gradient(ys, du)
+    # a slope below round-off of the curve's scale is zero: an exactly flat stretch is flat, not a row of extrema
+    s[np.abs(s) <= 1e-9 * (float(np.max(np.abs(ys))) + 1e-300) / max(u[-1] - u[0], 1e-300)] = 0.0
     smax = float(np.max(np.abs(s))) or 1.0
     cands = []  # (index, kind, score): lower score = stronger
     sign = np.sign(s)
-    for i in range(1, len(s)):
-        if sign[i - 1] != 0 and sign[i] != 0 and sign[i] != sign[i - 1]:
-            j = i if abs(s[i]) < abs(s[i - 1]) else i - 1
-            cands.append((j, "max" if sign[i - 1] > 0 else "min", -1.0))
+    moving = np.flatnonzero(sign)
+    for p, q in zip(moving[:-1], moving[1:]):
+        if sign[p] != sign[q]:
+            # adjacent: the smaller slope of the two; across an exactly flat run: its middle
+            j = (q if abs(s[q]) < abs(s[p]) else p) if q == p + 1 else (p + q) // 2
+            cands.append((j, "max" if sign[p] > 0 else "min", -1.0))
     a = np.abs(s)
     for i in range(1, len(a) - 1):
         if a[i] <= a[i - 1] and a[i] < a[i + 1] and a[i] < plateau * smax:
+            if a[i] == 0:                                   # the end of an exactly flat run: a pause between two moves
+                before = np.flatnonzero(a[:i])
+                if not before.size:                         # ... unless the curve starts flat: no move before it
+                    continue
+                i = (int(before[-1]) + 1 + i) // 2          # its middle
             if not any(abs(i - j) * du < min_separation / 2 and k != "plateau" for j, k, _ in cands):
                 cands.append((i, "plateau", a[i] / smax))
     cands = [c for c in cands if ug[c[0]] - ug[0] >= edge and ug[-1] - ug[c[0]] >= edge]
@@ -149,14 +161,24 @@ def stage_boundaries(steps, llc, *, smoothing: float = 0.15, plateau: float = 0.
 
 
 def stages_from_boundaries(boundaries, first_step: int, last_step: int) -> list[tuple[int, int]]:
-    """``[(start, end), ...]``: the stages between ``first_step``, each boundary, and ``last_step``."""
-    cuts = [int(first_step)] + [int(b) for b in boundaries] + [int(last_step)]
+    """``[(start, end), ...]``: the stages between ``first_step``, each boundary, and ``last_step``.
+
+    The boundaries must be whole steps, sorted, and lie in ``[first_step, last_step]``."""
+    cuts = np.asarray([first_step, *np.asarray(boundaries, dtype=np.float64).reshape(-1), last_step], dtype=np.float64)
+    if not np.all(np.isfinite(cuts)) or np.any(cuts != np.round(cuts)):
+        raise ValueError(f"first_step, the boundaries and last_step must be whole steps, got {first_step!r}, "
+                         f"{list(boundaries)!r}, {last_step!r}")
+    if np.any(np.diff(cuts) < 0):
+        raise ValueError(f"the boundaries must be sorted and lie in [first_step, last_step] = [{first_step}, "
+                         f"{last_step}], got {list(boundaries)!r}")
+    cuts = [int(c) for c in cuts]
     return list(zip(cuts[:-1], cuts[1:]))
 
 
 @torch.no_grad()
 def model_outputs(trajectory, template: torch.nn.Module, probe, *, chunk: int = 1024) -> np.ndarray:
     """The outputs of every checkpoint on ``probe`` (a tensor of inputs), flattened: shape ``(checkpoints, features)``."""
+    chunk = check_int("chunk", chunk)
     rows = []
     for i in range(len(trajectory)):
         model = trajectory.model_at(i, template)
@@ -196,7 +218,8 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
     **Turning points.** Each PC coordinate is smoothed along the trajectory (Gaussian, ``smoothing`` checkpoints;
     with log-spaced checkpoints that is smoothing in :math:`\log t`), and a turning point is a checkpoint where
     a smoothed coordinate has a local extremum whose prominence (the smaller rise on either side, up to the next
-    extremum) exceeds ``prominence`` × that coordinate's range (an exactly flat extremum counts once, at its middle). These are the cusps and turns of the curves in
+    extremum) exceeds ``prominence`` × that coordinate's range (an exactly flat extremum counts once, at its middle; a component beyond the outputs' numerical rank has
+    none). These are the cusps and turns of the curves in
     the PC1–PC2, PC1–PC3 … planes, the paper's developmental milestones. Turning points closer than
     ``min_separation`` checkpoints are merged (the earlier kept). The first and last checkpoints never count.
     """
@@ -219,7 +242,10 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
     evr = S[:k] ** 2 / max(float((S ** 2).sum()), 1e-300)
     sm = np.stack([gaussian_smooth(pcs[:, j], smoothing) for j in range(k)], axis=1)
     tps = []
+    floor = (S[0] if S.size else 0.0) * max(X.shape) * np.finfo(np.float64).eps
     for j in range(k):
+        if S[j] <= floor:                 # a numerically zero component (beyond the outputs' rank): round-off only
+            continue
         z = sm[:, j]
         rng = float(z.max() - z.min()) or 1.0
         d = np.sign(np.diff(z))
@@ -251,6 +277,19 @@ def _relaxation(estimates) -> np.ndarray:
     return out
 
 
+def _data_digest(data) -> str:
+    """A digest of the data's tensors (shapes, dtypes, contents): part of llc_over_trajectory's cache key."""
+    import hashlib
+
+    from .sampling import _as_xy
+
+    h = hashlib.blake2b(digest_size=16)
+    for t in _as_xy(data, "cpu"):
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *, checkpoints=None,
                         cache_name: str | None = None, cache_config: dict | None = None, progress: bool = True,
                         **llc_kwargs) -> dict:
@@ -267,8 +306,10 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     chains took to relax, from the run itself). Instead of one warning per checkpoint, a single
     :class:`~slt_companion.convergence.LLCConvergenceWarning` lists the unconverged checkpoints (also when the curve
     comes from the cache): a figure must mark them and no claim may rest on them. With ``cache_name`` the whole
-    curve is cached under ``cache_config`` + the sampler settings + a fingerprint of the trajectory (``chunk_size``
-    and ``distributed`` are not part of the key: they do not change the numbers).
+    curve is cached under ``cache_config`` + the sampler settings + fingerprints of the trajectory, the data, the
+    template's architecture and ``loss_fn``'s name (``chunk_size`` and ``distributed`` are not part of the key: they
+    do not change the numbers). ``loss_fn`` is known by name only: describe a changed loss (or a lambda) in
+    ``cache_config``.
     """
     import warnings
 
@@ -295,7 +336,9 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     else:
         key = {"user": dict(cache_config or {}),
                "llc": {k: v for k, v in llc_kwargs.items() if k not in ("chunk_size", "distributed")},
-               "checkpoints": idx, "trajectory": trajectory.fingerprint()}
+               "checkpoints": idx, "trajectory": trajectory.fingerprint(), "data": _data_digest(data),
+               "template": repr(module_signature(template, hook_ids=False)),
+               "loss_fn": f"{getattr(loss_fn, '__module__', '')}.{getattr(loss_fn, '__qualname__', type(loss_fn).__name__)}"}
         out = _cache.cached(cache_name, key, compute)
     bad = np.flatnonzero(~np.asarray(out["converged"], dtype=bool))
     if bad.size:
@@ -425,6 +468,8 @@ def joint_trajectory_pca(trajectories, template=None, probe=None, *, references:
         if v.size != F:
             raise ValueError(f"references[{name!r}] has {v.size} values but the outputs have {F} features; "
                              "compute it on the same probe")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"references[{name!r}] holds NaN or inf; compute it again")
         out.references[name] = out.project(v.reshape(F))
     return out
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._checks import check_int
+from ._checks import check_int, check_positive
 from .data import RegressionData
 from .sampling import cpu_threads
 from .tms import _batched_forward, _sgd_loop
@@ -56,7 +56,7 @@ def tms_data_frequencies(n: int, frequencies, *, seed: int = 0, dtype: torch.dty
 def feature_slice(data, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows ``(x, y)`` of TMS data (``(x, y)`` or an object with ``.xy``) whose feature ``feature`` is active."""
     x, y = data.xy if hasattr(data, "xy") else data
-    if not 0 <= int(feature) < x.shape[-1]:
+    if not 0 <= check_int("feature", feature, 0) < x.shape[-1]:
         raise ValueError(f"feature must lie in 0..{x.shape[-1] - 1}, got {feature!r}")
     rows = x[:, int(feature)] != 0
     if int(rows.sum()) < 2:
@@ -78,9 +78,12 @@ def train_tms(X, *, steps: int = 10_000, lr: float = 0.05, batch_size: int = 100
     if X.ndim != 3:
         raise ValueError(f"X must have shape (runs, n, n_features), got {tuple(X.shape)}")
     steps, batch_size = check_int("steps", steps), check_int("batch_size", batch_size)
-    if not lr > 0 or not init_scale > 0:
-        raise ValueError(f"lr and init_scale must be > 0, got lr={lr!r}, init_scale={init_scale!r}")
+    lr, init_scale = check_positive("lr", lr), check_positive("init_scale", init_scale)
     R, n, c = X.shape
+    if R < 1 or n < 1 or c < 1:
+        raise ValueError(f"X must hold at least one run, one row and one feature, got shape {tuple(X.shape)}")
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError("X holds NaN or inf; make the data again (tms_data_frequencies)")
     gen = torch.Generator().manual_seed(int(seed))
     W = (torch.randn(R, 2, c, generator=gen, dtype=torch.float64) * init_scale).requires_grad_(True)
     b = torch.zeros(R, c, dtype=torch.float64, requires_grad=True)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 
@@ -37,12 +39,15 @@ def _check_xy(xs, ys) -> tuple[torch.Tensor, torch.Tensor]:
     if xs.ndim != 3 or ys.shape != xs.shape[:2]:
         raise ValueError(f"xs must be (B, K, D) and ys (B, K); got xs {tuple(xs.shape)} and ys {tuple(ys.shape)}. "
                          "Pass a batch of sequences, e.g. icl_regression(n).xs and .ys")
+    if not (xs.is_floating_point() and ys.is_floating_point()):
+        raise ValueError(f"xs and ys must be floating-point tensors (the predictions come back in xs's dtype), got "
+                         f"{xs.dtype} and {ys.dtype}; convert with .double()")
     return xs, ys
 
 
 def _check_noise(noise_var) -> float:
-    if isinstance(noise_var, bool) or not isinstance(noise_var, (int, float, np.floating)) or not (
-            np.isfinite(noise_var) and noise_var > 0):
+    if isinstance(noise_var, (bool, np.bool_)) or not isinstance(noise_var, (int, float, np.number, np.ndarray)) \
+            or np.ndim(noise_var) != 0 or np.iscomplexobj(noise_var) or not (np.isfinite(noise_var) and noise_var > 0):
         raise ValueError(f"noise_var must be a finite number > 0 (the σ² the data were made with), got {noise_var!r}")
     return float(noise_var)
 
@@ -97,7 +102,8 @@ def dmmse_weights(xs: torch.Tensor, ys: torch.Tensor, tasks, noise_var: float = 
     T = _check_tasks(tasks, xs.shape[2]).double()
     fits = torch.einsum("bkd,md->bkm", xs.double(), T)                 # t_m^T x_k
     res = (ys.double()[..., None] - fits) ** 2
-    before = torch.cumsum(res, dim=1) - res                            # sum over i < k only
+    before = torch.cumsum(res, dim=1).roll(1, dims=1)                  # sum over i < k only (not cumsum − res:
+    before[:, 0] = 0.0                                                 # a huge y_k would cancel the earlier sum)
     return torch.softmax(-before / (2 * s2), dim=-1)
 
 
@@ -213,11 +219,17 @@ def segment_coordinate(d_ridge, d_dmmse, d_between):
         ``s`` and the squared residual :math:`\lVert e\rVert^2` (clipped at 0).
     """
     a, b = np.asarray(d_ridge, dtype=np.float64), np.asarray(d_dmmse, dtype=np.float64)
+    if np.ndim(d_between) != 0:
+        raise ValueError(f"d_between must be one number (the distance between ridge and dMMSE on the probe), got an "
+                         f"array of shape {np.shape(d_between)}")
     if not (np.isfinite(d_between) and d_between > 0):
         raise ValueError(f"d_between must be a finite number > 0 (the distance between ridge and dMMSE), got "
                          f"{d_between!r}; with one task per sequence it vanishes only if ridge = dMMSE")
-    if a.shape != b.shape or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise ValueError(f"d_ridge and d_dmmse must be finite and of the same shape, got {a.shape} and {b.shape}")
+    if a.shape != b.shape:
+        raise ValueError(f"d_ridge and d_dmmse must have the same shape, got {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError(f"d_ridge and d_dmmse must be finite, got {int((~np.isfinite(a)).sum())} and "
+                         f"{int((~np.isfinite(b)).sum())} NaN/inf entries")
     s = 0.5 * (1 + (a - b) / d_between)
     return s, np.maximum(a - s ** 2 * d_between, 0.0)
 
@@ -275,6 +287,8 @@ def classify_run(d_ridge, d_dmmse, d_between, ridge_scale: float, steps, *, late
     dr = np.asarray(d_ridge, dtype=np.float64)
     if steps.shape != dr.shape or dr.ndim != 1:
         raise ValueError(f"steps and d_ridge must be 1-D of the same length, got {steps.shape} and {dr.shape}")
+    if np.any(np.diff(steps) <= 0):
+        raise ValueError("steps must increase (the checkpoints in training order): the verdict reads the run forwards")
     if not (np.isfinite(ridge_scale) and ridge_scale > 0):
         raise ValueError(f"ridge_scale must be > 0 (the mean square of ridge's predictions), got {ridge_scale!r}")
     if not 0 < closeness < 1:
@@ -305,20 +319,26 @@ def crossover_n(delta_loss: float, delta_lambda: float) -> float:
 
     With :math:`\Delta L = L_1 - L_2 > 0` (solution 2 fits better) and :math:`\Delta\lambda = \lambda_2 - \lambda_1 > 0`
     (solution 2 is more complex), :math:`F_n(2) < F_n(1)` iff :math:`n\Delta L > \Delta\lambda\log n`; returns the
-    larger root of :math:`n\Delta L = \Delta\lambda\log n` (by fixed-point iteration), or ``nan`` when no crossover
-    exists (a sign is wrong, or :math:`\Delta\lambda/\Delta L < e`, so that solution 2 wins at every :math:`n`).
+    larger root of :math:`n\Delta L = \Delta\lambda\log n` (Newton's method from above, to relative 1e-13; at the
+    double root :math:`\Delta\lambda/\Delta L = e` to about 1e-8), or ``nan`` when solution 2 never overtakes solution
+    1: a difference is ≤ 0 (with both negative the roles are swapped: solution 1 overtakes solution 2 at
+    ``crossover_n(-delta_loss, -delta_lambda)``), or :math:`\Delta\lambda/\Delta L < e`, so that solution 2 wins at
+    every :math:`n`.
     """
     for name, v in (("delta_loss", delta_loss), ("delta_lambda", delta_lambda)):
-        if not np.isfinite(v):
-            raise ValueError(f"{name} must be finite, got {v!r}")
-    if delta_loss <= 0 or delta_lambda <= 0 or delta_lambda / delta_loss < np.e:
+        if np.ndim(v) != 0 or not np.isfinite(v):
+            raise ValueError(f"{name} must be one finite number, got {v!r}")
+    if delta_loss <= 0 or delta_lambda <= 0:
         return float("nan")
-    n = np.e * delta_lambda / delta_loss
-    for _ in range(500):
-        n_new = delta_lambda * np.log(n) / delta_loss
-        if abs(n_new - n) <= 1e-12 * n:
+    c = float(delta_lambda / delta_loss)            # n* solves f(n) = n − c log n = 0
+    if c < np.e:
+        return float("nan")
+    n = 2 * c * math.log(c)                         # f(n) > 0 and f'(n) > 0 here: Newton decreases monotonically to n*
+    for _ in range(2000):                           # (at c = e, a double root: linear convergence)
+        step = (n - c * math.log(n)) / (1 - c / n)
+        if not step > 1e-13 * n:                    # converged (or round-off at the double root)
             break
-        n = n_new
+        n -= step
     return float(n)
 
 

@@ -32,14 +32,16 @@ def loss_observable(model: torch.nn.Module, loss_fn: Callable, data) -> Callable
     """
     from torch.func import functional_call
 
-    from .sampling import _as_xy
-
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable as loss_fn(model(x), y), got {type(loss_fn).__name__}")
-    dev = next(iter(model.parameters()), torch.empty(0)).device
-    x, y = _as_xy(data, dev)
+    try:        # the estimators' checks: dtypes, shapes that broadcast to a wrong loss, a summed loss, ...
+        prob = _Problem(model, loss_fn, data, None, None)
+        prob.check(8)
+    except Exception as err:
+        raise ValueError(f"loss_observable's data: {err}") from err
+    x, y = prob.x, prob.y
 
     def phi(p: dict) -> torch.Tensor:
         return loss_fn(functional_call(model, p, (x,)), y)
@@ -150,9 +152,15 @@ def _eval_observables(prob, obs: dict, W: torch.Tensor, chunk: int = 256) -> tup
         if val.ndim == 1:
             cols.append(val[:, None])
             names.append(name)
+        elif val.shape[1] == 0:
+            raise ValueError(f"observable {name!r} returned an empty tensor (shape (0,)): nothing to respond")
         else:
             cols.append(val)
             names.extend(f"{name}[{i}]" for i in range(val.shape[1]))
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"two observables' columns are both named {twice} (a vector observable 'f' names its "
+                         "columns 'f[0]', 'f[1]', ...): rename one of them")
     return torch.cat(cols, 1).numpy(), names
 
 

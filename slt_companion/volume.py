@@ -91,9 +91,54 @@ def _grid(K, variables, prior, bound, center, points, depth, *, slopes: bool = F
         raise ValueError("K is not finite everywhere on the prior box")
     if np.min(Kv) < -1e-12 * max(1.0, float(np.max(np.abs(Kv)))):
         raise ValueError(f"K takes negative values on the prior box (min {np.min(Kv):.3g}); K must be >= 0")
+    _check_against_monte_carlo(f, g, c, bound, Kv, Wv, points)
     if slopes:
         return Kv, Wv, np.concatenate(Ss)
     return Kv, Wv
+
+
+def _check_against_monte_carlo(f, g, c, bound: float, Kv, Wv, points: int, samples: int = 500_000) -> None:
+    r"""Warn when the grid disagrees with plain Monte Carlo: K small away from the hyperplanes, or too coarse a grid.
+
+    The log-coordinate grid resolves {K < ε} only near the coordinate hyperplanes through ``center`` (where a
+    resolution puts it); a zero set elsewhere (K = (x − y)², a circle, a crossing off the centre) is counted by whole
+    grid cells, wrong by orders of magnitude at small ε. Plain Monte Carlo on the box is exact in expectation:
+    compare the two on the smooth :math:`Z_n = \int e^{-nK}\varphi` at :math:`n = 1/\varepsilon` for the ε below
+    which lie 0.1, 0.5, 2 and 20 % of the prior mass, and warn at a factor 1.5 (beyond 4 Monte Carlo standard
+    errors). Measured: the book's normal crossings agree within 3 % at the default grids; (x − y)², (x − 2y)², a
+    circle and an off-centre crossing are off by factors 2 to 50."""
+    import warnings
+
+    from ._checks import user_stacklevel
+
+    d = len(c)
+    rng = np.random.default_rng(0)
+    pts = c + bound * rng.uniform(-1.0, 1.0, size=(samples, d))
+    Km = np.broadcast_to(np.asarray(f(*pts.T), dtype=float), (samples,))
+    wm = np.ones(samples) if g is None else np.broadcast_to(np.abs(np.asarray(g(*(pts - c).T), dtype=float)), (samples,))
+    if not (np.all(np.isfinite(Km)) and np.all(np.isfinite(wm))) or wm.sum() <= 0:
+        return
+    order = np.argsort(Km)
+    mass = np.cumsum(wm[order]) / samples                          # the prior mass of {K ≤ K_(i)}
+    W = np.exp(Wv)
+    for frac in (0.001, 0.005, 0.02, 0.2):
+        i = int(np.searchsorted(mass, frac * mass[-1]))
+        eps = float(Km[order[min(i, samples - 1)]])
+        if not eps > 0:
+            continue
+        z = wm * np.exp(-Km / eps)                                 # Z at n = 1/ε: smooth in K
+        mc, se = float(z.mean()), float(z.std() / math.sqrt(samples))
+        grid = float(np.dot(W, np.exp(-Kv / eps)))
+        if not (mc - 4 * se) / 1.5 <= grid <= 1.5 * (mc + 4 * se):
+            warnings.warn(
+                f"this quadrature disagrees with plain Monte Carlo on the box: at n = {1 / eps:.3g} the log-coordinate "
+                f"grid gives Z_n = {grid:.4g}, Monte Carlo {mc:.4g} ± {se:.2g}. Its numbers are not to be trusted. "
+                f"Either the grid is too coarse (raise points, now {points} per axis) or K's zero set is not where the "
+                "grid looks: it resolves {K < ε} only near the coordinate hyperplanes through center (e.g. K = x²y⁴ "
+                f"at the origin), and K is smallest here near {np.round(pts[order[0]], 3).tolist()}. Change variables "
+                "(resolve the singularity, or move center onto it) so that the zero set lies on those hyperplanes.",
+                RuntimeWarning, stacklevel=user_stacklevel())
+            return
 
 
 def volume(K, variables, eps, *, prior=1, bound: float = 1.0, center=None, points: int | None = None,
@@ -105,7 +150,10 @@ def volume(K, variables, eps, *, prior=1, bound: float = 1.0, center=None, point
     points per axis in log coordinates (default from :func:`slt_companion.config.size`). The indicator of
     :math:`\{K<\varepsilon\}` is averaged over each grid cell by linearising :math:`\log K` across the cell (a plain
     midpoint rule would alias where the level set is parallel to the grid); accuracy about 1% relative for the
-    default grids, uniformly in ``eps`` down to :math:`10^{-14}`.
+    default grids, uniformly in ``eps`` down to :math:`10^{-14}` -- when K's zero set in the box lies on coordinate
+    hyperplanes through ``center`` (normal crossings there, as after a resolution). A K that is small elsewhere
+    (``(x - y)**2``, a circle, a crossing off the centre) is not resolved: the grid is checked against plain Monte
+    Carlo at four levels of K and a factor-1.5 disagreement gives a ``RuntimeWarning`` (also in :func:`log_partition`).
     """
     eps = np.atleast_1d(np.asarray(eps, dtype=float))
     if np.any(~(eps > 0)):

@@ -100,3 +100,176 @@ def test_one_model_hessians_and_grids_of_two_points_at_least():
         hessian_eigenvalues(W[None], b[None])
     with pytest.raises(ValueError, match="grid_size"):
         ProductModel().posterior_grid(10, grid_size=1)
+
+
+# ---------------------------------------------------------------- the fourth audit (dynamics, predictors, volume, ...)
+def test_a_loss_observable_whose_targets_broadcast_is_refused():
+    """y of shape (n,) against outputs (n, 1) broadcast to (n, n) inside the loss: a wrong χ without an error."""
+    from slt_companion.llc import half_mse
+    from slt_companion.susceptibility import loss_observable
+
+    model = torch.nn.Linear(2, 1).double()
+    x, y = torch.randn(15, 2, dtype=torch.float64), torch.randn(15, 1, dtype=torch.float64)
+    loss_observable(model, half_mse, (x, y))
+    with pytest.raises(ValueError, match="loss_observable's data: model\\(x\\) has shape"):
+        loss_observable(model, half_mse, (x, y[:, 0]))
+    with pytest.raises(ValueError, match="float32"):
+        loss_observable(model, half_mse, (x.float(), y.float()))
+
+
+def test_susceptibility_refuses_two_observable_columns_of_one_name():
+    from slt_companion.llc import half_mse
+    from slt_companion.susceptibility import susceptibility
+
+    model = torch.nn.Linear(2, 1).double()
+    x, y = torch.randn(20, 2, dtype=torch.float64), torch.randn(20, 1, dtype=torch.float64)
+    kw = dict(num_chains=2, num_draws=8, num_burnin=2, step_size=1e-4, nbeta=10.0, batch_size=10, progress=False)
+    obs = {"w": lambda p: p["weight"][0], "w[0]": lambda p: p["weight"][0, 0]}
+    with pytest.raises(ValueError, match=r"named \['w\[0\]'\]"):
+        susceptibility(model, half_mse, (x, y), (x[:10], y[:10]), obs, **kw)
+    with pytest.raises(ValueError, match="empty"):
+        susceptibility(model, half_mse, (x, y), (x[:10], y[:10]), {"none": lambda p: p["weight"][0, :0]}, **kw)
+
+
+def test_essential_dynamics_finds_no_turning_points_in_round_off():
+    """Components beyond the outputs' rank are round-off; their "turning points" were reported."""
+    from slt_companion.dynamics import essential_dynamics
+
+    X = np.outer(np.log1p(np.arange(20)), np.random.default_rng(0).normal(size=30)) + 1.0   # a straight path
+    assert essential_dynamics(X, n_components=3).turning_points.tolist() == []
+
+
+def test_stage_boundaries_on_exactly_flat_stretches():
+    from slt_companion.dynamics import stage_boundaries
+
+    steps = np.unique(np.round(np.logspace(0, 4, 100)))
+    u = np.log10(steps)
+    assert len(stage_boundaries(steps, np.full(steps.size, 5.0))) == 0         # constant: no stages
+    assert len(stage_boundaries(steps, np.clip(u, 1, 3))) == 0                 # flat, rise, flat: no critical point
+    top = np.minimum(np.clip(u, 0, 2), 2) - np.clip(u - 3, 0, None)            # rise, flat top 10^2..10^3, fall
+    sb = stage_boundaries(steps, top, smoothing=0.05)
+    assert sb.kinds == ["max"] and 250 < sb.steps[0] < 400                     # once, in the middle of the top
+    pause = np.clip(u, 0, 1.5) + np.clip(u - 2.5, 0, None)                     # rise, pause 10^1.5..10^2.5, rise
+    sb = stage_boundaries(steps, pause, smoothing=0.05)
+    assert sb.kinds == ["plateau"] and 70 < sb.steps[0] < 140
+    with pytest.raises(ValueError, match="edge"):
+        stage_boundaries(steps, top, edge=float("nan"))
+
+
+def test_stages_from_boundaries_checks_its_cuts():
+    from slt_companion.dynamics import stages_from_boundaries
+
+    assert stages_from_boundaries([100.0], 0, 1000) == [(0, 100), (100, 1000)]
+    for bad in ([100, 10], [5000], [1.7]):
+        with pytest.raises(ValueError):
+            stages_from_boundaries(bad, 0, 1000)
+
+
+def test_gaussian_smooth_with_a_huge_sigma_is_the_mean():
+    from slt_companion.dynamics import gaussian_smooth
+
+    y = np.arange(10.0)
+    np.testing.assert_allclose(gaussian_smooth(y, 1e10), np.full(10, 4.5), rtol=1e-9)
+
+
+def test_predictors_refuse_integer_inputs_and_take_numpy_noise():
+    from slt_companion.predictors import dmmse_weights, ridge_predictions
+
+    xs, ys = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="floating-point"):
+        ridge_predictions(xs.long(), ys)
+    assert torch.equal(ridge_predictions(xs, ys, np.int64(1)), ridge_predictions(xs, ys, 1.0))
+    assert torch.equal(ridge_predictions(xs, ys, np.array(0.5)), ridge_predictions(xs, ys, 0.5))
+    # a huge y_k does not enter the weights at position k (it cancelled the earlier sum)
+    tasks = torch.randn(2, 3, dtype=torch.float64)
+    big = ys.clone()
+    big[:, 2] = 1e9
+    torch.testing.assert_close(dmmse_weights(xs, big, tasks)[:, 2], dmmse_weights(xs, ys, tasks)[:, 2])
+
+
+def test_crossover_n_solves_its_equation_near_the_double_root():
+    import math
+
+    from slt_companion.predictors import crossover_n
+
+    for c in (math.e * (1 + 1e-4), 3.0, 10.0, 1e6):
+        n = crossover_n(1.0, c)
+        assert n > c and abs(n - c * math.log(n)) <= 1e-9 * n, (c, n)
+    assert abs(crossover_n(1.0, math.e) - math.e) < 1e-6
+    assert math.isnan(crossover_n(-1.0, -10.0)) and math.isnan(crossover_n(1.0, 2.0))
+
+
+def test_classify_run_and_segment_coordinate_check_their_arrays():
+    from slt_companion.predictors import classify_run, segment_coordinate
+
+    with pytest.raises(ValueError, match="increase"):
+        classify_run(np.ones(3), np.ones(3), 1.0, 1.0, steps=[100, 10, 1], late_from=1)
+    with pytest.raises(ValueError, match="one number"):
+        segment_coordinate(np.ones(4), np.ones(4), np.ones(4))
+    with pytest.raises(ValueError, match="finite"):
+        segment_coordinate(np.array([1.0, np.nan]), np.ones(2), 1.0)
+
+
+def test_llc_over_trajectory_cache_knows_the_data(tmp_path, monkeypatch):
+    from slt_companion.dynamics import llc_over_trajectory
+    from slt_companion.llc import half_mse
+    from slt_companion.train import train
+
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    x = torch.randn(64, 2, dtype=torch.float64)
+    y = x @ torch.tensor([[1.0], [-0.5]], dtype=torch.float64)
+    make = lambda: torch.nn.Linear(2, 1).double()                       # noqa: E731
+    torch.manual_seed(1)
+    traj = train(make(), half_mse, lambda step: (x, y), num_steps=20, checkpoints=[5, 20], progress=False)
+    kw = dict(num_chains=2, num_draws=20, num_burnin=5, step_size=1e-3, nbeta=10.0, batch_size=32, progress=False)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = llc_over_trajectory(traj, make(), half_mse, (x, y), cache_name="t", **kw)
+        b = llc_over_trajectory(traj, make(), half_mse, (3 * x, 3 * y), cache_name="t", **kw)
+        c = llc_over_trajectory(traj, make(), half_mse, (3 * x, 3 * y), **kw)
+    assert np.array_equal(b["mean"], c["mean"]) and not np.array_equal(a["mean"], b["mean"])
+
+
+def test_heads_take_int32_tokens_and_refuse_an_empty_batch():
+    from slt_companion.heads import head_scores
+    from slt_companion.models import AttentionOnlyLM
+
+    m = AttentionOnlyLM(8, d_model=16, num_heads=2, n_ctx=8)
+    seq = torch.randint(0, 8, (3, 4))
+    rep = torch.cat([seq, seq], 1)
+    a, b = head_scores(m, rep), head_scores(m, rep.int())
+    assert a["icl"] == b["icl"] and np.array_equal(a["induction"], b["induction"])
+    with pytest.raises(ValueError, match="batch = 0"):
+        head_scores(m, rep[:0])
+
+
+def test_volume_warns_when_the_zero_set_is_off_the_hyperplanes():
+    import warnings
+
+    import sympy as sp
+
+    from slt_companion.volume import free_energy_quadrature, volume
+
+    x, y = sp.symbols("x y", real=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                        # the resolved cases stay silent
+        volume(x**2 * y**4, [x, y], [1e-6], points=100)
+        volume((x - sp.Rational(1, 3))**2 * y**2, [x, y], [1e-6], center=[1 / 3, 0], points=100)
+    for K in ((x - y)**2, (x**2 + y**2 - sp.Rational(1, 4))**2, (x - sp.Rational(1, 3))**2 * y**2):
+        with pytest.warns(RuntimeWarning, match="disagrees with plain Monte Carlo"):
+            volume(K, [x, y], [1e-6], points=100)
+    with pytest.warns(RuntimeWarning, match="disagrees"):
+        free_energy_quadrature((x - 2 * y)**2, [x, y], [1e4], points=100)
+
+
+def test_train_tms_and_feature_slice_check_their_numbers():
+    from slt_companion.interventions import feature_slice, train_tms
+
+    with pytest.raises(ValueError, match="lr"):
+        train_tms(torch.rand(1, 5, 3), steps=2, lr=float("inf"))
+    with pytest.raises(ValueError, match="NaN"):
+        train_tms(torch.full((1, 5, 3), float("nan")), steps=2)
+    with pytest.raises(ValueError, match="feature"):
+        feature_slice((torch.ones(4, 3), torch.ones(4, 3)), 1.7)
