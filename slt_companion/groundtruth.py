@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import config as _config
+from ._checks import check_int, check_positive
 from .llc import default_nbeta, estimate_llc, half_mse
 
 __all__ = ["GROUND_TRUTH", "QUICK_CASES", "ground_truth_case", "ground_truth_problem", "run_ground_truth", "crossing_exact", "Polynomial",
@@ -121,12 +122,33 @@ def crossing_exact(exponents, x, y, *, nbeta: float, loss_scale: float = 0.5, lo
     """
     if len(exponents) not in (1, 2):
         raise ValueError(f"exponents must be one or two powers (k1,) or (k1, k2), got {tuple(exponents)!r}")
-    k = tuple(int(v) for v in exponents) + ((0,) if len(exponents) == 1 else ())
+    k = _exponents(tuple(exponents) + ((0,) if len(exponents) == 1 else ()))
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
-    sxx, sxy = float((x * x).mean()), float((x * y).mean())
+    if x.shape != y.shape or x.size < 1:
+        raise ValueError(f"x and y must hold the same number (≥ 1) of samples, got {x.size} and {y.size}")
+    return _posterior_excess(k, float((x * x).mean()), float((x * y).mean()), nbeta=nbeta,
+                             loss_scale=check_positive("loss_scale", loss_scale),
+                             localization=check_positive("localization", localization, allow_zero=True), points=points)
+
+
+def _exponents(exponents) -> tuple:
+    """Two whole powers ≥ 0, not both 0 (a fractional power was truncated by int(): 1.5 computed w**1)."""
+    k = tuple(check_int("exponents", v, 0) for v in exponents)
+    if len(k) != 2 or max(k) < 1:
+        raise ValueError(f"exponents must be two non-negative integers, not both 0; got {tuple(exponents)!r}")
+    return k
+
+
+def _posterior_excess(k, sxx: float, sxy: float, *, nbeta: float, loss_scale: float, localization: float,
+                      points) -> float:
+    r""":math:`n\beta(\E[L_n(w)] - L_n(0))` for :math:`p = w_1^{k_1}w_2^{k_2}`, :math:`L_n(w) - L_n(0) =`
+    ``loss_scale``:math:`(p^2S_{xx} - 2pS_{xy})`, under :math:`\exp\{-n\beta(L_n(w) - L_n(0)) - \frac\gamma2\|w\|^2\}`,
+    on a 2-D grid on [−5, 5]² graded towards the axes (``points`` per axis)."""
+    nbeta = check_positive("nbeta", nbeta)
+    points = check_int("points", points, 101)
     scale = 1e-3
-    u = np.linspace(-np.arcsinh(5 / scale), np.arcsinh(5 / scale), int(points))
+    u = np.linspace(-np.arcsinh(5 / scale), np.arcsinh(5 / scale), points)
     w = scale * np.sinh(u)
     weights = np.gradient(w)
     W1, W2 = np.meshgrid(w, w, indexing="ij")
@@ -355,22 +377,13 @@ def toy_potential_exact(exponents, n: int, *, noise_std: float = 0.5, seed: int 
     axes (``points`` per axis, default 401: the values agree with 1201 and 2401 points to 1e-8). Data from
     ``numpy.random.default_rng(seed)``. Used in: Part II, "Validation against known λ".
     """
-    k = tuple(int(v) for v in exponents)
-    if len(k) != 2 or min(k) < 0 or max(k) < 1:
-        raise ValueError(f"exponents must be two non-negative integers, not both 0; got {exponents!r}")
-    points = 401 if points is None else int(points)
+    k = _exponents(exponents)
+    n = check_int("n", n)
+    noise_std = check_positive("noise_std", noise_std)
     rng = np.random.default_rng(int(seed))
-    x = rng.standard_normal(int(n))
-    y = noise_std * rng.standard_normal(int(n))
-    sxx, sxy = float((x * x).mean()), float((x * y).mean())
-    nb = default_nbeta(int(n)) if nbeta is None else float(nbeta)
-    scale = 1e-3
-    u = np.linspace(-np.arcsinh(5 / scale), np.arcsinh(5 / scale), points)
-    w = scale * np.sinh(u)
-    weights = np.gradient(w)
-    W1, W2 = np.meshgrid(w, w, indexing="ij")
-    p = (W1 ** k[0] if k[0] else 1.0) * (W2 ** k[1] if k[1] else 1.0)
-    dL = (p * p * sxx - 2 * p * sxy) / (2 * noise_std ** 2)
-    logd = -nb * dL - 0.5 * (W1 ** 2 + W2 ** 2)
-    dens = np.exp(logd - logd.max()) * weights[:, None] * weights[None, :]
-    return float((nb * dL * dens).sum() / dens.sum())
+    x = rng.standard_normal(n)
+    y = noise_std * rng.standard_normal(n)
+    nb = default_nbeta(n) if nbeta is None else nbeta
+    return _posterior_excess(k, float((x * x).mean()), float((x * y).mean()), nbeta=nb,
+                             loss_scale=1 / (2 * noise_std ** 2), localization=1.0,
+                             points=401 if points is None else points)

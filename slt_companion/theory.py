@@ -36,10 +36,9 @@ def free_energy(n, loss, lam, multiplicity: int = 1):
     free energy), ``lam`` the learning coefficient :math:`\lambda`, ``multiplicity`` its order :math:`m`.
     """
     n = np.asarray(n, dtype=float)
-    if np.any(n <= 1):
-        raise ValueError("n must exceed 1 (log log n must be defined)")
-    if int(multiplicity) != multiplicity or multiplicity < 1:
-        raise ValueError(f"multiplicity must be a positive integer, got {multiplicity!r}")
+    if np.any(~(n > 1)) or np.any(~np.isfinite(n)):
+        raise ValueError(f"n must be finite and exceed 1 (log log n must be defined), got {n!r}")
+    multiplicity = check_int("multiplicity", multiplicity)
     lam = float(lam)
     out = n * loss + lam * np.log(n)
     if multiplicity > 1:
@@ -54,6 +53,9 @@ def bic(n, loss, num_params: int):
     complexity, :math:`d/2 > \lambda`.
     """
     n = np.asarray(n, dtype=float)
+    if np.any(~(n > 0)) or np.any(~np.isfinite(n)):
+        raise ValueError(f"n must be finite and positive (a sample size), got {n!r}")
+    num_params = check_int("num_params", num_params, 0)
     return n * loss + num_params / 2 * np.log(n)
 
 
@@ -210,7 +212,9 @@ def bayesian_transition_n(loss_a, lam_a, loss_b, lam_b, *, multiplicity_a: int =
     Chen et al. 2023, "Dynamical versus Bayesian phase transitions"). With :math:`L_b < L_a` and
     :math:`\lambda_b > \lambda_a` the simpler phase *a* wins at small :math:`n` and the more accurate phase *b* at
     large :math:`n`; this returns the crossing :math:`n_c > e` of :math:`F_a = F_b` after which *b* wins for good
-    (solved by bisection in :math:`\log n`, relative accuracy 1e-12). ``const_*`` are the :math:`O(1)` terms.
+    (the last one, where the curves cross several times; solved by bisection in :math:`\log n`, relative accuracy
+    1e-12). ``const_*`` are the :math:`O(1)` terms; with them (or the multiplicities) a transition can exist with
+    :math:`\lambda_b \le \lambda_a` too. Only :math:`L_b < L_a` is required.
 
     Example (Chen et al. 2023, TMS with c = 6, 5-gon -> 6-gon): ``bayesian_transition_n(0.06874, 7, 0.04819, 8.5,
     const_b=2.7535)`` is about 601 (445 without the constant).
@@ -221,35 +225,33 @@ def bayesian_transition_n(loss_a, lam_a, loss_b, lam_b, *, multiplicity_a: int =
                       ("const_a", const_a), ("const_b", const_b)):
         if not np.isfinite(float(val)):
             raise ValueError(f"{name} must be a finite number, got {val!r}")
-    for name, m in (("multiplicity_a", multiplicity_a), ("multiplicity_b", multiplicity_b)):
-        if int(m) != m or m < 1:
-            raise ValueError(f"{name} must be a positive integer, got {m!r}")
+    multiplicity_a, multiplicity_b = check_int("multiplicity_a", multiplicity_a), check_int("multiplicity_b", multiplicity_b)
     dl, dlam = float(loss_a) - float(loss_b), float(lam_b) - float(lam_a)
     if not dl > 0:
         raise ValueError(f"phase b must have the lower loss (loss_b < loss_a), got loss_a={loss_a}, loss_b={loss_b}; "
                          "otherwise b never overtakes a")
-    if not dlam > 0:
-        raise ValueError(f"phase b must have the larger learning coefficient (lam_b > lam_a), got lam_a={lam_a}, "
-                         f"lam_b={lam_b}; otherwise b wins at every n and there is no transition")
+    dm = int(multiplicity_a) - int(multiplicity_b)
 
     def gap(logn):   # F_a - F_b; positive means b is preferred
         n = math.exp(logn)
         llog = math.log(logn)
-        return (n * dl - dlam * logn - ((multiplicity_a - 1) - (multiplicity_b - 1)) * llog
-                + (float(const_a) - float(const_b)))
+        return n * dl - dlam * logn - dm * llog + (float(const_a) - float(const_b))
 
     lo = 1.0 + 1e-9
-    hi = 2.0
+    # beyond log n = T the gap only grows (its derivative e^t dl - dlam - dm/t > 0 there): once positive past T, b
+    # wins for good. Search up to a positive gap past T, then take the last sign change below it.
+    T = max(2.0, math.log(max(abs(dlam) + abs(dm), 1e-300) / dl) + 1e-9)
+    hi = T
     while gap(hi) <= 0:
         hi *= 2.0
         if hi > 700:
             raise ValueError("no transition below n = e^700; check the inputs")
-    # the last sign change below hi: scan down on a fine grid, then bisect
-    grid = np.linspace(lo, hi, 4000)
+    grid = np.linspace(lo, hi, 20_000)
     vals = np.array([gap(g) for g in grid])
     neg = np.nonzero(vals <= 0)[0]
     if len(neg) == 0:
-        raise ValueError("phase b is preferred at every n > e (the constants dominate); there is no transition")
+        raise ValueError("phase b has the lower free energy at every n > e (its lower loss, with the λ, multiplicity "
+                         "and constant differences, already wins there); there is no transition")
     a, b = grid[neg[-1]], grid[neg[-1] + 1]
     for _ in range(200):
         mid = 0.5 * (a + b)

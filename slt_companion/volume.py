@@ -26,6 +26,7 @@ import math
 import numpy as np
 import sympy as sp
 
+from ._checks import check_int
 from .config import size
 
 __all__ = ["volume", "fit_volume_scaling", "log_partition", "free_energy_quadrature"]
@@ -194,8 +195,10 @@ def fit_volume_scaling(eps, V, *, multiplicity: int | None = None) -> dict:
         lam, mm1, c = coef
         m, resid = 1.0 + mm1, lv - X @ coef
     else:
-        if int(multiplicity) != multiplicity or multiplicity < 1:
-            raise ValueError(f"multiplicity must be a positive integer, got {multiplicity!r}")
+        multiplicity = check_int("multiplicity", multiplicity)
+        if len(np.unique(eps)) < 3:
+            raise ValueError("fitting lambda with m fixed needs at least 3 distinct values of eps (two fit a line "
+                             "exactly: no residual to judge it by)")
         target = lv - (multiplicity - 1) * lle
         X = np.stack([le, np.ones_like(le)], axis=1)
         coef, *_ = np.linalg.lstsq(X, target, rcond=None)

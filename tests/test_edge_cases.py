@@ -273,3 +273,22 @@ def test_train_tms_and_feature_slice_check_their_numbers():
         train_tms(torch.full((1, 5, 3), float("nan")), steps=2)
     with pytest.raises(ValueError, match="feature"):
         feature_slice((torch.ones(4, 3), torch.ones(4, 3)), 1.7)
+
+
+def test_exact_toy_values_refuse_what_they_would_truncate():
+    """int() turned the power 1.5 into 1: a wrong 'exact' value, silently."""
+    from slt_companion.groundtruth import crossing_exact, toy_potential_exact
+
+    x = np.random.default_rng(0).standard_normal(200)
+    y = 0.5 * np.random.default_rng(1).standard_normal(200)
+    for bad in ((1.5,), (0, 0), (-1,)):
+        with pytest.raises(ValueError, match="exponents"):
+            crossing_exact(bad, x, y, nbeta=10.0)
+    with pytest.raises(ValueError, match="nbeta"):
+        crossing_exact((1, 1), x, y, nbeta=-5.0)
+    with pytest.raises(ValueError, match="same number"):
+        crossing_exact((1, 1), x, y[:10], nbeta=10.0)
+    with pytest.raises(ValueError, match="exponents"):
+        toy_potential_exact((1.5, 2), 200)
+    with pytest.raises(ValueError, match="noise_std"):
+        toy_potential_exact((1, 2), 200, noise_std=0.0)

@@ -200,8 +200,14 @@ def test_free_energy_formula():
 
 
 def test_free_energy_errors():
-    with pytest.raises(ValueError, match="n must exceed 1"):
+    with pytest.raises(ValueError, match="exceed 1"):
         free_energy(1, 0.0, 0.5)
+    with pytest.raises(ValueError, match="exceed 1"):
+        free_energy(float("nan"), 0.0, 0.5)                       # (nan slipped through as nan)
+    with pytest.raises(ValueError, match="num_params"):
+        bic(100, 0.1, -4)
+    with pytest.raises(ValueError, match="positive"):
+        bic(0, 0.1, 4)
     with pytest.raises(ValueError, match="multiplicity"):
         free_energy(10, 0.0, 0.5, multiplicity=0)
     with pytest.raises(ValueError, match="multiplicity"):
@@ -229,9 +235,21 @@ def test_transition_solves_the_free_energy_equation():
 def test_transition_errors():
     with pytest.raises(ValueError, match="lower loss"):
         bayesian_transition_n(0.0, 0.5, 0.1, 1.0)
-    with pytest.raises(ValueError, match="larger learning coefficient"):
+    with pytest.raises(ValueError, match="no transition"):        # b is better on both counts: it always wins
         bayesian_transition_n(0.1, 1.0, 0.0, 0.5)
     with pytest.raises(ValueError, match="multiplicity_a"):
         bayesian_transition_n(0.1, 0.5, 0.0, 1.0, multiplicity_a=0)
     with pytest.raises(ValueError, match="finite"):
         bayesian_transition_n(float("nan"), 0.5, 0.0, 1.0)
+
+
+def test_transition_is_the_last_crossing_and_needs_only_the_lower_loss():
+    """With m_b > m_a the curves can cross three times: the first crossing is not where b wins for good."""
+    n = bayesian_transition_n(1e-7, 1.0, 0.0, 1.25, multiplicity_b=2)
+    assert abs(n - 1.2988e7) / 1.2988e7 < 1e-3
+    assert free_energy(1e5, 1e-7, 1.0) < free_energy(1e5, 0.0, 1.25, 2)                 # a preferred again in between
+    # equal λ: the constants alone delay b; the crossing n = (c_b - c_a) / ΔL
+    assert abs(bayesian_transition_n(0.01, 1.0, 0.0, 1.0, const_b=5.0) - 500) < 1e-6
+    n = bayesian_transition_n(0.001, 0.5, 0.0, 1.5, const_a=2.0)                          # crosses at 7.4 and 6.8e3
+    assert 6000 < n < 7500
+

@@ -74,3 +74,13 @@ def test_errors():
         fit_volume_scaling(np.array([0.5, 2.0]), np.array([0.1, 0.2]), multiplicity=1)
     with pytest.raises(ValueError, match="every n"):
         log_partition(x**2, [x], [0, 10], points=50)
+
+
+def test_fit_with_the_multiplicity_fixed_needs_three_eps():
+    """Two points (or one) fit a line exactly: the 'fit' had residual 0 and a minimum-norm λ from one point."""
+    from slt_companion.volume import fit_volume_scaling
+
+    for eps in ([1e-3], [1e-3, 1e-4]):
+        with pytest.raises(ValueError, match="at least 3"):
+            fit_volume_scaling(eps, np.sqrt(eps), multiplicity=1)
+    assert abs(fit_volume_scaling([1e-2, 1e-3, 1e-4], np.sqrt([1e-2, 1e-3, 1e-4]), multiplicity=1)["lam"] - 0.5) < 1e-12
