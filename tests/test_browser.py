@@ -66,7 +66,13 @@ def browser():
 
 # Runs in the page once it has loaded: waits for MathJax and the images, then reports what it sees.
 INSPECT = """async () => {
-  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  // MathJax's script may be fetched but not yet run when the network goes idle (window.MathJax is then still the
+  // config, with no startup): wait up to 30 s for it to start, then for its first typeset pass
+  const started = () => window.MathJax && MathJax.startup && MathJax.startup.promise;
+  if (document.querySelector('.math')) {
+    for (let t = 0; t < 300 && !started(); t++) { await new Promise(r => setTimeout(r, 100)); }
+  }
+  if (started()) { await MathJax.startup.promise; }
   const imgs = Array.from(document.images);
   await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
   const views = Array.from(document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]'));
