@@ -67,6 +67,13 @@ class StageBoundaries:
         return len(self.steps)
 
 
+def _reversals(sign: np.ndarray) -> list:
+    """``(p, q)`` for each reversal of direction in a sequence of signs: ``sign[p]`` and ``sign[q]`` are the nonzero
+    signs on either side, opposite; between them (``q > p + 1``) an exactly flat run, one extremum, not several."""
+    moving = np.flatnonzero(sign)
+    return [(int(p), int(q)) for p, q in zip(moving[:-1], moving[1:]) if sign[p] != sign[q]]
+
+
 def stage_boundaries(steps, llc, *, smoothing: float = 0.15, plateau: float = 0.1, min_separation: float = 0.3,
                      min_change: float = 0.0, edge: float | None = None, grid: int = 400) -> StageBoundaries:
     r"""Stage boundaries: the critical points of the LLC curve, found in :math:`u = \log_{10} t`.
@@ -122,12 +129,10 @@ def stage_boundaries(steps, llc, *, smoothing: float = 0.15, plateau: float = 0.
     smax = float(np.max(np.abs(s))) or 1.0
     cands = []  # (index, kind, score): lower score = stronger
     sign = np.sign(s)
-    moving = np.flatnonzero(sign)
-    for p, q in zip(moving[:-1], moving[1:]):
-        if sign[p] != sign[q]:
-            # adjacent: the smaller slope of the two; across an exactly flat run: its middle
-            j = (q if abs(s[q]) < abs(s[p]) else p) if q == p + 1 else (p + q) // 2
-            cands.append((j, "max" if sign[p] > 0 else "min", -1.0))
+    for p, q in _reversals(sign):
+        # adjacent: the smaller slope of the two; across an exactly flat run: its middle
+        j = (q if abs(s[q]) < abs(s[p]) else p) if q == p + 1 else (p + q) // 2
+        cands.append((j, "max" if sign[p] > 0 else "min", -1.0))
     a = np.abs(s)
     for i in range(1, len(a) - 1):
         if a[i] <= a[i - 1] and a[i] < a[i + 1] and a[i] < plateau * smax:
@@ -218,9 +223,9 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
     **Turning points.** Each PC coordinate is smoothed along the trajectory (Gaussian, ``smoothing`` checkpoints;
     with log-spaced checkpoints that is smoothing in :math:`\log t`), and a turning point is a checkpoint where
     a smoothed coordinate has a local extremum whose prominence (the smaller rise on either side, up to the next
-    extremum) exceeds ``prominence`` × that coordinate's range (an exactly flat extremum counts once, at its middle; a component beyond the outputs' numerical rank has
-    none). These are the cusps and turns of the curves in
-    the PC1–PC2, PC1–PC3 … planes, the paper's developmental milestones. Turning points closer than
+    extremum) exceeds ``prominence`` × that coordinate's range (an exactly flat extremum counts once, at its middle;
+    a component beyond the outputs' numerical rank has none). These are the cusps and turns of the curves in the
+    PC1–PC2, PC1–PC3 … planes, the paper's developmental milestones. Turning points closer than
     ``min_separation`` checkpoints are merged (the earlier kept). The first and last checkpoints never count.
     """
     X = np.asarray(outputs, dtype=np.float64)
@@ -248,9 +253,7 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
             continue
         z = sm[:, j]
         rng = float(z.max() - z.min()) or 1.0
-        d = np.sign(np.diff(z))
-        moves = np.flatnonzero(d)                       # steps where the coordinate changes (a flat run is one extremum)
-        ext = [(p + 1 + q) // 2 for p, q in zip(moves[:-1], moves[1:]) if d[p] != d[q]]   # the middle of the run
+        ext = [(p + 1 + q) // 2 for p, q in _reversals(np.sign(np.diff(z)))]     # the middle of a flat run
         marks = [0] + ext + [C - 1]
         for a, i, b in zip(marks[:-2], marks[1:-1], marks[2:]):
             prom = min(abs(z[i] - z[a]), abs(z[i] - z[b]))
@@ -281,12 +284,11 @@ def _data_digest(data) -> str:
     """A digest of the data's tensors (shapes, dtypes, contents): part of llc_over_trajectory's cache key."""
     import hashlib
 
-    from .sampling import _as_xy
+    from .sampling import _as_xy, digest_tensor
 
     h = hashlib.blake2b(digest_size=16)
-    for t in _as_xy(data, "cpu"):
-        h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, t in zip("xy", _as_xy(data, "cpu")):
+        digest_tensor(h, name, t)
     return h.hexdigest()
 
 

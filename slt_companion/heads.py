@@ -35,7 +35,7 @@ def _check_tokens(tokens) -> torch.Tensor:
         raise ValueError(f"tokens need at least 2 positions, got T = {tokens.shape[1]}")
     if tokens.shape[0] < 1:
         raise ValueError("tokens hold no sequences (batch = 0): a score needs at least one")
-    return tokens.long()                         # (int32 is accepted; cross-entropy's targets must be int64)
+    return tokens
 
 
 def _check_repeated(tokens) -> int:
@@ -72,7 +72,7 @@ def attention_patterns(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Te
 
 
 def _half_losses(logits: torch.Tensor, tokens: torch.Tensor, L: int) -> tuple[float, float]:
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:].long(), reduction="none")   # (B, 2L - 1)
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:].long(), reduction="none")   # (B, 2L - 1); int32 too
     return float(nll[:, :L - 1].mean()), float(nll[:, L:].mean())
 
 

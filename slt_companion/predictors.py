@@ -27,6 +27,8 @@ import math
 import numpy as np
 import torch
 
+from ._checks import check_positive
+
 __all__ = ["ridge_predictions", "dmmse_predictions", "dmmse_weights", "prediction_distance",
            "distances_over_trajectory", "segment_coordinate", "classify_run", "RunVerdict", "crossover_n",
            "transient_settings"]
@@ -43,13 +45,6 @@ def _check_xy(xs, ys) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"xs and ys must be floating-point tensors (the predictions come back in xs's dtype), got "
                          f"{xs.dtype} and {ys.dtype}; convert with .double()")
     return xs, ys
-
-
-def _check_noise(noise_var) -> float:
-    if isinstance(noise_var, (bool, np.bool_)) or not isinstance(noise_var, (int, float, np.number, np.ndarray)) \
-            or np.ndim(noise_var) != 0 or np.iscomplexobj(noise_var) or not (np.isfinite(noise_var) and noise_var > 0):
-        raise ValueError(f"noise_var must be a finite number > 0 (the σ² the data were made with), got {noise_var!r}")
-    return float(noise_var)
 
 
 def ridge_predictions(xs: torch.Tensor, ys: torch.Tensor, noise_var: float = 0.125) -> torch.Tensor:
@@ -76,7 +71,7 @@ def ridge_predictions(xs: torch.Tensor, ys: torch.Tensor, noise_var: float = 0.1
     from .data import bayes_ridge_predictions
 
     xs, ys = _check_xy(xs, ys)
-    return bayes_ridge_predictions(xs, ys, _check_noise(noise_var))
+    return bayes_ridge_predictions(xs, ys, check_positive("noise_var", noise_var))
 
 
 def _check_tasks(tasks, D: int) -> torch.Tensor:
@@ -98,7 +93,7 @@ def dmmse_weights(xs: torch.Tensor, ys: torch.Tensor, tasks, noise_var: float = 
     uniform at :math:`k = 1` (no examples yet). ``tasks`` is the ``(M, D)`` task bank.
     """
     xs, ys = _check_xy(xs, ys)
-    s2 = _check_noise(noise_var)
+    s2 = check_positive("noise_var", noise_var)
     T = _check_tasks(tasks, xs.shape[2]).double()
     fits = torch.einsum("bkd,md->bkm", xs.double(), T)                 # t_m^T x_k
     res = (ys.double()[..., None] - fits) ** 2

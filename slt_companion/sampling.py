@@ -116,6 +116,13 @@ def module_signature(model: nn.Module, *, hook_ids: bool = True) -> tuple:
     return tuple(out)
 
 
+def digest_tensor(h, name: str, t: torch.Tensor) -> None:
+    """Feed a tensor's name, shape, dtype, device and exact contents into the hash ``h`` (a ``hashlib`` object)."""
+    h.update(name.encode())
+    h.update(str((tuple(t.shape), t.dtype, t.device)).encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def _center_key(prob: "_Problem") -> tuple:
     """What the per-sample losses at the centre depend on besides the model's code, as ``(values, objects)``:
     ``values`` must be equal -- every parameter and buffer by name and content (the sampled ones at w*; not which of
@@ -126,9 +133,7 @@ def _center_key(prob: "_Problem") -> tuple:
     h = hashlib.blake2b(digest_size=16)
     state = {**prob.frozen, **{k: v[0] for k, v in prob.views(prob.center[None]).items()}}
     for name, t in sorted(state.items()):
-        h.update(name.encode())
-        h.update(str((tuple(t.shape), t.dtype, t.device)).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest_tensor(h, name, t)
     h.update(repr(module_signature(prob.model)).encode())
     values = (h.digest(), prob.x._version, prob.y._version)        # (the train/eval flag is in the signature)
     return values, (_weak(prob.loss_fn), _weak(prob.x), _weak(prob.y))

@@ -36,17 +36,24 @@ def loss_observable(model: torch.nn.Module, loss_fn: Callable, data) -> Callable
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable as loss_fn(model(x), y), got {type(loss_fn).__name__}")
-    try:        # the estimators' checks: dtypes, shapes that broadcast to a wrong loss, a summed loss, ...
-        prob = _Problem(model, loss_fn, data, None, None)
-        prob.check(8)
-    except Exception as err:
-        raise ValueError(f"loss_observable's data: {err}") from err
+    prob = _checked_problem(model, loss_fn, data, None, None, "loss_observable's data")
     x, y = prob.x, prob.y
 
     def phi(p: dict) -> torch.Tensor:
         return loss_fn(functional_call(model, p, (x,)), y)
 
     return phi
+
+
+def _checked_problem(model, loss_fn, data, params, device, what: str) -> _Problem:
+    """``_Problem`` on ``data``, after the estimators' checks (dtypes, shapes that broadcast to a wrong loss, a summed
+    loss, ...) on 8 rows; a failure is a ValueError that starts with ``what``."""
+    try:
+        prob = _Problem(model, loss_fn, data, params, device)
+        prob.check(8)
+    except Exception as err:
+        raise ValueError(f"{what}: {err}") from err
+    return prob
 
 
 @dataclass
@@ -266,15 +273,7 @@ def susceptibility(model: torch.nn.Module, loss_fn: Callable, data, perturbation
                   num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed)
 
     def check_data(name, d):
-        try:
-            p = _Problem(model, loss_fn, d, params, prob.device)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"perturbation_data[{name!r}]: {err}") from err
-        try:
-            p.check(8)
-        except Exception as err:
-            raise ValueError(f"perturbation_data[{name!r}]: {err}") from err
-        return p
+        return _checked_problem(model, loss_fn, d, params, prob.device, f"perturbation_data[{name!r}]")
 
     def check_obs(name, fn):
         if not callable(fn):

@@ -230,7 +230,7 @@ def bayesian_transition_n(loss_a, lam_a, loss_b, lam_b, *, multiplicity_a: int =
     if not dl > 0:
         raise ValueError(f"phase b must have the lower loss (loss_b < loss_a), got loss_a={loss_a}, loss_b={loss_b}; "
                          "otherwise b never overtakes a")
-    dm = int(multiplicity_a) - int(multiplicity_b)
+    dm = multiplicity_a - multiplicity_b
 
     def gap(logn):   # F_a - F_b; positive means b is preferred
         n = math.exp(logn)

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import sympy as sp
 
-from ._checks import check_int
+from ._checks import check_int, user_stacklevel
 from .config import size
 
 __all__ = ["volume", "fit_volume_scaling", "log_partition", "free_energy_quadrature"]
@@ -108,10 +109,6 @@ def _check_against_monte_carlo(f, g, c, bound: float, Kv, Wv, points: int, sampl
     which lie 0.1, 0.5, 2 and 20 % of the prior mass, and warn at a factor 1.5 (beyond 4 Monte Carlo standard
     errors). Measured: the book's normal crossings agree within 6 % at the default grids (Monte Carlo error 4 % at the
     smallest level); (x − y)², (x − 2y)², a circle and an off-centre crossing are off by factors 2 to 50."""
-    import warnings
-
-    from ._checks import user_stacklevel
-
     d = len(c)
     rng = np.random.default_rng(0)
     pts = c + bound * rng.uniform(-1.0, 1.0, size=(samples, d))
