@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_int, check_symbols
@@ -266,6 +267,45 @@ def _causal_mask(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril()
 
 
+# Chain-batched pieces of the transformers' ``forward_batched`` (the sampler's fast path): every parameter arrives
+# as a ``(C, *shape)`` tensor, one slice per chain; a parameter that SGLD does not move is the same tensor for every
+# chain, expanded (batch stride 0), and is applied as one shared matrix instead of C copies.
+
+def _chain_matmul(x: torch.Tensor, M: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ M[c] + b[c]`` for every chain c: ``x`` ``(C, N, i)``, ``M`` ``(C, i, o)``, ``b`` ``(C, o)``."""
+    out = x @ M[0] if M.stride(0) == 0 else torch.bmm(x, M)
+    return out if b is None else out + b[:, None, :]
+
+
+def _chain_cat(tensors: list, dim: int) -> torch.Tensor:
+    """``torch.cat`` of ``(C, ...)`` tensors along ``dim``; shared (expanded) inputs give a shared output."""
+    if all(t.stride(0) == 0 for t in tensors):
+        shared = torch.cat([t[0] for t in tensors], dim=dim - 1)
+        return shared.expand(tensors[0].shape[0], *shared.shape)
+    return torch.cat(tensors, dim=dim)
+
+
+def _chain_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last axis of ``x`` ``(C, N, d)`` with each chain's own gain ``w`` and bias ``b`` ``(C, d)``."""
+    if w.stride(0) == 0 and b.stride(0) == 0:
+        return F.layer_norm(x, x.shape[-1:], w[0], b[0], eps)
+    return torch.addcmul(b[:, None, :], F.layer_norm(x, x.shape[-1:], eps=eps), w[:, None, :])
+
+
+def _causal_heads(q: list, k: list, v: list, rows: int, T: int, mask: torch.Tensor) -> torch.Tensor:
+    """Causal attention of every head: ``q[j], k[j], v[j]`` ``(C, B·T, d_head)`` (strided views of a fused
+    projection; no copies); returns ``(C·B, T, H·d_head)``, heads side by side. The scale and the mask enter the
+    score matmul (``baddbmm``)."""
+    d_head = q[0].shape[-1]
+    bias = torch.zeros(T, T, dtype=q[0].dtype, device=q[0].device).masked_fill_(~mask[:T, :T], float("-inf"))
+    outs = []
+    for qj, kj, vj in zip(q, k, v):
+        qj, kj, vj = (t.reshape(rows, T, d_head) for t in (qj, kj, vj))
+        scores = torch.baddbmm(bias, qj, kj.transpose(1, 2), alpha=1.0 / _math.sqrt(d_head))
+        outs.append(torch.bmm(scores.softmax(-1), vj))
+    return torch.cat(outs, dim=-1)
+
+
 class _CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused projections (``qkv``: d → 3d, ``proj``: d → d)."""
 
@@ -361,6 +401,29 @@ class ICLTransformer(nn.Module):
         pred = self.unembed(self.ln_f(h))[:, 0::2, 0]           # read out at the x-tokens
         return (pred, patterns) if return_attention else pred
 
+    def forward_batched(self, params: dict, xy: torch.Tensor) -> torch.Tensor:
+        """All chains at once: ``params[name]`` of shape ``(C, *shape)`` for every parameter, ``xy`` of shape
+        ``(C, B, K, D + 1)`` -> ``(C, B, K)``. The fast path of :mod:`slt_companion.sampling` (batched matmuls, no
+        ``vmap``; ``benchmarks/fast_paths.py`` times it); equal to ``vmap`` of :meth:`forward` up to rounding,
+        which the sampler checks before using it."""
+        C, B = xy.shape[:2]
+        tok = self.tokens(xy.reshape(C * B, *xy.shape[2:]))
+        T, d = tok.shape[1], self.d_model
+        lin = lambda x, name: _chain_matmul(x, params[name + ".weight"].transpose(1, 2), params[name + ".bias"])  # noqa: E731
+        h = lin(tok.reshape(C, B * T, -1), "embed")
+        h = (h.view(C, B, T, d) + params["pos"][:, None, :T]).view(C, B * T, d)
+        for i, blk in enumerate(self.blocks):
+            p = f"blocks.{i}."
+            x = _chain_layer_norm(h, params[p + "ln1.weight"], params[p + "ln1.bias"], blk.ln1.eps)
+            pieces = lin(x, p + "attn.qkv").split(d // self.num_heads, dim=-1)     # [q heads | k heads | v heads]
+            H = self.num_heads
+            att = _causal_heads(pieces[:H], pieces[H:2 * H], pieces[2 * H:], C * B, T, self._mask)
+            h = h + lin(att.view(C, B * T, d), p + "attn.proj")
+            x = _chain_layer_norm(h, params[p + "ln2.weight"], params[p + "ln2.bias"], blk.ln2.eps)
+            h = h + lin(F.gelu(lin(x, p + "mlp.0")), p + "mlp.2")
+        out = lin(_chain_layer_norm(h, params["ln_f.weight"], params["ln_f.bias"], self.ln_f.eps), "unembed")
+        return out.view(C, B, T)[:, :, 0::2]
+
     def extra_repr(self) -> str:
         return (f"task_dim={self.task_dim}, num_examples={self.num_examples}, num_layers={self.num_layers}, "
                 f"num_heads={self.num_heads}, d_model={self.d_model}, d_mlp={self.d_mlp}")
@@ -444,6 +507,40 @@ class AttentionOnlyLM(nn.Module):
             patterns.append(torch.stack([p for _, p in outs], dim=1))      # (B, H, T, T)
         logits = self.ln_f(h) @ self.unembed + self.unembed_bias
         return (logits, torch.stack(patterns, dim=1)) if return_attention else logits
+
+    def forward_batched(self, params: dict, tokens: torch.Tensor) -> torch.Tensor:
+        """All chains at once: ``params[name]`` of shape ``(C, *shape)`` for every parameter, ``tokens`` of shape
+        ``(C, B, T)`` -> logits ``(C, B, T, vocab_size)``. The fast path of :mod:`slt_companion.sampling` (each
+        layer's heads in one fused q/k/v matmul, no ``vmap``); equal to ``vmap`` of :meth:`forward` up to rounding,
+        which the sampler checks before using it."""
+        C, B, T = tokens.shape
+        d, H, V = self.d_model, self.num_heads, self.vocab_size
+        E = params["embed"]
+        if E.stride(0) == 0:
+            h = E[0][tokens]
+        else:
+            offset = torch.arange(C, device=tokens.device)[:, None, None] * V
+            h = E.reshape(C * V, d)[(tokens + offset).reshape(-1)].view(C, B, T, d)
+        h = (h + params["pos"][:, None, :T]).reshape(C, B * T, d)
+        for l, layer in enumerate(self.blocks):
+            p = f"blocks.{l}."
+            x = _chain_layer_norm(h, params[p + "ln.weight"], params[p + "ln.bias"], layer.ln.eps) \
+                if self.layer_norm else h
+            heads = [f"{p}heads.{j}." for j in range(H)]
+            # the heads SGLD leaves alone (shared weights) in one plain matmul, the sampled ones in one batched matmul
+            shared = [all(params[hd + w].stride(0) == 0 for w in ("W_Q", "W_K", "W_V", "W_O")) for hd in heads]
+            for group in ([hd for hd, s_ in zip(heads, shared) if s_], [hd for hd, s_ in zip(heads, shared) if not s_]):
+                if not group:
+                    continue
+                n = len(group)
+                qkv = _chain_matmul(x, _chain_cat([params[hd + w] for w in ("W_Q", "W_K", "W_V") for hd in group], 2))
+                pieces = qkv.split(self.d_head, dim=-1)
+                att = _causal_heads(pieces[:n], pieces[n:2 * n], pieces[2 * n:], C * B, T, self._mask)
+                W_O = _chain_cat([params[hd + "W_O"] for hd in group], dim=1)              # (C, n·d_head, d)
+                h = h + _chain_matmul(att.view(C, B * T, -1), W_O)
+        if self.layer_norm:
+            h = _chain_layer_norm(h, params["ln_f.weight"], params["ln_f.bias"], self.ln_f.eps)
+        return _chain_matmul(h, params["unembed"], params["unembed_bias"]).view(C, B, T, V)
 
     @torch.no_grad()
     def attention_patterns(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -31,9 +31,13 @@ chains run, and the same ``seed`` gives identical results on the CPU.
 
 **Fast paths (optional).** A model may define ``forward_batched(params, x)`` taking the stacked parameters
 (a dict of ``(chains, *shape)`` tensors) and ``x`` of shape ``(chains, batch, ...)``, and a loss may carry a
-``batched(out, y) -> (chains,)`` attribute; when present (and, for the model, when every parameter is sampled)
-they replace ``vmap`` -- :class:`~slt_companion.models.DeepLinearNetwork` and
-:func:`slt_companion.llc.half_mse` do. Before sampling they are checked against the vmapped path on two
+``batched(out, y) -> (chains,)`` attribute; when present they replace ``vmap`` --
+:class:`~slt_companion.models.DeepLinearNetwork`, :class:`~slt_companion.models.MLP`, the transformers
+:class:`~slt_companion.models.ICLTransformer` and :class:`~slt_companion.models.AttentionOnlyLM` (an SGLD
+step of Part III's samplers 1.07 and 1.5 times faster on one CPU thread, ``benchmarks/fast_paths.py``),
+:func:`slt_companion.llc.half_mse` and :func:`slt_companion.train.lm_loss` do. ``params`` holds every
+parameter: those SGLD leaves alone (``params=`` selects a subset) are the model's own tensors expanded to
+``(chains, *shape)`` (batch stride 0), so a fast path can apply them as one shared matrix. Before sampling the fast paths are checked against the vmapped path on two
 chains, so a wrong fast path is an error, not a wrong number.
 
 **What the model must satisfy.** Its forward must be *functional*: it reads the parameters through the
@@ -422,9 +426,11 @@ class _Problem:
                              "load the model again)")
         _check_finite("data x", self.x)
         _check_finite("data y", self.y)
-        # optional fast paths (see the module docstring); used only when every parameter is sampled
+        # optional fast paths (see the module docstring); the parameters SGLD leaves alone reach the model's
+        # forward_batched expanded to (chains, *shape) (batch stride 0, no copies)
         fwd = getattr(model, "forward_batched", None)
-        self.fast_forward = fwd if callable(fwd) and len(self.names) == len(named) else None
+        self.fast_forward = fwd if callable(fwd) else None
+        self._param_names = set(named)
         fl = getattr(loss_fn, "batched", None)
         self.fast_loss = fl if callable(fl) else None
         self._fused = vmap(self._loss_one)
@@ -460,10 +466,15 @@ class _Problem:
         views = self.views(W)
         if self.chain_frozen is not None:       # vmapped like the sampled parameters (they override self.frozen)
             views = {**views, **self.chain_frozen}
-        if not fast or (self.fast_forward is None and self.fast_loss is None):
+        fast_forward = self.fast_forward
+        if fast_forward is not None and self.chain_frozen is not None and not set(self.chain_frozen) <= self._param_names:
+            fast_forward = None     # per-chain buffers (a checkpoint's BatchNorm statistics): only vmap reads them
+        if not fast or (fast_forward is None and self.fast_loss is None):
             return self._fused(views, xb, yb)            # one vmap over model and loss together
-        if self.fast_forward is not None:
-            out = self.fast_forward(views, xb)
+        if fast_forward is not None:
+            C = W.shape[0]
+            shared = {k: v.expand(C, *v.shape) for k, v in self.frozen.items() if k in self._param_names and k not in views}
+            out = fast_forward({**shared, **views}, xb)
         else:
             out = vmap(self._forward_one)(views, xb)
         return self.fast_loss(out, yb) if self.fast_loss is not None else vmap(self.loss_fn)(out, yb)
@@ -833,6 +844,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         from tqdm.auto import tqdm
         bar = tqdm(total=T, desc=f"SGLD {C} chains", unit="step", leave=False)
     start_time = time.perf_counter()
+    noise_block, normals_buf = None, torch.empty(min(BLOCK, T), D, dtype=torch.float64)
     try:
         for start in range(0, T, BLOCK):
             if active.numel() == 0:
@@ -844,10 +856,14 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             # each chain's K x D normals drawn in float64 from its own generator and rounded once to the model's
             # dtype, straight into one (A, K, D) block: no stacked float64 copy of the block (870 MB for Part III's
             # 32 chains of a 53k-parameter transformer over a 64-step block)
-            noise = torch.empty(A, K, D, dtype=prob.dtype)
+            # (both buffers are reused from block to block: fresh ones cost a page fault per 4 kB, a quarter of the
+            # noise's time: 37.7 against 28.5 ns per float64 normal)
+            if noise_block is None or noise_block.shape[:2] != (A, K):
+                noise_block = torch.empty(A, K, D, dtype=prob.dtype)
+            normals = normals_buf[:K]                                               # contiguous: the same draws as randn(K, D)
             for a, g in enumerate(gens):
-                noise[a].copy_(torch.randn(K, D, generator=g, dtype=torch.float64))
-            noise = noise.to(dev).transpose(0, 1)                                   # (K, A, D)
+                noise_block[a].copy_(normals.normal_(generator=g))
+            noise = noise_block.to(dev).transpose(0, 1)                             # (K, A, D)
             xb_all, yb_all = prob.x[idx].unbind(0), prob.y[idx].unbind(0)
             if plain:
                 noise = noise.mul_(s_eps).add_(pull)

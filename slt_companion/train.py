@@ -604,6 +604,15 @@ def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
+def _lm_loss_batched(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``lm_loss`` of every chain at once: ``logits`` ``(C, ..., V)``, ``y`` ``(C, ...)`` -> ``(C,)``."""
+    per = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+    return per.view(logits.shape[0], -1).mean(-1)
+
+
+lm_loss.batched = _lm_loss_batched  # the sampler's fast path (checked against vmap before use)
+
+
 @dataclass
 class LMRun:
     """The Part III language-model run: ``corpus`` (:class:`slt_companion.data.CharCorpus`), ``trajectory``,

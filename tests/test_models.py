@@ -105,3 +105,82 @@ def test_attention_only_lm_refuses_tokens_outside_its_vocabulary():
     for bad in ([[-1, 2]], [[10, 2]]):
         with pytest.raises(ValueError, match="vocab_size = 10"):
             m(torch.tensor(bad))
+
+
+def _vmapped(m, params, x):
+    from torch.func import functional_call, vmap
+
+    return vmap(lambda p, xx: functional_call(m, p, (xx,)))(params, x)
+
+
+def _chain_params(m, C, *, frozen=(), seed=0):
+    """Every parameter as a (C, *shape) tensor: perturbed per chain, or (names in ``frozen``) the model's own
+    tensor expanded, as the sampler passes the parameters it leaves alone."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in m.named_parameters():
+        v = v.detach()
+        if any(k.startswith(f) for f in frozen):
+            out[k] = v.expand(C, *v.shape)
+        else:
+            out[k] = v + 0.3 * v.abs().mean() * torch.randn(C, *v.shape, generator=gen)
+    return out
+
+
+@pytest.mark.parametrize("shape", [dict(), dict(task_dim=2, num_examples=5, num_layers=1, num_heads=2, d_model=8,
+                                                d_mlp=12), dict(num_layers=3, num_heads=8, d_model=16, d_mlp=5)])
+@pytest.mark.parametrize("frozen", [(), ("blocks.0.",), ("embed", "pos", "blocks.0.attn", "ln_f", "unembed")])
+def test_icl_transformer_fast_path_equals_vmap(shape, frozen):
+    from slt_companion.models import ICLTransformer
+
+    m = ICLTransformer(**shape, seed=3)
+    D, K = m.task_dim, m.num_examples
+    for k_used in (K, max(1, K - 2)):                            # full and shorter contexts
+        xy = torch.randn(3, 4, k_used, D + 1, generator=torch.Generator().manual_seed(k_used))
+        params = _chain_params(m, 3, frozen=frozen, seed=k_used)
+        ref = _vmapped(m, params, xy)
+        got = m.forward_batched(params, xy)
+        assert got.shape == ref.shape == (3, 4, k_used)
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (got - ref).abs().max()
+
+
+@pytest.mark.parametrize("shape", [dict(), dict(n_ctx=7, d_model=12, num_heads=3, d_head=5, num_layers=1),
+                                   dict(n_ctx=6, d_model=8, num_heads=2, num_layers=3, layer_norm=False)])
+@pytest.mark.parametrize("frozen", [(), ("blocks.1.heads.0", "blocks.0.", "ln_f"), ("embed", "pos", "unembed")])
+def test_attention_only_lm_fast_path_equals_vmap(shape, frozen):
+    from slt_companion.models import AttentionOnlyLM
+
+    m = AttentionOnlyLM(11, **shape, seed=2)
+    frozen = tuple(f for f in frozen if not f.startswith("blocks.") or int(f.split(".")[1]) < m.num_layers)
+    for T, dtype in ((m.n_ctx, torch.int64), (m.n_ctx - 2, torch.int32)):
+        tokens = torch.randint(0, 11, (2, 5, T), generator=torch.Generator().manual_seed(T)).to(dtype)
+        params = _chain_params(m, 2, frozen=frozen, seed=T)
+        ref = _vmapped(m, params, tokens)
+        got = m.forward_batched(params, tokens)
+        assert got.shape == ref.shape == (2, 5, T, 11)
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (got - ref).abs().max()
+
+
+@UNTRAINED
+@pytest.mark.parametrize("params", [None, "blocks.1.heads.2"])
+def test_transformer_fast_path_gives_the_vmapped_chains(params):
+    """The sampler with the fast path (every parameter, or one head with the rest shared) follows the chains of
+    the vmapped path to rounding: same noise, same minibatches, λ̂ equal to 1e-4."""
+    from slt_companion.llc import estimate_llc
+    from slt_companion.models import AttentionOnlyLM
+    from slt_companion.train import lm_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 13, (64, 8), generator=gen), torch.randint(0, 13, (64, 8), generator=gen)
+    kw = dict(num_chains=2, num_draws=30, num_burnin=0, batch_size=8, step_size=1e-4, nbeta=10.0, seed=1,
+              progress=False, params=params)
+    fast = estimate_llc(AttentionOnlyLM(13, n_ctx=8, d_model=16, num_heads=4, seed=0), lm_loss, (x, y), **kw)
+    plain = AttentionOnlyLM(13, n_ctx=8, d_model=16, num_heads=4, seed=0)
+    plain.forward_batched = None                                   # no fast path: vmap
+
+    def loss(out, yy):                                             # lm_loss without its batched attribute
+        return lm_loss(out, yy)
+
+    slow = estimate_llc(plain, loss, (x, y), **kw)
+    assert np.allclose(fast.trace, slow.trace, rtol=1e-4, atol=1e-6)
+    assert abs(fast.mean - slow.mean) < 1e-4 * max(1.0, abs(slow.mean))

@@ -1,0 +1,138 @@
+"""The transformers' batched fast paths against ``vmap``: time per SGLD step, same process, same chains.
+
+    .venv/bin/python benchmarks/fast_paths.py [--quick] [--repeats 3] [--threads 1] [--cases icl,lm,lm-head]
+
+Both sides are this package. For Part III's two transformers at the chapters' sampler settings (checkpoints as
+chains, as ``llc_over_trajectory`` runs them), ``estimate_llcs`` runs once with the model's ``forward_batched``
+(and ``lm_loss.batched``) and once with them switched off, so that the sampler calls the model through
+``torch.func.functional_call`` under ``vmap``:
+
+- ``icl``: :class:`ICLTransformer` (53k parameters), 8 checkpoints x 4 chains, minibatch 12 sequences, every
+  parameter sampled (the in-context regression chapters);
+- ``lm``: :class:`AttentionOnlyLM` (vocabulary 98, context 32), 8 checkpoints x 4 chains, minibatch 32, every
+  parameter sampled (the language-model chapter);
+- ``lm-head``: the same with one head sampled (``params="blocks.1.heads.2"``, the refined LLC of the heads
+  chapter): the other weights reach the fast path as shared matrices.
+
+Time per step is the difference between runs of ``long`` and ``short`` steps divided by the difference in steps
+(start-up and the losses at the centres cancel), the faster of ``--repeats`` alternating measurements; the ratio is
+*vmap / fast* (above 1: the fast path is faster). The two sides must agree: the largest difference between their
+λ̂ is reported (same noise and minibatches; only the rounding of the arithmetic differs; above 1e-3 of λ̂ the
+script fails). Writes
+``benchmarks/results/fast_paths.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def cases(quick: bool):
+    import torch
+
+    from slt_companion.data import icl_regression
+    from slt_companion.models import AttentionOnlyLM, ICLTransformer
+    from slt_companion.train import icl_settings, lm_loss
+
+    L = icl_settings()["llc"]
+    icl_data = icl_regression(512 if quick else 4096, seed=1)
+
+    def mse(out, y):
+        return ((out - y) ** 2).mean()
+
+    gen = torch.Generator().manual_seed(0)
+    n = 256 if quick else 2048
+    lm_xy = (torch.randint(0, 98, (n, 32), generator=gen), torch.randint(0, 98, (n, 32), generator=gen))
+    lm_kw = dict(batch_size=32, step_size=1e-3, nbeta=30.0, localization=200.0)
+    M = 2 if quick else 8
+    return {
+        "icl": (lambda: [ICLTransformer(seed=s) for s in range(M)], mse, icl_data.xy,
+                dict(num_chains=4, batch_size=L["batch_size"], step_size=L["step_size"], nbeta=L["nbeta"],
+                     localization=L["localization"])),
+        "lm": (lambda: [AttentionOnlyLM(98, n_ctx=32, seed=s) for s in range(M)], lm_loss, lm_xy,
+               dict(num_chains=4, **lm_kw)),
+        "lm-head": (lambda: [AttentionOnlyLM(98, n_ctx=32, seed=s) for s in range(M)], lm_loss, lm_xy,
+                    dict(num_chains=4, params="blocks.1.heads.2", **lm_kw)),
+    }
+
+
+def timed_run(models, loss, xy, kw, steps):
+    from slt_companion.llc import estimate_llcs
+
+    start = time.perf_counter()
+    ests = estimate_llcs(models, loss, xy, num_burnin=0, num_draws=steps, seed=0, progress=False, **kw)
+    return time.perf_counter() - start, [e.mean for e in ests]
+
+
+def measure(make, loss, xy, kw, *, short, long, repeats):
+    models = make()
+    slow_models = make()
+    for m in slow_models:
+        m.forward_batched = None                                   # the sampler then vmaps model.forward
+
+    def slow_loss(out, y):                                         # the loss without a batched attribute
+        return loss(out, y)
+
+    sides = {"fast": (models, loss), "vmap": (slow_models, slow_loss)}
+    per_step = {k: float("inf") for k in sides}
+    means = {}
+    for side, (ms, lf) in sides.items():                           # warm-up: the losses at the centres
+        timed_run(ms, lf, xy, kw, 1)
+    for _ in range(repeats):
+        for side, (ms, lf) in sides.items():
+            t_short, _ = timed_run(ms, lf, xy, kw, short)
+            t_long, means[side] = timed_run(ms, lf, xy, kw, long)
+            per_step[side] = min(per_step[side], (t_long - t_short) / (long - short))
+    diff = max(abs(a - b) for a, b in zip(means["fast"], means["vmap"]))
+    scale = max([1.0] + [abs(v) for v in means["vmap"]])
+    return {"agree": diff <= 1e-3 * scale, "ms_per_step_fast": 1000 * per_step["fast"], "ms_per_step_vmap": 1000 * per_step["vmap"],
+            "ratio_vmap_over_fast": per_step["vmap"] / per_step["fast"], "max_abs_llc_difference": diff,
+            "checkpoints": len(models), "settings": {k: v for k, v in kw.items()}}
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cases", default="icl,lm,lm-head", help="comma-separated subset of icl, lm, lm-head")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")            # untrained checkpoints: λ̂ is not an estimate here, only the time is
+    short, long = (2, 6) if args.quick else (4, 24)
+    results = {}
+    for name, (make, loss, xy, kw) in cases(args.quick).items():
+        if name not in args.cases.split(","):
+            continue
+        results[name] = measure(make, loss, xy, kw, short=short, long=long, repeats=1 if args.quick else args.repeats)
+        r = results[name]
+        print(f"{name:8s} vmap {r['ms_per_step_vmap']:7.1f} ms/step  fast {r['ms_per_step_fast']:7.1f} ms/step  "
+              f"ratio {r['ratio_vmap_over_fast']:.2f}  max |Δλ̂| {r['max_abs_llc_difference']:.1e}", flush=True)
+    out = {"quick": args.quick, "threads": args.threads, "repeats": args.repeats, "steps": [short, long],
+           "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+           "machine": platform.machine(), "cases": results}
+    dest = HERE / "results"
+    dest.mkdir(exist_ok=True)
+    (dest / "fast_paths.json").write_text(json.dumps(out, indent=1))
+    print(f"wrote {dest / 'fast_paths.json'}")
+    bad = [k for k, r in results.items() if not r["agree"]]
+    if bad:
+        print(f"the fast path and vmap disagree beyond rounding on: {', '.join(bad)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
