@@ -11,7 +11,7 @@ import torch
 
 from slt_companion import config as slt_config
 from slt_companion.convergence import LLCConvergenceWarning
-from slt_companion.diagnostics import SGLDDivergenceError
+from slt_companion.diagnostics import NegativeLLCWarning, SGLDDivergenceError
 from slt_companion.llc import estimate_llc, estimate_llcs, half_mse
 
 
@@ -316,3 +316,41 @@ def test_every_convergence_warning_points_at_the_callers_line():
     unconverged = [w for w in caught if issubclass(w.category, LLCConvergenceWarning)]
     assert len(unconverged) >= 3, [str(w.message) for w in unconverged]
     assert all(w.filename == __file__ for w in unconverged), [(w.filename, w.lineno) for w in unconverged]
+
+
+class _ScaledNet(torch.nn.Module):
+    """A hidden layer scaled per feature by a buffer, and a read-out. Its fast path reads the buffer from the module
+    (as a fast path may), so it cannot serve a batch of checkpoints whose buffers differ."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin, self.out = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+        self.register_buffer("scale", torch.rand(4) + 0.5)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x) * self.scale))
+
+    def forward_batched(self, params, x):
+        h = torch.baddbmm(params["lin.bias"][:, None], x, params["lin.weight"].transpose(1, 2)) * self.scale
+        return torch.baddbmm(params["out.bias"][:, None], torch.tanh(h), params["out.weight"].transpose(1, 2))
+
+
+@pytest.mark.parametrize("params", [None, ["out.weight", "out.bias"]])
+def test_checkpoints_whose_buffers_differ_are_not_given_to_a_fast_path(params):
+    """Checkpoints that differ in a buffer: the batched run uses vmap (which carries each chain's buffers), not the
+    model's fast path (which would read the first checkpoint's buffer for every chain)."""
+    import copy
+
+    m0 = _ScaledNet(0)
+    m1 = copy.deepcopy(m0)
+    m1.scale.mul_(3.0)
+    kw = dict(KW, num_draws=60, step_size=1e-4, params=params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        warnings.simplefilter("ignore", NegativeLLCWarning)      # untrained: only the agreement matters here
+        alone = [estimate_llc(m, half_mse, _data(), **kw) for m in (m0, m1)]
+        together = estimate_llcs([m0, m1], half_mse, _data(), **kw)
+    assert abs(alone[0].mean - alone[1].mean) > 1e-3 * abs(alone[0].mean)     # the buffer matters
+    for a, b in zip(alone, together):
+        assert np.allclose(a.llc_trace, b.llc_trace, rtol=1e-5, atol=1e-6)
