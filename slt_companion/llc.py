@@ -27,6 +27,7 @@ Used in: Part II (all chapters), Part III (LLC curves over training).
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,24 @@ def _config_from_dict(d: dict) -> SamplerConfig:
     if isinstance(cfg.get("step_size"), list):
         cfg["step_size"] = tuple(cfg["step_size"])
     return SamplerConfig(**cfg)
+
+
+def _extras_to_json(extras: dict) -> str:
+    """An estimate's ``extras`` (diagnostics: nested dicts and lists of numbers and strings) as one JSON string, so
+    that ``to_dict`` stays cacheable; arrays and tensors become lists, anything else its ``str``."""
+
+    def plain(obj):
+        if isinstance(obj, (np.ndarray, torch.Tensor)):
+            return np.asarray(obj.detach().cpu() if isinstance(obj, torch.Tensor) else obj).tolist()
+        if isinstance(obj, (np.integer, np.floating, np.bool_)):
+            return obj.item()
+        return str(obj)
+
+    return json.dumps(extras, default=plain)
+
+
+def _extras_from_json(text) -> dict:
+    return json.loads(str(text)) if text is not None else {}
 
 
 @dataclass
@@ -159,15 +178,19 @@ class LLCEstimate:
         return {"mean": self.mean, "std": self.std, "sem": self.sem, "per_chain": self.per_chain,
                 "llc_trace": self.llc_trace, "trace": self.trace, "init_loss": self.init_loss,
                 "ess": self.ess, "rhat": self.rhat, "baseline": self.baseline, "seconds": self.seconds,
-                "config": _config_to_dict(self.config), "stop_reason": self.stop_reason}
+                "config": _config_to_dict(self.config), "stop_reason": self.stop_reason,
+                "extras_json": _extras_to_json(self.extras), "burnin_llc_trace": self.burnin_llc_trace}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LLCEstimate":
+        burnin = d.get("burnin_llc_trace")
         return cls(mean=float(d["mean"]), std=float(d["std"]), sem=float(d["sem"]),
                    per_chain=np.asarray(d["per_chain"]), llc_trace=np.asarray(d["llc_trace"]),
                    trace=np.asarray(d["trace"]), init_loss=float(d["init_loss"]), ess=float(d["ess"]),
                    rhat=float(d["rhat"]), config=_config_from_dict(d["config"]), baseline=str(d["baseline"]),
-                   seconds=float(d["seconds"]), stop_reason=str(d.get("stop_reason", "fixed")))
+                   seconds=float(d["seconds"]), stop_reason=str(d.get("stop_reason", "fixed")),
+                   extras=_extras_from_json(d.get("extras_json")),
+                   burnin_llc_trace=None if burnin is None else np.asarray(burnin))
 
     def plot(self, ax=None, *, theory: float | None = None, title: str | None = None):
         """Per-chain running λ̂ over draws (burn-in excluded), the overall estimate, and ``theory`` if given."""

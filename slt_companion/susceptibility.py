@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .diagnostics import ess as _ess, rhat as _rhat
-from .llc import _config_from_dict, _config_to_dict, _resolve_step_size, _sampling_defaults, default_nbeta
+from .llc import (_config_from_dict, _config_to_dict, _extras_from_json, _extras_to_json, _resolve_step_size,
+                  _sampling_defaults, default_nbeta)
 from .sampling import SamplerConfig, _Problem, cpu_threads, sgld, threads_for
 
 __all__ = ["susceptibility", "SusceptibilityEstimate", "loss_observable"]
@@ -104,7 +105,7 @@ class SusceptibilityEstimate:
                 "perturbations": list(self.perturbations), "observables": list(self.observables),
                 "observable_trace": self.observable_trace, "perturbation_trace": self.perturbation_trace,
                 "mode": self.mode, "seconds": self.seconds,
-                "config": _config_to_dict(self.config)}
+                "config": _config_to_dict(self.config), "extras_json": _extras_to_json(self.extras)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SusceptibilityEstimate":
@@ -113,7 +114,7 @@ class SusceptibilityEstimate:
                    observables=[str(s) for s in d["observables"]],
                    observable_trace=np.asarray(d["observable_trace"]),
                    perturbation_trace=np.asarray(d["perturbation_trace"]), config=_config_from_dict(d["config"]),
-                   mode=str(d["mode"]), seconds=float(d["seconds"]))
+                   mode=str(d["mode"]), seconds=float(d["seconds"]), extras=_extras_from_json(d.get("extras_json")))
 
 
 def _named(obj, what: str, default_name: str, check: Callable) -> dict:

@@ -137,6 +137,8 @@ def fisher_rank(matrix: sp.Matrix, at: dict | None = None, *, tol: float = 1e-10
     if not isinstance(matrix, sp.MatrixBase):
         raise TypeError(f"matrix must be a sympy Matrix, got {type(matrix).__name__}")
     m = matrix.subs(at) if at else matrix
+    if 0 in m.shape:
+        return 0                                    # an empty matrix (no parameters or no outputs) has rank 0
     if m.free_symbols:
         raise ValueError(
             f"matrix still has free symbols {sorted(map(str, m.free_symbols))}; give their values in at="

@@ -177,8 +177,9 @@ def dln_rlct(widths, true_rank: int) -> RLCT:
 
     Used in: Part I, "Learning coefficients we know exactly"; Part II, validation.
     """
-    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
-        raise ValueError(f"widths must be a list of layer widths [input, hidden..., output], got {widths!r}")
+    if isinstance(widths, (str, bytes, set, frozenset, dict)) or not hasattr(widths, "__iter__"):
+        raise ValueError(f"widths must be a list of layer widths [input, hidden..., output] (in that order), got "
+                         f"{widths!r}")
     widths = list(widths)
     if len(widths) < 2:
         raise ValueError(f"widths must list at least an input and an output width, got {widths!r}")

@@ -292,3 +292,15 @@ def test_exact_toy_values_refuse_what_they_would_truncate():
         toy_potential_exact((1.5, 2), 200)
     with pytest.raises(ValueError, match="noise_std"):
         toy_potential_exact((1, 2), 200, noise_std=0.0)
+
+
+def test_fisher_rank_of_an_empty_matrix_and_dln_rlct_of_an_unordered_collection():
+    import sympy as sp
+
+    from slt_companion.symbolic import fisher_rank
+    from slt_companion.theory import dln_rlct
+
+    assert fisher_rank(sp.zeros(0, 0)) == 0 and fisher_rank(sp.zeros(0, 3)) == 0      # it raised IndexError
+    with pytest.raises(ValueError, match="in that order"):
+        dln_rlct({5, 4, 3}, 1)                      # a set has no order: the widths would be taken arbitrarily
+    assert dln_rlct((5, 4, 3, 4, 5), 2).lam == 9

@@ -308,3 +308,21 @@ def test_half_mse_of_one_number_per_sample_is_its_mean():
     assert float(half_mse(out, y)) == float(half_mse(out[:, None], y[:, None]))       # (n,) as (n, 1)
     batched = half_mse.batched(torch.stack([out, 2 * out]), torch.zeros(2, 4))
     assert torch.allclose(batched, torch.stack([half_mse(out, y), half_mse(2 * out, y)]))
+
+
+def test_to_dict_keeps_the_diagnostics_and_the_burn_in(rrr_estimate, tmp_path, monkeypatch):
+    """``from_dict(to_dict())`` (and a trip through the cache) gives back ``extras`` (the auto step size's
+    diagnostics, ...) and ``burnin_llc_trace``, not only the numbers."""
+    from dataclasses import replace
+
+    est = replace(rrr_estimate, extras={**rrr_estimate.extras,
+                                        "probe": {"array": np.arange(3.0), "n": np.int64(4), "why": "a test"}})
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    for d in (est.to_dict(), cache.cached("llc-extras", {"k": 1}, est.to_dict)):
+        back = LLCEstimate.from_dict(d)
+        assert back.extras["probe"] == {"array": [0.0, 1.0, 2.0], "n": 4, "why": "a test"}
+        assert set(back.extras) == set(est.extras)
+        if est.burnin_llc_trace is None:
+            assert back.burnin_llc_trace is None
+        else:
+            assert np.array_equal(back.burnin_llc_trace, est.burnin_llc_trace)

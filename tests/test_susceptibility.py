@@ -65,6 +65,7 @@ def test_deterministic_for_fixed_seed():
     d = SusceptibilityEstimate.from_dict(a.to_dict())
     np.testing.assert_array_equal(d.value, a.value)
     assert d.config == a.config
+    assert set(d.extras) == set(a.extras)                      # the diagnostics come back too
 
 
 @pytest.mark.parametrize("kwargs, match", [
