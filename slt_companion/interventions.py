@@ -12,6 +12,8 @@ Used in: Part IV, "You are what you eat: data shapes structure".
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -31,6 +33,8 @@ def _frequencies(frequencies, n_features=None) -> torch.Tensor:
         raise ValueError(f"frequencies has {p.numel()} entries but n_features={n_features}; give one per feature")
     if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or float(p.sum()) <= 0:
         raise ValueError(f"frequencies must be finite, ≥ 0 and not all 0, got {p.tolist()}")
+    if not math.isfinite(float(p.sum())):          # weights near the largest float: their sum overflows
+        p = p / p.max()
     return p / p.sum()
 
 

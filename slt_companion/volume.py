@@ -46,8 +46,13 @@ def _grid(K, variables, prior, bound, center, points, depth, *, slopes: bool = F
     if extra:
         raise ValueError(f"K has symbols {sorted(map(str, extra))} that are not in variables")
     d = len(variables)
-    if not (isinstance(bound, (int, float)) and bound > 0 and math.isfinite(bound)):
+    try:   # a Python, NumPy or SymPy number; not a bool, not a symbol
+        b = float(bound) if not isinstance(bound, (bool, np.bool_, str)) else float("nan")
+    except TypeError:
+        b = float("nan")
+    if not (b > 0 and math.isfinite(b)):
         raise ValueError(f"bound must be a positive number (the half-width of the prior box), got {bound!r}")
+    bound = b
     if not depth > 0:
         raise ValueError(f"depth must be positive, got {depth!r}")
     if points is None:

@@ -304,3 +304,21 @@ def test_fisher_rank_of_an_empty_matrix_and_dln_rlct_of_an_unordered_collection(
     with pytest.raises(ValueError, match="in that order"):
         dln_rlct({5, 4, 3}, 1)                      # a set has no order: the widths would be taken arbitrarily
     assert dln_rlct((5, 4, 3, 4, 5), 2).lam == 9
+
+
+def test_volume_bound_takes_any_real_number_but_not_a_bool_and_frequencies_near_the_largest_float():
+    import sympy as sp
+
+    from slt_companion.interventions import tms_data_frequencies
+    from slt_companion.volume import volume
+
+    w1, w2 = sp.symbols("w1 w2")
+    K = w1**2 * w2**2
+    ref = volume(K, [w1, w2], 1e-3, bound=1.0, points=60)
+    for b in (np.float64(1.0), sp.Integer(1), sp.Float(1.0), 1):
+        assert volume(K, [w1, w2], 1e-3, bound=b, points=60) == ref
+    for bad in (True, sp.Symbol("b"), "1", -1.0, float("inf")):
+        with pytest.raises(ValueError, match="bound must be a positive number"):
+            volume(K, [w1, w2], 1e-3, bound=bad, points=60)
+    huge = tms_data_frequencies(50, [1e308, 1e308, 0.0], seed=0)         # the sum overflowed: a raw torch error
+    assert torch.equal(huge.x, tms_data_frequencies(50, [1.0, 1.0, 0.0], seed=0).x)
