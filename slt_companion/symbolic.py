@@ -16,6 +16,7 @@ from itertools import combinations
 from math import gcd
 from typing import Iterable, NamedTuple, Sequence
 
+import numpy as np
 import sympy as sp
 
 __all__ = ["fisher_information", "fisher_rank", "RLCT"]
@@ -113,11 +114,16 @@ def fisher_information(model, params: Sequence[sp.Symbol], inputs: Sequence[sp.S
     if input_points is None:
         return pointwise
 
+    if isinstance(input_points, (str, bytes, sp.Basic)) or not hasattr(input_points, "__iter__"):
+        raise ValueError(f"input_points must be a list of input points (numbers, or tuples of one number per "
+                         f"input symbol), got {input_points!r}")
     points = list(input_points)
     if not points:
         raise ValueError("input_points is empty; pass at least one input (or None for the pointwise matrix)")
     total = sp.zeros(len(params), len(params))
     for point in points:
+        if isinstance(point, np.ndarray):                 # a row of a NumPy array of points
+            point = point.tolist()
         values = tuple(point) if isinstance(point, (tuple, list)) else (point,)
         if len(values) != len(inputs):
             raise ValueError(
@@ -238,6 +244,8 @@ class NormalCrossing(NamedTuple):
 def _poly_of(K, variables, name: str = "K") -> tuple:
     """(Poly over QQ, variables) or a ValueError/TypeError that says what is wrong."""
     variables = _as_symbols("variables", variables)
+    if isinstance(K, sp.Poly):
+        K = K.as_expr()
     try:
         expr = sp.sympify(K)
     except (sp.SympifyError, TypeError) as err:
@@ -282,6 +290,8 @@ def _prior_exponents(prior, variables) -> tuple:
         expr = sp.sympify(prior)
     except (sp.SympifyError, TypeError) as err:
         raise ValueError(f"prior must be 1 or a monomial in the variables, got {prior!r}") from err
+    if isinstance(expr, sp.Basic) and expr.has(sp.Float):     # w**1.0, 0.5*w**2: read as the exact rationals
+        expr = sp.nsimplify(expr, rational=True)
     h = {v: sp.Integer(0) for v in variables}
     const = sp.Integer(1)
 

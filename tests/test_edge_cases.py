@@ -322,3 +322,28 @@ def test_volume_bound_takes_any_real_number_but_not_a_bool_and_frequencies_near_
             volume(K, [w1, w2], 1e-3, bound=bad, points=60)
     huge = tms_data_frequencies(50, [1e308, 1e308, 0.0], seed=0)         # the sum overflowed: a raw torch error
     assert torch.equal(huge.x, tms_data_frequencies(50, [1.0, 1.0, 0.0], seed=0).x)
+
+
+def test_fisher_information_takes_numpy_points_and_refuses_a_number():
+    import sympy as sp
+
+    from slt_companion.symbolic import fisher_information
+
+    a, b, x, z = sp.symbols("a b x z")
+    model = a * sp.tanh(b * x) + z
+    pts = np.array([[0.5, 1.0], [1.5, -2.0]])
+    ref = fisher_information(model, [a, b], [x, z], input_points=[(0.5, 1.0), (1.5, -2.0)])
+    assert fisher_information(model, [a, b], [x, z], input_points=pts) == ref      # "1 coordinates" before
+    with pytest.raises(ValueError, match="input_points must be a list"):
+        fisher_information(model, [a, b], [x, z], input_points=3)
+
+
+def test_rlct_takes_a_sympy_poly_and_float_exponents_in_the_prior():
+    import sympy as sp
+
+    from slt_companion.symbolic import rlct
+
+    x, y = sp.symbols("x y")
+    assert rlct(sp.Poly(x**2 * y**4, x, y), [x, y]) == rlct(x**2 * y**4, [x, y])          # AttributeError before
+    assert rlct(x**2 * y**4, [x, y], prior=x**sp.Float(1.0)) == rlct(x**2 * y**4, [x, y], prior=x)   # was refused
+    assert rlct(x**2 * y**4, [x, y], prior=x**1.5).lam == sp.Rational(1, 4)     # min((1.5 + 1)/2, 1/4)
