@@ -67,6 +67,19 @@ class StageBoundaries:
         return len(self.steps)
 
 
+def _component_signs(V: np.ndarray) -> np.ndarray:
+    """±1 per row of ``V`` (principal components), a sign convention that round-off cannot flip: a component's
+    entries sum to > 0; where that sum is negligible (≤ 1e-6 of the entries' absolute sum: an antisymmetric component,
+    whose sum's sign is round-off), its first entry that is not negligible (> 1e-6 of the largest) is > 0."""
+    total = V.sum(1)
+    scale = np.abs(V).sum(1)
+    signs = np.where(total > 0, 1.0, -1.0)
+    for i in np.flatnonzero(np.abs(total) <= 1e-6 * scale):
+        big = np.flatnonzero(np.abs(V[i]) > 1e-6 * np.abs(V[i]).max())
+        signs[i] = 1.0 if big.size == 0 or V[i, big[0]] > 0 else -1.0
+    return signs
+
+
 def _reversals(sign: np.ndarray) -> list:
     """``(p, q)`` for each reversal of direction in a sequence of signs: ``sign[p]`` and ``sign[q]`` are the nonzero
     signs on either side, opposite; between them (``q > p + 1``) an exactly flat run, one extremum, not several."""
@@ -241,7 +254,7 @@ def essential_dynamics(outputs, *, n_components: int = 3, steps=None, smoothing:
     Xc = X - X.mean(0, keepdims=True)
     U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
     k = int(n_components)
-    sign = np.sign(Vt[:k].sum(1) + 1e-300)              # a fixed sign convention: components sum to > 0
+    sign = _component_signs(Vt[:k])
     pcs = U[:, :k] * S[:k] * sign
     comps = Vt[:k] * sign[:, None]
     evr = S[:k] ** 2 / max(float((S ** 2).sum()), 1e-300)
@@ -460,7 +473,7 @@ def joint_trajectory_pca(trajectories, template=None, probe=None, *, references:
     mean = allX.mean(0)
     U, S, Vt = np.linalg.svd(allX - mean, full_matrices=False)
     k = int(n_components)
-    sign = np.sign(Vt[:k].sum(1) + 1e-300)
+    sign = _component_signs(Vt[:k])
     comps = Vt[:k] * sign[:, None]
     evr = S[:k] ** 2 / max(float((S ** 2).sum()), 1e-300)
     out = JointTrajectoryPCA(pcs=[(X - mean) @ comps.T for X in rows], labels=labels, references={},
