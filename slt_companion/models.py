@@ -408,15 +408,17 @@ class ICLTransformer(nn.Module):
         which the sampler checks before using it."""
         C, B = xy.shape[:2]
         tok = self.tokens(xy.reshape(C * B, *xy.shape[2:]))
-        T, d = tok.shape[1], self.d_model
-        lin = lambda x, name: _chain_matmul(x, params[name + ".weight"].transpose(1, 2), params[name + ".bias"])  # noqa: E731
+        T, d, H = tok.shape[1], self.d_model, self.num_heads
+
+        def lin(x, name):                                   # nn.Linear: x @ W^T + b
+            return _chain_matmul(x, params[name + ".weight"].transpose(1, 2), params[name + ".bias"])
+
         h = lin(tok.reshape(C, B * T, -1), "embed")
         h = (h.view(C, B, T, d) + params["pos"][:, None, :T]).view(C, B * T, d)
         for i, blk in enumerate(self.blocks):
             p = f"blocks.{i}."
             x = _chain_layer_norm(h, params[p + "ln1.weight"], params[p + "ln1.bias"], blk.ln1.eps)
-            pieces = lin(x, p + "attn.qkv").split(d // self.num_heads, dim=-1)     # [q heads | k heads | v heads]
-            H = self.num_heads
+            pieces = lin(x, p + "attn.qkv").split(d // H, dim=-1)                  # [q heads | k heads | v heads]
             att = _causal_heads(pieces[:H], pieces[H:2 * H], pieces[2 * H:], C * B, T, self._mask)
             h = h + lin(att.view(C, B * T, d), p + "attn.proj")
             x = _chain_layer_norm(h, params[p + "ln2.weight"], params[p + "ln2.bias"], blk.ln2.eps)

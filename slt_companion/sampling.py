@@ -37,8 +37,9 @@ chains run, and the same ``seed`` gives identical results on the CPU.
 step of Part III's samplers 1.07 and 1.5 times faster on one CPU thread, ``benchmarks/fast_paths.py``),
 :func:`slt_companion.llc.half_mse` and :func:`slt_companion.train.lm_loss` do. ``params`` holds every
 parameter: those SGLD leaves alone (``params=`` selects a subset) are the model's own tensors expanded to
-``(chains, *shape)`` (batch stride 0), so a fast path can apply them as one shared matrix. Before sampling the fast paths are checked against the vmapped path on two
-chains, so a wrong fast path is an error, not a wrong number.
+``(chains, *shape)`` (batch stride 0), so a fast path can apply them as one shared matrix. Before sampling the
+fast paths are checked against the vmapped path on two chains, so a wrong fast path is an error, not a wrong
+number. Checkpoints sampled together whose buffers differ (a trajectory's BatchNorm statistics) keep ``vmap``.
 
 **What the model must satisfy.** Its forward must be *functional*: it reads the parameters through the
 registered ``nn.Parameter`` attributes, modifies no state in place (no BatchNorm running statistics in
@@ -467,13 +468,14 @@ class _Problem:
         if self.chain_frozen is not None:       # vmapped like the sampled parameters (they override self.frozen)
             views = {**views, **self.chain_frozen}
         fast_forward = self.fast_forward
-        if fast_forward is not None and self.chain_frozen is not None and not set(self.chain_frozen) <= self._param_names:
+        if self.chain_frozen is not None and not set(self.chain_frozen) <= self._param_names:
             fast_forward = None     # per-chain buffers (a checkpoint's BatchNorm statistics): only vmap reads them
         if not fast or (fast_forward is None and self.fast_loss is None):
             return self._fused(views, xb, yb)            # one vmap over model and loss together
         if fast_forward is not None:
             C = W.shape[0]
-            shared = {k: v.expand(C, *v.shape) for k, v in self.frozen.items() if k in self._param_names and k not in views}
+            shared = {k: v.expand(C, *v.shape) for k, v in self.frozen.items()
+                      if k in self._param_names and k not in views}
             out = fast_forward({**shared, **views}, xb)
         else:
             out = vmap(self._forward_one)(views, xb)
