@@ -95,7 +95,8 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
             per_step[side] = min(per_step[side], (t_long - t_short) / (long - short))
     diff = max(abs(a - b) for a, b in zip(means["fast"], means["vmap"]))
     scale = max([1.0] + [abs(v) for v in means["vmap"]])
-    return {"agree": diff <= 1e-3 * scale, "ms_per_step_fast": 1000 * per_step["fast"], "ms_per_step_vmap": 1000 * per_step["vmap"],
+    return {"agree": diff <= 1e-3 * scale,
+            "ms_per_step_fast": 1000 * per_step["fast"], "ms_per_step_vmap": 1000 * per_step["vmap"],
             "ratio_vmap_over_fast": per_step["vmap"] / per_step["fast"], "max_abs_llc_difference": diff,
             "checkpoints": len(models), "settings": {k: v for k, v in kw.items()}}
 

@@ -286,7 +286,8 @@ def _chain_cat(tensors: list, dim: int) -> torch.Tensor:
 
 
 def _chain_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm over the last axis of ``x`` ``(C, N, d)`` with each chain's own gain ``w`` and bias ``b`` ``(C, d)``."""
+    """LayerNorm over the last axis of ``x`` ``(C, N, d)``, each chain with its own gain ``w`` and bias ``b``
+    ``(C, d)``."""
     if w.stride(0) == 0 and b.stride(0) == 0:
         return F.layer_norm(x, x.shape[-1:], w[0], b[0], eps)
     return torch.addcmul(b[:, None, :], F.layer_norm(x, x.shape[-1:], eps=eps), w[:, None, :])

@@ -862,7 +862,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             # noise's time: 37.7 against 28.5 ns per float64 normal)
             if noise_block is None or noise_block.shape[:2] != (A, K):
                 noise_block = torch.empty(A, K, D, dtype=prob.dtype)
-            normals = normals_buf[:K]                                               # contiguous: the same draws as randn(K, D)
+            normals = normals_buf[:K]                          # contiguous: the same draws as randn(K, D) would give
             for a, g in enumerate(gens):
                 noise_block[a].copy_(normals.normal_(generator=g))
             noise = noise_block.to(dev).transpose(0, 1)                             # (K, A, D)
