@@ -31,9 +31,10 @@ def _frequencies(frequencies, n_features=None) -> torch.Tensor:
         raise ValueError(f"frequencies must be a 1-D sequence (one weight per feature), got shape {tuple(p.shape)}")
     if n_features is not None and p.numel() != n_features:
         raise ValueError(f"frequencies has {p.numel()} entries but n_features={n_features}; give one per feature")
-    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or float(p.sum()) <= 0:
+    total = float(p.sum())
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or total <= 0:
         raise ValueError(f"frequencies must be finite, ≥ 0 and not all 0, got {p.tolist()}")
-    if not math.isfinite(float(p.sum())):          # weights near the largest float: their sum overflows
+    if not math.isfinite(total):                   # weights near the largest float: their sum overflows
         p = p / p.max()
     return p / p.sum()
 

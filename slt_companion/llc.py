@@ -96,11 +96,9 @@ def _extras_to_json(extras: dict) -> str:
     that ``to_dict`` stays cacheable; arrays and tensors become lists, anything else its ``str``."""
 
     def plain(obj):
-        if isinstance(obj, (np.ndarray, torch.Tensor)):
-            return np.asarray(obj.detach().cpu() if isinstance(obj, torch.Tensor) else obj).tolist()
-        if isinstance(obj, (np.integer, np.floating, np.bool_)):
-            return obj.item()
-        return str(obj)
+        if isinstance(obj, torch.Tensor):
+            obj = obj.detach().cpu().numpy()
+        return obj.tolist() if isinstance(obj, (np.ndarray, np.generic)) else str(obj)
 
     return json.dumps(extras, default=plain)
 

@@ -431,7 +431,7 @@ class _Problem:
         # forward_batched expanded to (chains, *shape) (batch stride 0, no copies)
         fwd = getattr(model, "forward_batched", None)
         self.fast_forward = fwd if callable(fwd) else None
-        self._param_names = set(named)
+        self._frozen_params = {k: v for k, v in self.frozen.items() if k in named}   # not the buffers
         fl = getattr(loss_fn, "batched", None)
         self.fast_loss = fl if callable(fl) else None
         self._fused = vmap(self._loss_one)
@@ -444,6 +444,8 @@ class _Problem:
 
         out = copy.copy(self)
         out.chain_frozen = dict(frozen)
+        if not set(frozen) <= set(self._frozen_params):   # per-chain buffers (a checkpoint's BatchNorm statistics):
+            out.fast_forward = None                       # only vmap reads them
         return out
 
     def views(self, W: torch.Tensor) -> dict:
@@ -467,16 +469,12 @@ class _Problem:
         views = self.views(W)
         if self.chain_frozen is not None:       # vmapped like the sampled parameters (they override self.frozen)
             views = {**views, **self.chain_frozen}
-        fast_forward = self.fast_forward
-        if self.chain_frozen is not None and not set(self.chain_frozen) <= self._param_names:
-            fast_forward = None     # per-chain buffers (a checkpoint's BatchNorm statistics): only vmap reads them
-        if not fast or (fast_forward is None and self.fast_loss is None):
+        if not fast or (self.fast_forward is None and self.fast_loss is None):
             return self._fused(views, xb, yb)            # one vmap over model and loss together
-        if fast_forward is not None:
+        if self.fast_forward is not None:
             C = W.shape[0]
-            shared = {k: v.expand(C, *v.shape) for k, v in self.frozen.items()
-                      if k in self._param_names and k not in views}
-            out = fast_forward({**shared, **views}, xb)
+            shared = {k: v.expand(C, *v.shape) for k, v in self._frozen_params.items() if k not in views}
+            out = self.fast_forward({**shared, **views}, xb)
         else:
             out = vmap(self._forward_one)(views, xb)
         return self.fast_loss(out, yb) if self.fast_loss is not None else vmap(self.loss_fn)(out, yb)

@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 import sympy as sp
 
-from ._checks import check_int, user_stacklevel
+from ._checks import check_int, check_positive, user_stacklevel
 from .config import size
 
 __all__ = ["volume", "fit_volume_scaling", "log_partition", "free_energy_quadrature"]
@@ -47,12 +47,9 @@ def _grid(K, variables, prior, bound, center, points, depth, *, slopes: bool = F
         raise ValueError(f"K has symbols {sorted(map(str, extra))} that are not in variables")
     d = len(variables)
     try:   # a Python, NumPy or SymPy number; not a bool, not a symbol
-        b = float(bound) if not isinstance(bound, (bool, np.bool_, str)) else float("nan")
-    except TypeError:
-        b = float("nan")
-    if not (b > 0 and math.isfinite(b)):
-        raise ValueError(f"bound must be a positive number (the half-width of the prior box), got {bound!r}")
-    bound = b
+        bound = check_positive("bound", bound)
+    except ValueError:
+        raise ValueError(f"bound must be a positive number (the half-width of the prior box), got {bound!r}") from None
     if not depth > 0:
         raise ValueError(f"depth must be positive, got {depth!r}")
     if points is None:
