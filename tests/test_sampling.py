@@ -64,6 +64,26 @@ def test_same_seed_same_trace_and_different_seed_different_trace():
     assert not torch.allclose(a.loss[0], a.loss[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_each_chains_noise_is_drawn_in_the_models_precision_from_its_own_generator(dtype):
+    # Point model, full batch (no minibatch draws), γ = 0: W_{t+1} = (1 - ε nβ/2) W_t + sqrt(ε) ξ_t, so the
+    # recorded states give back each chain's ξ, which must be randn(T, D) of the model's dtype from its generator
+    from slt_companion.sampling import chain_generators
+    nbeta, eps, T, C = 10.0, 1e-3, 40, 3
+    cfg = SamplerConfig(step_size=eps, nbeta=nbeta, localization=0.0, num_chains=C, num_draws=T, num_burnin=0,
+                        batch_size=1000, seed=5)
+    res = sgld(Point().to(dtype), mse, tuple(t.to(dtype) for t in point_data()), cfg, progress=False,
+               record_params=True)
+    W = res.params                                                        # (C, T, D), W_0 = 0
+    xi = (W[:, 1:] - (1 - eps * nbeta / 2) * W[:, :-1]) / math.sqrt(eps)
+    for c, g in enumerate(chain_generators(5, C)):
+        own = torch.randn(T, 3, generator=g, dtype=dtype).double()[:-1]
+        assert torch.allclose(xi[c], own, atol=1e-3 if dtype == torch.float32 else 1e-9)
+        other = torch.randn(T, 3, generator=chain_generators(5, C)[c],
+                            dtype=torch.float64 if dtype == torch.float32 else torch.float32).double()[:-1]
+        assert not torch.allclose(xi[c], other, atol=1e-2)
+
+
 def test_model_is_not_modified_and_centre_loss_is_the_same_batch():
     d = teacher_student(500, 3, 3, 1, seed=0)
     m = DeepLinearNetwork([3, 2, 3]).fit_least_squares(d.x, d.y)
