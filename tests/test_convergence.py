@@ -62,7 +62,7 @@ def test_a_convergence_driven_run_equals_the_fixed_run_of_the_same_length():
 def test_a_converged_estimate_says_converged_and_is_right():
     d = teacher_student(4000, 4, 4, 1, seed=1)
     model = DeepLinearNetwork((4, 3, 4)).fit_least_squares(d.x, d.y)
-    est = estimate_llc(model, half_mse, d.xy, max_draws=8000, progress=False)   # no warning allowed
+    est = estimate_llc(model, half_mse, d.xy, max_draws=3000, progress=False)   # no warning allowed
     assert est.converged and est.stop_reason in ("converged", "max_draws"), est
     assert est.rhat <= 1.01 and est.ess >= 400
     assert repr(est).splitlines()[1].strip().startswith("converged")

@@ -66,9 +66,10 @@ def test_same_seed_same_trace_and_different_seed_different_trace():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_each_chains_noise_is_float64_normals_from_its_own_generator_rounded_to_the_models_dtype(dtype):
-    # the RNG contract: Point model, full batch (no minibatch draws), γ = 0, so W_{t+1} = (1 - ε nβ/2) W_t + sqrt(ε) ξ_t
-    # and the recorded states give back each chain's ξ: randn(T, D) in float64 from the chain's generator, rounded
-    # once to the model's dtype (float32 draws, as torch.randn_like would make, are a different stream)
+    # the RNG contract: Point model, full batch (no minibatch draws), γ = 0, so
+    # W_{t+1} = (1 - ε nβ/2) W_t + sqrt(ε) ξ_t and the recorded states give back each chain's ξ: randn(T, D) in
+    # float64 from the chain's generator, rounded once to the model's dtype (float32 draws, as torch.randn_like
+    # would make, are a different stream)
     from slt_companion.sampling import chain_generators
     nbeta, eps, T, C = 10.0, 1e-3, 40, 3
     cfg = SamplerConfig(step_size=eps, nbeta=nbeta, localization=0.0, num_chains=C, num_draws=T, num_burnin=0,
