@@ -36,7 +36,8 @@ def _frequencies(frequencies, n_features=None) -> torch.Tensor:
         raise ValueError(f"frequencies must be finite, ≥ 0 and not all 0, got {p.tolist()}")
     if not math.isfinite(total):                   # weights near the largest float: their sum overflows
         p = p / p.max()
-    return p / p.sum()
+        total = float(p.sum())
+    return p / total
 
 
 def tms_data_frequencies(n: int, frequencies, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> RegressionData:

@@ -79,10 +79,10 @@ def test_each_chains_noise_is_float64_normals_from_its_own_generator_rounded_to_
     W = res.params                                                        # (C, T, D), W_0 = 0
     xi = (W[:, 1:] - (1 - eps * nbeta / 2) * W[:, :-1]) / math.sqrt(eps)
     tol = 1e-3 if dtype == torch.float32 else 1e-9
-    for c in range(C):
-        own = torch.randn(T, 3, generator=chain_generators(5, C)[c], dtype=torch.float64).to(dtype).double()
+    for c, (g64, g32) in enumerate(zip(chain_generators(5, C), chain_generators(5, C))):
+        own = torch.randn(T, 3, generator=g64, dtype=torch.float64).to(dtype).double()
         assert torch.allclose(xi[c], own[:-1], atol=tol)
-        f32 = torch.randn(T, 3, generator=chain_generators(5, C)[c], dtype=torch.float32).double()
+        f32 = torch.randn(T, 3, generator=g32, dtype=torch.float32).double()
         assert not torch.allclose(xi[c], f32[:-1], atol=1e-2)
 
 
