@@ -10,7 +10,9 @@ and ends with ``torch.cuda.synchronize()``:
     with ``slt_companion.train.train`` for a fixed number of Adam steps at the chapter's batch size; ms per step;
 (b) **λ̂ at checkpoints, batched** (``estimate_llcs``, checkpoints as chains): that model's checkpoints, 4 chains
     each, at two minibatch sizes -- the chapter's (12 sequences per chain and step) and the paper's (1,024) --
-    fixed draws, the chapter's step size, nβ and γ; ms per SGLD step of all chains together, and the largest
+    fixed draws, the chapter's step size, nβ and γ; ms per SGLD step of all chains together (on the GPU twice:
+    with the noise drawn there, the default, and drawn on the CPU and copied over, ``sampling.DEVICE_NOISE =
+    False``), and the largest
     difference between the CPU's and the GPU's mean λ̂ in units of the larger chain standard deviation (the GPU's
     kernels round differently, so the two agree in distribution, not digit for digit);
 (c) **the command-line tool on the GPU**: ``python -m slt_companion.llc_trajectory --device cuda`` on the same
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from slt_companion import sampling  # noqa: E402
 from slt_companion.convergence import LLCConvergenceWarning  # noqa: E402
 from slt_companion.diagnostics import NegativeLLCWarning  # noqa: E402
 from slt_companion.data import ICLTaskSampler, icl_regression  # noqa: E402
@@ -172,19 +175,28 @@ def main() -> int:
                                             (1024, 3 if q else 10, 10 if q else 100)]:
             row = {"checkpoints": len(states), "num_chains": L["num_chains"], "batch_size": batch}
             times, means, stds = {}, {}, {}
-            for side, dev, n in (("cpu", "cpu", cpu_steps), ("gpu", gpu, gpu_steps)):
+            # "gpu_host_noise": the GPU run with its noise drawn on the CPU and copied over (sampling.DEVICE_NOISE
+            # = False, the sampler before 2026-11-30's change), beside the default (noise drawn on the GPU)
+            for side, dev, n in (("cpu", "cpu", cpu_steps), ("gpu_host_noise", gpu, gpu_steps), ("gpu", gpu, gpu_steps)):
                 settings = dict(num_chains=L["num_chains"], num_burnin=0, num_draws=n, step_size=L["step_size"],
                                 nbeta=L["nbeta"], localization=L["localization"], batch_size=batch, seed=0,
                                 progress=False)
-                times[side], ests = time_llcs(dev, states, data, settings)
+                sampling.DEVICE_NOISE = side != "gpu_host_noise"
+                try:
+                    times[side], ests = time_llcs(dev, states, data, settings)
+                finally:
+                    sampling.DEVICE_NOISE = True
                 means[side] = [e.mean for e in ests]
                 stds[side] = [e.std for e in ests]
             row.update(steps={"cpu": cpu_steps, "gpu": gpu_steps}, ms_per_step=times,
-                       ratio_cpu_over_gpu=times["cpu"] / times["gpu"], mean_lambda=means, std_lambda=stds)
+                       ratio_cpu_over_gpu=times["cpu"] / times["gpu"],
+                       ratio_host_noise_over_device_noise=times["gpu_host_noise"] / times["gpu"],
+                       mean_lambda=means, std_lambda=stds)
             results["llc"].append(row)
             print(f"(b) λ̂ at {len(states)} checkpoints × {L['num_chains']} chains, batch {batch}: CPU "
                   f"{times['cpu']:.1f} ms/step, GPU {times['gpu']:.1f} ms/step, "
-                  f"ratio {times['cpu'] / times['gpu']:.1f}")
+                  f"ratio {times['cpu'] / times['gpu']:.1f}; GPU with the noise drawn on the CPU "
+                  f"{times['gpu_host_noise']:.1f} ms/step ({times['gpu_host_noise'] / times['gpu']:.1f}x the GPU's)")
 
         # agreement of the estimates in distribution: the same draws count on both devices
         settings = dict(num_chains=L["num_chains"], num_burnin=20 if q else 200, num_draws=40 if q else 300,

@@ -27,7 +27,10 @@ that ε keeps its plain-SGLD meaning, and bounded by :math:`1/\sqrt\delta`.
 **Randomness.** Chain ``c`` owns a ``torch.Generator`` seeded from ``numpy.random.SeedSequence(seed).spawn``;
 it draws the chain's minibatches (a fresh permutation of the data each epoch, sampling without replacement)
 and its noise, in blocks of steps. Chain ``c``'s random numbers therefore do not depend on how many other
-chains run, and the same ``seed`` gives identical results on the CPU.
+chains run, and the same ``seed`` gives identical results on the CPU. On a CUDA device the noise is drawn there,
+from a CUDA generator of the chain's own with the same seed (:data:`DEVICE_NOISE`; drawing it on the CPU and
+copying it over took most of a GPU step at small minibatches): the same seed gives the same run on the same GPU,
+a chain's numbers still do not depend on the others, and a GPU run agrees with a CPU run in distribution.
 
 **Fast paths (optional).** A model may define ``forward_batched(params, x)`` taking the stacked parameters
 (a dict of ``(chains, *shape)`` tensors) and ``x`` of shape ``(chains, batch, ...)``, and a loss may carry a
@@ -74,6 +77,11 @@ __all__ = ["SamplerConfig", "SGLDResult", "sgld", "NonFunctionalModelError", "se
 
 #: steps whose minibatches and noise are drawn together (per chain); part of the RNG contract
 BLOCK = 64
+
+#: on a CUDA device, draw each chain's noise there, from a CUDA generator of its own (seeded like the chain's CPU
+#: generator); ``False`` draws it on the CPU and copies it over, as on a CPU run (the CPU's stream, many times
+#: slower at small minibatches: ``benchmarks/gpu_check.py``)
+DEVICE_NOISE = True
 
 
 #: below this many multiply-adds per step (chains × batch × parameters) a CPU run uses one thread
@@ -745,6 +753,9 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             raise ValueError("groups must partition the chains 0..num_chains-1")
         gens = [gens[order.index(c)] for c in range(C)]
     streams = [_BatchStream(prob.n, cfg.batch_size, g) for g in gens]
+    noise_gens = gens                                          # who draws each chain's noise, and where
+    if dev.type == "cuda" and DEVICE_NOISE:
+        noise_gens = [torch.Generator(device=dev).manual_seed(g.initial_seed()) for g in gens]
     if frozen and centers is None:
         raise ValueError("frozen (per-chain frozen tensors) needs centers (a centre per chain)")
     uniq_frozen = None                                         # per unique centre: its own frozen tensors
@@ -763,8 +774,8 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             frozen = {k: v.to(dev) for k, v in frozen.items()}
             key = torch.cat([centers] + [v.reshape(C, -1).to(prob.dtype) for v in frozen.values()], dim=1)
             prob = prob.with_chain_frozen(frozen)
-        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
-        inverse = inverse.cpu()
+        # on the CPU: torch.unique(dim=0) sorts rows, which took 0.28 s on a GPU for 36 rows of 53k (gpu_check.py)
+        uniq, inverse = torch.unique(key.cpu(), dim=0, return_inverse=True)
         first = [int(torch.nonzero(inverse == j)[0]) for j in range(uniq.shape[0])]   # a chain at each point
         uniq = centers[first]
         if frozen:
@@ -815,7 +826,8 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
 
     def retire(verdicts: dict, steps: int):
         """Drop the chains of the groups in ``verdicts`` from every per-chain array."""
-        nonlocal W, V, center, pull, h_eps, s_eps, shrink, gscale, mask, active, gens, streams, inverse, prob
+        nonlocal W, V, center, pull, h_eps, s_eps, shrink, gscale, mask, active, gens, noise_gens, streams, inverse, \
+            prob
         for g, (burnin, reason) in verdicts.items():
             group_stop[int(g)] = (steps, int(burnin), str(reason))
         gone = torch.isin(group_of[active], torch.tensor(sorted(verdicts), dtype=torch.long))
@@ -834,6 +846,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         if prob.chain_frozen is not None:
             prob = prob.with_chain_frozen({k: v[kd] for k, v in prob.chain_frozen.items()})
         gens = [gens[i] for i in keep.tolist()]
+        noise_gens = [noise_gens[i] for i in keep.tolist()]
         streams = [streams[i] for i in keep.tolist()]
         inverse = inverse[keep]
         active = active[keep]
@@ -844,7 +857,8 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         from tqdm.auto import tqdm
         bar = tqdm(total=T, desc=f"SGLD {C} chains", unit="step", leave=False)
     start_time = time.perf_counter()
-    noise_block, normals_buf = None, torch.empty(min(BLOCK, T), D, dtype=torch.float64)
+    noise_dev = noise_gens[0].device if noise_gens else torch.device("cpu")
+    noise_block, normals_buf = None, torch.empty(min(BLOCK, T), D, dtype=torch.float64, device=noise_dev)
     try:
         for start in range(0, T, BLOCK):
             if active.numel() == 0:
@@ -859,9 +873,9 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             # (both buffers are reused from block to block: fresh ones cost a page fault per 4 kB, a quarter of the
             # noise's time: 37.7 against 28.5 ns per float64 normal)
             if noise_block is None or noise_block.shape[:2] != (A, K):
-                noise_block = torch.empty(A, K, D, dtype=prob.dtype)
+                noise_block = torch.empty(A, K, D, dtype=prob.dtype, device=noise_dev)
             normals = normals_buf[:K]                          # contiguous: the same draws as randn(K, D) would give
-            for a, g in enumerate(gens):
+            for a, g in enumerate(noise_gens):
                 noise_block[a].copy_(normals.normal_(generator=g))
             noise = noise_block.to(dev).transpose(0, 1)                             # (K, A, D)
             xb_all, yb_all = prob.x[idx].unbind(0), prob.y[idx].unbind(0)

@@ -241,7 +241,9 @@ def test_losses_at_a_checkpoint_are_computed_once_and_follow_its_state(monkeypat
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_batched_on_cuda_agrees_with_one_at_a_time_and_with_the_cpu(checkpoints):
     """On a GPU the batched run's kernels see other shapes than one checkpoint alone, so the two agree up to
-    rounding that the chains carry along (within chain noise), and the GPU agrees with the CPU in distribution."""
+    rounding that the chains carry along (within chain noise), and the GPU agrees with the CPU in distribution
+    (its noise comes from its own generators): within the two estimates' ESS-aware errors, since these small tanh
+    networks mix slowly (ESS 8-20 after 400 draws)."""
     import copy
 
     kw = dict(KW, num_draws=400, num_burnin=100, step_size=1e-4)
@@ -256,7 +258,7 @@ def test_batched_on_cuda_agrees_with_one_at_a_time_and_with_the_cpu(checkpoints)
         assert np.isfinite(t.llc_trace).all() and t.extras["batched"]["checkpoints"] == 3
         sem = max(t.std, a.std, c.std) / np.sqrt(KW["num_chains"])
         assert abs(t.mean - a.mean) < 3 * sem, (t.mean, a.mean, sem)
-        assert abs(t.mean - c.mean) < 4 * sem, (t.mean, c.mean, sem)
+        assert abs(t.mean - c.mean) < 4 * np.hypot(t.sem, c.sem), (t, c)
 
 
 FAST = dict(num_chains=2, num_draws=20, num_burnin=5, step_size=1e-4, progress=False)

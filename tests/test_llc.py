@@ -128,15 +128,19 @@ def test_errors_name_the_argument(rrr):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_estimate_on_cuda(rrr, rrr_estimate):
+def test_estimate_on_cuda(rrr):
+    """With the library's defaults (draws until converged) a GPU run converges to Aoyagi's λ = 6 and agrees with the
+    CPU's run within the two estimates' errors (ESS-aware): the GPU draws its noise from its own generators, so the
+    two agree in distribution (six seeds on the CPU, 2026-11-30: all converged, 5.81-6.37)."""
     import copy
 
     m, d = rrr
     gm = copy.deepcopy(m).cuda()
-    est = estimate_llc(gm, mse, (d.x.cuda(), d.y.cuda()), num_chains=4, num_draws=800, seed=0,
-                       device="cuda", progress=False)
-    assert abs(est.mean - 6.0) < 0.6
-    assert abs(est.mean - rrr_estimate.mean) < 4 * max(est.std, rrr_estimate.std)
+    gpu = estimate_llc(gm, mse, (d.x.cuda(), d.y.cuda()), num_chains=4, seed=0, device="cuda", progress=False)
+    cpu = estimate_llc(m, mse, d.xy, num_chains=4, seed=0, progress=False)
+    assert gpu.converged and cpu.converged, (gpu, cpu)
+    assert abs(gpu.mean - 6.0) < 0.6, gpu
+    assert abs(gpu.mean - cpu.mean) < 4 * math.hypot(gpu.sem, cpu.sem), (gpu, cpu)
 
 
 def test_ground_truth_cases_are_defined_with_exact_theory():

@@ -86,6 +86,36 @@ def test_each_chains_noise_is_float64_normals_from_its_own_generator_rounded_to_
         assert not torch.allclose(xi[c], f32[:-1], atol=1e-2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("device_noise", [True, False])
+def test_on_cuda_each_chains_noise_comes_from_its_own_cuda_generator(device_noise, monkeypatch):
+    # on a CUDA device each chain's noise is drawn there, from a CUDA generator seeded like the chain's CPU one
+    # (float64, rounded to the model's dtype); with sampling.DEVICE_NOISE = False it is the CPU's stream, copied
+    # over. Either way chain c's noise does not depend on how many chains run beside it.
+    from slt_companion import sampling
+    from slt_companion.sampling import chain_generators
+    monkeypatch.setattr(sampling, "DEVICE_NOISE", device_noise)
+    nbeta, eps, T = 10.0, 1e-3, 80                                       # 80 steps: two blocks of draws
+    xy = tuple(t.cuda() for t in point_data())
+    xis = {}
+    for C in (3, 1):
+        cfg = SamplerConfig(step_size=eps, nbeta=nbeta, localization=0.0, num_chains=C, num_draws=T, num_burnin=0,
+                            batch_size=1000, seed=5)
+        res = sgld(Point().double().cuda(), mse, tuple(t.double() for t in xy), cfg, progress=False,
+                   record_params=True)
+        assert res.device.startswith("cuda")
+        W = res.params
+        xis[C] = (W[:, 1:] - (1 - eps * nbeta / 2) * W[:, :-1]) / math.sqrt(eps)
+    for c, g in enumerate(chain_generators(5, 3)):
+        if device_noise:
+            g = torch.Generator(device="cuda").manual_seed(g.initial_seed())
+        # drawn a block at a time (CUDA's Philox streams, unlike the CPU's, depend on how a draw is cut up)
+        own = torch.cat([torch.randn(min(sampling.BLOCK, T - s), 3, generator=g, dtype=torch.float64,
+                                     device=g.device) for s in range(0, T, sampling.BLOCK)]).cpu()
+        assert torch.allclose(xis[3][c], own[:-1], atol=1e-9)
+    assert torch.allclose(xis[1][0], xis[3][0], atol=1e-9)
+
+
 def test_model_is_not_modified_and_centre_loss_is_the_same_batch():
     d = teacher_student(500, 3, 3, 1, seed=0)
     m = DeepLinearNetwork([3, 2, 3]).fit_least_squares(d.x, d.y)
