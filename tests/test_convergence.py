@@ -59,14 +59,26 @@ def test_a_convergence_driven_run_equals_the_fixed_run_of_the_same_length():
     assert auto.mean == fixed.mean
 
 
-def test_a_converged_estimate_says_converged_and_is_right():
-    d = teacher_student(4000, 4, 4, 1, seed=1)
+@pytest.mark.parametrize("seed", [0, 4])
+def test_a_converged_estimate_says_converged_and_is_right(seed, monkeypatch):
+    """The library's full-size defaults (first convergence check after 2,000 draws) on RRR 4-3-4, rank 1 (λ = 6,
+    Aoyagi & Watanabe 2005): converged, no warning, within 10 %. Measured 2026-11-30 with seeds 0-4 and 1 or 2
+    threads: all converged in 2,048-3,136 draws, 5.81-6.37. Quick mode's first check (250 draws) is a smoke
+    size, not a result: there seed 4 'converged' after 448 draws 16 % low, before the soft directions relaxed
+    (ConvergenceRule's docstring), so this test sets full size; the test it replaces used quick mode and passed
+    by luck of the seed."""
+    from slt_companion import config as slt_config
+
+    monkeypatch.setattr(slt_config, "QUICK", False)
+    d = teacher_student(10_000, 4, 4, 1, seed=0)
     model = DeepLinearNetwork((4, 3, 4)).fit_least_squares(d.x, d.y)
-    est = estimate_llc(model, half_mse, d.xy, max_draws=3000, progress=False)   # no warning allowed
-    assert est.converged and est.stop_reason in ("converged", "max_draws"), est
-    assert est.rhat <= 1.01 and est.ess >= 400
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LLCConvergenceWarning)          # a converged estimate warns of nothing
+        est = estimate_llc(model, half_mse, d.xy, seed=seed, progress=False)
+    assert est.converged and est.stop_reason == "converged", est
+    assert est.rhat <= 1.01 and est.ess >= 400 and est.config.num_draws >= 2000
     assert repr(est).splitlines()[1].strip().startswith("converged")
-    assert abs(est.mean / 6.0 - 1) < 0.15, est      # RRR 4-3-4 rank 1: λ = 6 (Aoyagi & Watanabe 2005)
+    assert abs(est.mean / 6.0 - 1) < 0.10, est
     back = LLCEstimate.from_dict(est.to_dict())
     assert back.stop_reason == est.stop_reason and back.converged
 
