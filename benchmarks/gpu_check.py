@@ -12,9 +12,9 @@ and ends with ``torch.cuda.synchronize()``:
     each, at two minibatch sizes -- the chapter's (12 sequences per chain and step) and the paper's (1,024) --
     fixed draws, the chapter's step size, nβ and γ; ms per SGLD step of all chains together (on the GPU twice:
     with the noise drawn there, the default, and drawn on the CPU and copied over, ``sampling.DEVICE_NOISE =
-    False``), and the largest
-    difference between the CPU's and the GPU's mean λ̂ in units of the larger chain standard deviation (the GPU's
-    kernels round differently, so the two agree in distribution, not digit for digit);
+    False``), and the largest difference between the CPU's and the GPU's mean λ̂ in units of the larger chain
+    standard deviation (the GPU draws its own noise and its kernels round differently, so the two agree in
+    distribution, not digit for digit);
 (c) **the command-line tool on the GPU**: ``python -m slt_companion.llc_trajectory --device cuda`` on the same
     checkpoints saved as state dicts, in one process and under ``torchrun --nproc-per-node 1`` (which forms an
     NCCL process group); the two must give the same numbers. With one GPU no collective runs across ranks: NCCL
