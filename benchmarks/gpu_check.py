@@ -177,7 +177,8 @@ def main() -> int:
             times, means, stds = {}, {}, {}
             # "gpu_host_noise": the GPU run with its noise drawn on the CPU and copied over (sampling.DEVICE_NOISE
             # = False, the sampler before 2026-11-30's change), beside the default (noise drawn on the GPU)
-            for side, dev, n in (("cpu", "cpu", cpu_steps), ("gpu_host_noise", gpu, gpu_steps), ("gpu", gpu, gpu_steps)):
+            sides = (("cpu", "cpu", cpu_steps), ("gpu_host_noise", gpu, gpu_steps), ("gpu", gpu, gpu_steps))
+            for side, dev, n in sides:
                 settings = dict(num_chains=L["num_chains"], num_burnin=0, num_draws=n, step_size=L["step_size"],
                                 nbeta=L["nbeta"], localization=L["localization"], batch_size=batch, seed=0,
                                 progress=False)
