@@ -182,11 +182,11 @@ def main() -> int:
                 settings = dict(num_chains=L["num_chains"], num_burnin=0, num_draws=n, step_size=L["step_size"],
                                 nbeta=L["nbeta"], localization=L["localization"], batch_size=batch, seed=0,
                                 progress=False)
-                sampling.DEVICE_NOISE = side != "gpu_host_noise"
+                before, sampling.DEVICE_NOISE = sampling.DEVICE_NOISE, side != "gpu_host_noise"
                 try:
                     times[side], ests = time_llcs(dev, states, data, settings)
                 finally:
-                    sampling.DEVICE_NOISE = True
+                    sampling.DEVICE_NOISE = before
                 means[side] = [e.mean for e in ests]
                 stds[side] = [e.std for e in ests]
             row.update(steps={"cpu": cpu_steps, "gpu": gpu_steps}, ms_per_step=times,

@@ -753,9 +753,9 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             raise ValueError("groups must partition the chains 0..num_chains-1")
         gens = [gens[order.index(c)] for c in range(C)]
     streams = [_BatchStream(prob.n, cfg.batch_size, g) for g in gens]
-    noise_gens = gens                                          # who draws each chain's noise, and where
-    if dev.type == "cuda" and DEVICE_NOISE:
-        noise_gens = [torch.Generator(device=dev).manual_seed(g.initial_seed()) for g in gens]
+    noise_dev = dev if dev.type == "cuda" and DEVICE_NOISE else torch.device("cpu")    # where the noise is drawn
+    noise_gens = gens if noise_dev.type == "cpu" else \
+        [torch.Generator(device=dev).manual_seed(g.initial_seed()) for g in gens]
     if frozen and centers is None:
         raise ValueError("frozen (per-chain frozen tensors) needs centers (a centre per chain)")
     uniq_frozen = None                                         # per unique centre: its own frozen tensors
@@ -857,7 +857,6 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         from tqdm.auto import tqdm
         bar = tqdm(total=T, desc=f"SGLD {C} chains", unit="step", leave=False)
     start_time = time.perf_counter()
-    noise_dev = noise_gens[0].device if noise_gens else torch.device("cpu")
     noise_block, normals_buf = None, torch.empty(min(BLOCK, T), D, dtype=torch.float64, device=noise_dev)
     try:
         for start in range(0, T, BLOCK):

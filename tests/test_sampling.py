@@ -64,6 +64,12 @@ def test_same_seed_same_trace_and_different_seed_different_trace():
     assert not torch.allclose(a.loss[0], a.loss[1])
 
 
+def _recovered_noise(W: torch.Tensor, eps: float, nbeta: float) -> torch.Tensor:
+    """Each chain's ξ_t from its recorded states ``W (C, T, D)`` of a run on ``Point`` with full batches and γ = 0,
+    where W_{t+1} = (1 - ε nβ/2) W_t + sqrt(ε) ξ_t."""
+    return (W[:, 1:] - (1 - eps * nbeta / 2) * W[:, :-1]) / math.sqrt(eps)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_each_chains_noise_is_float64_normals_from_its_own_generator_rounded_to_the_models_dtype(dtype):
     # the RNG contract: Point model, full batch (no minibatch draws), γ = 0, so
@@ -76,8 +82,7 @@ def test_each_chains_noise_is_float64_normals_from_its_own_generator_rounded_to_
                         batch_size=1000, seed=5)
     res = sgld(Point().to(dtype), mse, tuple(t.to(dtype) for t in point_data()), cfg, progress=False,
                record_params=True)
-    W = res.params                                                        # (C, T, D), W_0 = 0
-    xi = (W[:, 1:] - (1 - eps * nbeta / 2) * W[:, :-1]) / math.sqrt(eps)
+    xi = _recovered_noise(res.params, eps, nbeta)                         # (C, T - 1, D), W_0 = 0
     tol = 1e-3 if dtype == torch.float32 else 1e-9
     for c, (g64, g32) in enumerate(zip(chain_generators(5, C), chain_generators(5, C))):
         own = torch.randn(T, 3, generator=g64, dtype=torch.float64).to(dtype).double()
@@ -104,8 +109,7 @@ def test_on_cuda_each_chains_noise_comes_from_its_own_cuda_generator(device_nois
         res = sgld(Point().double().cuda(), mse, tuple(t.double() for t in xy), cfg, progress=False,
                    record_params=True)
         assert res.device.startswith("cuda")
-        W = res.params
-        xis[C] = (W[:, 1:] - (1 - eps * nbeta / 2) * W[:, :-1]) / math.sqrt(eps)
+        xis[C] = _recovered_noise(res.params, eps, nbeta)
     for c, g in enumerate(chain_generators(5, 3)):
         if device_noise:
             g = torch.Generator(device="cuda").manual_seed(g.initial_seed())
