@@ -26,8 +26,11 @@ that ε keeps its plain-SGLD meaning, and bounded by :math:`1/\sqrt\delta`.
 
 **Randomness.** Chain ``c`` owns a ``torch.Generator`` seeded from ``numpy.random.SeedSequence(seed).spawn``;
 it draws the chain's minibatches (a fresh permutation of the data each epoch, sampling without replacement)
-and its noise, in blocks of steps. Chain ``c``'s random numbers therefore do not depend on how many other
-chains run, and the same ``seed`` gives identical results on the CPU. On a CUDA device the noise is drawn there,
+and its noise, in blocks of steps, drawn in the model's dtype (float32 or float64; half precision draws float32 and
+rounds once). Chain ``c``'s random numbers therefore do not depend on how many other chains run, and the same
+``seed`` gives identical results on the CPU. (The noise of a float32 model used to be drawn in float64 and rounded:
+torch's float64 normals cost 23 against 4 ns each on this book's CPU, a third of an SGLD step of Part III's
+transformers.) On a CUDA device the noise is drawn there,
 from a CUDA generator of the chain's own with the same seed (:data:`DEVICE_NOISE`; drawing it on the CPU and
 copying it over took most of a GPU step at small minibatches): the same seed gives the same run on the same GPU,
 a chain's numbers still do not depend on the others, and a GPU run agrees with a CPU run in distribution.
@@ -857,7 +860,11 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         from tqdm.auto import tqdm
         bar = tqdm(total=T, desc=f"SGLD {C} chains", unit="step", leave=False)
     start_time = time.perf_counter()
-    noise_block, normals_buf = None, torch.empty(min(BLOCK, T), D, dtype=torch.float64, device=noise_dev)
+    # the noise is drawn in the model's dtype (half precision: in float32, rounded once)
+    draw_dtype = prob.dtype if prob.dtype in (torch.float32, torch.float64) else torch.float32
+    noise_block = None
+    normals_buf = None if draw_dtype == prob.dtype else \
+        torch.empty(min(BLOCK, T), D, dtype=draw_dtype, device=noise_dev)
     try:
         for start in range(0, T, BLOCK):
             if active.numel() == 0:
@@ -866,16 +873,17 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             A = active.numel()
             K = min(BLOCK, T - start)
             idx = torch.stack([s.take(K) for s in streams], dim=1).to(dev)           # (K, A, B)
-            # each chain's K x D normals drawn in float64 from its own generator and rounded once to the model's
-            # dtype, straight into one (A, K, D) block: no stacked float64 copy of the block (870 MB for Part III's
-            # 32 chains of a 53k-parameter transformer over a 64-step block)
-            # (both buffers are reused from block to block: fresh ones cost a page fault per 4 kB, a quarter of the
-            # noise's time: 37.7 against 28.5 ns per float64 normal)
+            # each chain's K x D normals drawn from its own generator straight into one (A, K, D) block; each
+            # chain's slice is contiguous, so it holds the same draws as randn(K, D, dtype=...) would give
+            # (the block is reused from block to block: a fresh one costs a page fault per 4 kB, a quarter of the
+            # noise's time)
             if noise_block is None or noise_block.shape[:2] != (A, K):
                 noise_block = torch.empty(A, K, D, dtype=prob.dtype, device=noise_dev)
-            normals = normals_buf[:K]                          # contiguous: the same draws as randn(K, D) would give
             for a, g in enumerate(noise_gens):
-                noise_block[a].copy_(normals.normal_(generator=g))
+                if normals_buf is None:
+                    noise_block[a].normal_(generator=g)
+                else:
+                    noise_block[a].copy_(normals_buf[:K].normal_(generator=g))
             noise = noise_block.to(dev).transpose(0, 1)                             # (K, A, D)
             xb_all, yb_all = prob.x[idx].unbind(0), prob.y[idx].unbind(0)
             if plain:

@@ -59,28 +59,32 @@ def test_a_convergence_driven_run_equals_the_fixed_run_of_the_same_length():
     assert auto.mean == fixed.mean
 
 
-@pytest.mark.parametrize("seed", [0, 4])
-def test_a_converged_estimate_says_converged_and_is_right(seed, monkeypatch):
+def test_converged_estimates_say_converged_and_are_right(monkeypatch):
     """The library's full-size defaults (first convergence check after 2,000 draws) on RRR 4-3-4, rank 1 (λ = 6,
-    Aoyagi & Watanabe 2005): converged, no warning, within 10 %. Measured 2026-11-30 with seeds 0-4 and 1 or 2
-    threads: all converged in 2,048-3,136 draws, 5.81-6.37. Quick mode's first check (250 draws) is a smoke
-    size, not a result: there seed 4 'converged' after 448 draws 16 % low, before the soft directions relaxed
-    (ConvergenceRule's docstring), so this test sets full size; the test it replaces used quick mode and passed
-    by luck of the seed."""
+    Aoyagi & Watanabe 2005), seeds 0-4: each converged, with no warning and within 15 %, and their mean within 5 %.
+    Measured 2026-12-01 (noise drawn in float32) with seeds 0-7: all converged in 2,048-3,968 draws, 5.78-6.61,
+    mean 6.13; seed-to-seed spread 0.29, while each estimate reports a standard error of 0.14-0.22 (the loss
+    trace's ESS misses part of the slow soft directions' autocorrelation), so one seed in eight lands 10 % off. Quick
+    mode's first check (250 draws) is a smoke size, not a result: there seed 4 'converged' after 448 draws 16 % low,
+    before the soft directions relaxed (ConvergenceRule's docstring), so this test sets full size."""
     from slt_companion import config as slt_config
 
     monkeypatch.setattr(slt_config, "QUICK", False)
     d = teacher_student(10_000, 4, 4, 1, seed=0)
     model = DeepLinearNetwork((4, 3, 4)).fit_least_squares(d.x, d.y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", LLCConvergenceWarning)          # a converged estimate warns of nothing
-        est = estimate_llc(model, half_mse, d.xy, seed=seed, progress=False)
-    assert est.converged and est.stop_reason == "converged", est
-    assert est.rhat <= 1.01 and est.ess >= 400 and est.config.num_draws >= 2000
-    assert repr(est).splitlines()[1].strip().startswith("converged")
-    assert abs(est.mean / 6.0 - 1) < 0.10, est
-    back = LLCEstimate.from_dict(est.to_dict())
-    assert back.stop_reason == est.stop_reason and back.converged
+    means = []
+    for seed in range(5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LLCConvergenceWarning)          # a converged estimate warns of nothing
+            est = estimate_llc(model, half_mse, d.xy, seed=seed, progress=False)
+        assert est.converged and est.stop_reason == "converged", est
+        assert est.rhat <= 1.01 and est.ess >= 400 and est.config.num_draws >= 2000
+        assert repr(est).splitlines()[1].strip().startswith("converged")
+        assert abs(est.mean / 6.0 - 1) < 0.15, (seed, est)
+        back = LLCEstimate.from_dict(est.to_dict())
+        assert back.stop_reason == est.stop_reason and back.converged
+        means.append(est.mean)
+    assert abs(np.mean(means) / 6.0 - 1) < 0.05, means
 
 
 def test_the_loss_scale_is_a_temperature_not_a_factor_on_lambda():
