@@ -86,6 +86,11 @@ BLOCK = 64
 #: slower at small minibatches: ``benchmarks/gpu_check.py``)
 DEVICE_NOISE = True
 
+#: draw every chain's noise in float64 and round it to the model's dtype, as the sampler did before 2026-12-01 (to
+#: reproduce a run made then); ``False`` (default) draws it in the model's dtype, 3-4 instead of 18-23 ns per number
+#: for a float32 model on this book's CPU (``benchmarks/noise_dtype.py``)
+FLOAT64_NOISE = False
+
 
 #: below this many multiply-adds per step (chains × batch × parameters) a CPU run uses one thread
 SMALL_WORK = 10_000_000
@@ -860,8 +865,9 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
         from tqdm.auto import tqdm
         bar = tqdm(total=T, desc=f"SGLD {C} chains", unit="step", leave=False)
     start_time = time.perf_counter()
-    # the noise is drawn in the model's dtype (half precision: in float32, rounded once)
-    draw_dtype = prob.dtype if prob.dtype in (torch.float32, torch.float64) else torch.float32
+    # the noise is drawn in the model's dtype (half precision: in float32, rounded once; FLOAT64_NOISE: in float64)
+    draw_dtype = torch.float64 if FLOAT64_NOISE else \
+        prob.dtype if prob.dtype in (torch.float32, torch.float64) else torch.float32
     noise_block = None
     normals_buf = None if draw_dtype == prob.dtype else \
         torch.empty(min(BLOCK, T), D, dtype=draw_dtype, device=noise_dev)

@@ -91,6 +91,21 @@ def test_each_chains_noise_is_normals_in_the_models_dtype_from_its_own_generator
             assert not torch.allclose(xi[c], rounded[:-1], atol=1e-2)
 
 
+def test_float64_noise_reproduces_the_earlier_stream(monkeypatch):
+    # sampling.FLOAT64_NOISE = True: float64 normals rounded to the float32 model's dtype, as before 2026-12-01
+    from slt_companion import sampling
+    from slt_companion.sampling import chain_generators
+    monkeypatch.setattr(sampling, "FLOAT64_NOISE", True)
+    nbeta, eps, T, C = 10.0, 1e-3, 40, 2
+    cfg = SamplerConfig(step_size=eps, nbeta=nbeta, localization=0.0, num_chains=C, num_draws=T, num_burnin=0,
+                        batch_size=1000, seed=5)
+    res = sgld(Point(), mse, point_data(), cfg, progress=False, record_params=True)
+    xi = _recovered_noise(res.params, eps, nbeta)
+    for c, g in enumerate(chain_generators(5, C)):
+        own = torch.randn(T, 3, generator=g, dtype=torch.float64).float().double()
+        assert torch.allclose(xi[c], own[:-1], atol=1e-3)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("device_noise", [True, False])
 def test_on_cuda_each_chains_noise_comes_from_its_own_cuda_generator(device_noise, monkeypatch):
