@@ -74,6 +74,35 @@ def timed_run(models, loss, xy, kw, steps):
     return time.perf_counter() - start, [e.mean for e in ests]
 
 
+def alternating_per_step(run, sides, *, short, long, repeats):
+    """Seconds per step of each side, the faster of ``repeats`` alternating measurements of
+    ``(t(long) - t(short)) / (long - short)``, where ``run(side, steps)`` returns ``(seconds, λ̂ means)``.
+    Returns ``(per_step, means)``, the means of each side's last long run."""
+    per_step = {side: float("inf") for side in sides}
+    means = {}
+    for _ in range(repeats):
+        for side in sides:
+            t_short, _ = run(side, short)
+            t_long, means[side] = run(side, long)
+            per_step[side] = min(per_step[side], (t_long - t_short) / (long - short))
+    return per_step, means
+
+
+def common_args(argv, description, cases_default):
+    """The options every timing script here shares; returns ``(args, (short, long))`` and sets torch's threads."""
+    import torch
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cases", default=cases_default, help=f"comma-separated subset of {cases_default}")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")            # untrained checkpoints: λ̂ is not an estimate here, only the time is
+    return args, ((2, 6) if args.quick else (4, 24))
+
+
 def measure(make, loss, xy, kw, *, short, long, repeats):
     models = make()
     slow_models = make()
@@ -84,15 +113,10 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
         return loss(out, y)
 
     sides = {"fast": (models, loss), "vmap": (slow_models, slow_loss)}
-    per_step = {k: float("inf") for k in sides}
-    means = {}
     for side, (ms, lf) in sides.items():                           # warm-up: the losses at the centres
         timed_run(ms, lf, xy, kw, 1)
-    for _ in range(repeats):
-        for side, (ms, lf) in sides.items():
-            t_short, _ = timed_run(ms, lf, xy, kw, short)
-            t_long, means[side] = timed_run(ms, lf, xy, kw, long)
-            per_step[side] = min(per_step[side], (t_long - t_short) / (long - short))
+    per_step, means = alternating_per_step(lambda side, n: timed_run(*sides[side], xy, kw, n), sides,
+                                           short=short, long=long, repeats=repeats)
     diff = max(abs(a - b) for a, b in zip(means["fast"], means["vmap"]))
     scale = max([1.0] + [abs(v) for v in means["vmap"]])
     return {"agree": diff <= 1e-3 * scale,
@@ -102,17 +126,9 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cases", default="icl,lm,lm-head", help="comma-separated subset of icl, lm, lm-head")
-    args = ap.parse_args(argv)
     import torch
 
-    torch.set_num_threads(args.threads)
-    warnings.simplefilter("ignore")            # untrained checkpoints: λ̂ is not an estimate here, only the time is
-    short, long = (2, 6) if args.quick else (4, 24)
+    args, (short, long) = common_args(argv, __doc__.split("\n")[0], "icl,lm,lm-head")
     results = {}
     for name, (make, loss, xy, kw) in cases(args.quick).items():
         if name not in args.cases.split(","):

@@ -15,13 +15,11 @@ untrained checkpoints). Writes ``benchmarks/results/noise_dtype.json`` and print
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -48,22 +46,20 @@ def per_number_ns(dtype, rows: int, cols: int, repeats: int) -> float:
 
 
 def measure(make, loss, xy, kw, *, short, long, repeats):
-    from fast_paths import timed_run
+    from fast_paths import alternating_per_step, timed_run
 
     from slt_companion import sampling
 
     models = make()
-    per_step = {"float32": float("inf"), "float64": float("inf")}
-    means = {}
+
+    def run(side, steps):
+        sampling.FLOAT64_NOISE = side == "float64"
+        return timed_run(models, loss, xy, kw, steps)
+
     old = sampling.FLOAT64_NOISE
     try:
         timed_run(models, loss, xy, kw, 1)                          # warm-up: the losses at the centres
-        for _ in range(repeats):
-            for side in per_step:
-                sampling.FLOAT64_NOISE = side == "float64"
-                t_short, _ = timed_run(models, loss, xy, kw, short)
-                t_long, means[side] = timed_run(models, loss, xy, kw, long)
-                per_step[side] = min(per_step[side], (t_long - t_short) / (long - short))
+        per_step, means = alternating_per_step(run, ("float32", "float64"), short=short, long=long, repeats=repeats)
     finally:
         sampling.FLOAT64_NOISE = old
     return {"ms_per_step_float32": 1000 * per_step["float32"], "ms_per_step_float64": 1000 * per_step["float64"],
@@ -73,19 +69,11 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cases", default="icl,lm", help="comma-separated subset of icl, lm")
-    args = ap.parse_args(argv)
     import torch
 
-    from fast_paths import cases
+    from fast_paths import cases, common_args
 
-    torch.set_num_threads(args.threads)
-    warnings.simplefilter("ignore")            # untrained checkpoints: λ̂ is not an estimate here, only the time is
-    short, long = (2, 6) if args.quick else (4, 24)
+    args, (short, long) = common_args(argv, __doc__.split("\n")[0], "icl,lm")
     repeats = 1 if args.quick else args.repeats
     alone = {name: per_number_ns(dt, 64, 53_057, repeats) for name, dt in (("float32", torch.float32),
                                                                             ("float64", torch.float64))}
