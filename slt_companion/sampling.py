@@ -28,9 +28,10 @@ that ε keeps its plain-SGLD meaning, and bounded by :math:`1/\sqrt\delta`.
 it draws the chain's minibatches (a fresh permutation of the data each epoch, sampling without replacement)
 and its noise, in blocks of steps, drawn in the model's dtype (float32 or float64; half precision draws float32 and
 rounds once). Chain ``c``'s random numbers therefore do not depend on how many other chains run, and the same
-``seed`` gives identical results on the CPU. (The noise of a float32 model used to be drawn in float64 and rounded:
-torch's float64 normals cost 23 against 4 ns each on this book's CPU, a third of an SGLD step of Part III's
-transformers.) On a CUDA device the noise is drawn there,
+``seed`` gives identical results on the CPU. (The noise of a float32 model used to be drawn in float64 and rounded,
+as :data:`FLOAT64_NOISE` still can: torch's float64 normals cost 18 against 3.4 ns each on this book's CPU, and a
+batched SGLD step of Part III's transformers is 1.11-1.18 times faster without them: ``benchmarks/noise_dtype.py``.)
+On a CUDA device the noise is drawn there,
 from a CUDA generator of the chain's own with the same seed (:data:`DEVICE_NOISE`; drawing it on the CPU and
 copying it over took most of a GPU step at small minibatches): the same seed gives the same run on the same GPU,
 a chain's numbers still do not depend on the others, and a GPU run agrees with a CPU run in distribution.

@@ -116,6 +116,50 @@ def test_a_flat_centre_without_a_prior_gets_a_step_that_does_not_diverge():
     assert np.isfinite(est.mean) and 0 < est.mean < 1
 
 
+def test_a_restart_after_a_divergence_keeps_the_curvature_check(monkeypatch):
+    # the automatic step's two budgets are separate: AUTO_RETRIES restarts after divergences (4x smaller each), and
+    # the curvature check stays on in every one of them (it once shared the budget, so the last restart ran
+    # unchecked and the normal crossing w1^2 w2^3, seed 0, diverged late at full size)
+    import slt_companion.llc as llc_mod
+    from slt_companion.diagnostics import SGLDDivergenceError
+
+    real_sgld, real_check = llc_mod.sgld, llc_mod.curvature_check
+    runs, checks = [], []
+
+    def diverging(model, loss_fn, data, cfg, **kw):
+        runs.append(cfg.step_size)
+        if len(runs) <= llc_mod.AUTO_RETRIES:
+            raise SGLDDivergenceError(step=100, chain=0, loss=1e9, step_size=cfg.step_size, what="a test divergence")
+        return real_sgld(model, loss_fn, data, cfg, **kw)
+
+    def counted(prob, cfg):
+        checks.append(cfg.step_size)
+        return real_check(prob, cfg)
+
+    monkeypatch.setattr(llc_mod, "sgld", diverging)
+    monkeypatch.setattr(llc_mod, "curvature_check", counted)
+    case = ground_truth_case("normal crossing w₁w₂")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        est = estimate_llc(case["model"], case["loss_fn"], case["data"], localization=case["localization"],
+                           max_draws=300, progress=False)
+    n = llc_mod.AUTO_RETRIES
+    assert len(runs) == n + 1 and checks == runs                       # every run, the last one too, was checked
+    assert np.allclose(np.array(runs[1:]) * llc_mod.AUTO_SHRINK, runs[:-1])
+    assert [r["step"] for r in est.extras["auto_step"]["retries"]] == [100] * n
+
+    def always(model, loss_fn, data, cfg, **kw):                       # a divergence more than the budget: loud
+        runs.append(cfg.step_size)
+        raise SGLDDivergenceError(step=7, chain=1, loss=1e9, step_size=cfg.step_size, what="a test divergence")
+
+    runs.clear()
+    monkeypatch.setattr(llc_mod, "sgld", always)
+    with pytest.raises(SGLDDivergenceError, match=f"after {n} automatic restarts"):
+        estimate_llc(case["model"], case["loss_fn"], case["data"], localization=case["localization"],
+                     max_draws=300, progress=False)
+    assert len(runs) == n + 1
+
+
 def test_the_drift_test_sees_a_rising_trace_and_not_a_flat_one():
     rng = np.random.default_rng(0)
     flat = rng.normal(size=(4, 600))
