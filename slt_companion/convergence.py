@@ -72,7 +72,7 @@ class ConvergenceRule:
     let deep linear networks "converge" 12-20 % low after 512-3,200 steps, before their soft directions relaxed
     (the 5-4-3-4-5 network of the ground-truth suite passed every test 14 % low at 3,200 steps). Quick mode's
     first check is a smoke size, not a result: there the RRR 4-3-4 rank-1 case "converged" 16 % low after 448
-    draws with one seed of eight (measured 2026-11-30, with the float64 noise of then; tests/test_convergence.py).
+    draws with one seed of eight (tests/test_convergence.py).
     """
 
     min_draws: int | None = None

@@ -62,12 +62,12 @@ def test_a_convergence_driven_run_equals_the_fixed_run_of_the_same_length():
 def test_converged_estimates_say_converged_and_are_right(monkeypatch):
     """The library's full-size defaults (first convergence check after 2,000 draws) on RRR 4-3-4, rank 1 (λ = 6,
     Aoyagi & Watanabe 2005), seeds 0-4: each converged, with no warning and within 15 %, and their mean within 5 %.
-    Measured 2026-12-01 (noise drawn in float32) with seeds 0-7: all converged in 2,048-3,968 draws, 5.78-6.61,
-    mean 6.13, seed-to-seed standard deviation 0.29: more than the standard errors the estimates report (0.14-0.22),
-    which measure one run's Monte Carlo error only (each seed also picks its own automatic step size, 2.6e-5 to
-    2.9e-5), so one seed in eight (seed 4, 6.61) lands 10 % off. Quick mode's first check (250 draws) is a smoke
-    size, not a result: there seed 4 'converged' after 448 draws 16 % low, before the soft directions relaxed
-    (ConvergenceRule's docstring), so this test sets full size."""
+    Measured 2026-12-01 with seeds 0-7: all converged in 2,048-3,968 draws, 5.81-6.37, mean 6.03, seed-to-seed
+    standard deviation 0.18, about the standard errors the estimates report (0.13-0.25; each seed also picks its
+    own automatic step size, 2.6e-5 to 2.9e-5). With the float32 noise stream (sampling.FLOAT64_NOISE = False)
+    the same seeds gave 5.78-6.61, mean 6.13, deviation 0.29: one seed in eight 10 % off. Quick mode's first
+    check (250 draws) is a smoke size, not a result: there seed 4 'converged' after 448 draws 16 % low, before
+    the soft directions relaxed (ConvergenceRule's docstring), so this test sets full size."""
     from slt_companion import config as slt_config
 
     monkeypatch.setattr(slt_config, "QUICK", False)
