@@ -6,9 +6,8 @@ Both sides are this package. The sampler draws each chain's Gaussian noise in fl
 model's dtype (``slt_companion.sampling.FLOAT64_NOISE = True``, the default); ``False`` draws it in the model's
 dtype (float32 for the book's models). For Part III's two transformers at the chapters' sampler settings (the cases
 of ``fast_paths.py``: checkpoints as chains, every parameter sampled) ``estimate_llcs`` runs with each setting in
-turn. Time per step is
-the difference between runs of ``long`` and ``short`` steps divided by the difference in steps, the faster of
-``--repeats`` alternating measurements; the ratio is *float64 / float32* (above 1: drawing in float32 is faster).
+turn. Time per step is the difference between runs of ``long`` and ``short`` steps divided by the difference in
+steps, the faster of ``--repeats`` alternating measurements; the ratio is *float64 / float32* (above 1: drawing in float32 is faster).
 Also timed alone: one chain's noise for a block of 64 steps of the 53k-parameter transformer, in ns per number.
 The two sides draw different random numbers, so their λ̂ differ by chain noise (reported, not checked: these are
 untrained checkpoints). Writes ``benchmarks/results/noise_dtype.json`` and prints a table.
@@ -66,7 +65,7 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
     return {"ms_per_step_float32": 1000 * per_step["float32"], "ms_per_step_float64": 1000 * per_step["float64"],
             "ratio_float64_over_float32": per_step["float64"] / per_step["float32"],
             "max_abs_llc_difference": max(abs(a - b) for a, b in zip(means["float32"], means["float64"])),
-            "checkpoints": len(models), "settings": {k: v for k, v in kw.items()}}
+            "checkpoints": len(models), "settings": dict(kw)}
 
 
 def main(argv):
