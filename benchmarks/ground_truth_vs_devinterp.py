@@ -64,7 +64,7 @@ from llc_vs_devinterp import devinterp_python  # noqa: E402
 QUICK_CASES = ["RRR 4-3-4, rank 1", "normal crossing w₁w₂", "devinterp crossing [1, 2]", "devinterp RRR 5-3-5",
                "devinterp ordinality, 2-d"]
 QUICK_SHORTEN = 10          # devinterp's draws (and burn-in) divided by this in --quick mode
-RIGHT = 0.10                # "right" = within 10 % of the target
+RIGHT = 0.10                # "right" = within 10 % of an exact target (25 % of an asymptotic one: groundtruth.TOLERANCE)
 
 
 def devinterp_settings(case: dict, ours: dict) -> dict:
@@ -116,30 +116,36 @@ def run_devinterp(dv_python: Path, case: dict, settings: dict) -> dict:
 
 
 def judge_devinterp(case: dict, dv: dict) -> dict:
-    """devinterp's estimate against the target (10 %) and against the case's own criterion."""
+    """devinterp's estimate against the target (the suite's tolerance for the kind of target: 10 % exact, 25 %
+    asymptotic, or four s.e. where wider -- the same band as ours) and against the case's own criterion."""
     res = dv["results"]
     if case["criterion"] == "ordinality":
         means = [r["llc_mean"] for r in res]
         holds = bool(means[0] <= means[1])
         return {"mean": means[-1], "std": res[-1]["llc_std"], "means": means, "rel_error": None,
-                "within_10": None, "holds": holds, "right": holds, "seconds": sum(r["seconds"] for r in res)}
+                "within": None, "holds": holds, "right": holds, "seconds": sum(r["seconds"] for r in res)}
     r = res[0]
     mean, std = r["llc_mean"], r["llc_std"]
     rel = mean / case["target"] - 1 if case["target"] else mean - case["target"]
-    within = bool(math.isfinite(rel) and abs(rel) <= RIGHT)
+    from slt_companion.groundtruth import SE_BAND, TOLERANCE
+
+    tol = RIGHT if case["target_class"] == "exact" else TOLERANCE["asymptotic"][0]
+    sem = r.get("llc_sem", float("nan"))
+    band = max(tol * abs(case["target"]), SE_BAND * sem if sem == sem else 0.0)
+    within = bool(math.isfinite(rel) and abs(mean - case["target"]) <= band)
     if case["criterion"] == "3.5 sd":
         holds = bool(abs(mean - case["lam"]) < 3.5 * std)
     elif case["criterion"] == "40%":
         holds = bool(abs(mean / case["lam"] - 1) <= 0.40)
     else:
         holds = within
-    return {"mean": mean, "std": std, "rel_error": float(rel), "within_10": within, "holds": holds,
+    return {"mean": mean, "std": std, "rel_error": float(rel), "within": within, "holds": holds,
             "right": within, "seconds": r["seconds"]}
 
 
 def classify_ours(row: dict) -> str:
-    """'right' (converged and within 10 % / order holds), 'warned' (not that, but warned), else 'silent'."""
-    good = row["holds"] if row["criterion"] == "ordinality" else row["within_10"]
+    """'right' (converged and within its band / order holds), 'warned' (not that, but warned), else 'silent'."""
+    good = row["holds"] if row["criterion"] == "ordinality" else row["within"]
     if row["converged"] and good:
         return "right"
     return "warned" if row["warned"] else "silent"
@@ -163,7 +169,7 @@ def run_case(name: str, dv_python: Path, quick: bool) -> dict:
         "case": name, "family": case["family"], "lam": case["lam"], "target": case["target"],
         "target_kind": case["target_kind"], "criterion": case["criterion"],
         "ours": {k: ours.get(k) for k in ("mean", "std", "sem", "ess", "rhat", "converged", "warned", "stop_reason",
-                                          "rel_error", "within_10", "holds", "passes", "step_size", "steps",
+                                          "rel_error", "within", "band", "holds", "passes", "step_size", "steps",
                                           "seconds", "means")}, "wall_seconds_call": wall,
         "ours_class": classify_ours(ours),
         "devinterp": {**dvj, "settings": settings, "raw": dv},
@@ -210,7 +216,8 @@ def summary(rows: list[dict]) -> str:
     n = len(rows)
     c = {k: sum(r["ours_class"] == k for r in rows) for k in ("right", "warned", "silent")}
     dv_right = sum(bool(r["devinterp"]["right"]) for r in rows)
-    return (f"Right = within {100 * RIGHT:.0f} % of the target (ordinality cases: the order holds), {n} cases. "
+    return (f"Right = within {100 * RIGHT:.0f} % of an exact target, 25 % of an asymptotic one (λ at a noisy "
+            f"minimiser), or four s.e. where wider (ordinality cases: the order holds), {n} cases. "
             f"Ours: {c['right']} converged and right, {c['warned']} warned, {c['silent']} silently wrong. "
             f"devinterp 1.3.2: {dv_right} right, {n - dv_right} wrong (it has no convergence warning: "
             f"every wrong devinterp number is silently wrong).")

@@ -6,6 +6,8 @@ Used in: Part II, "Validation against known λ"; ``tests/test_ground_truth.py``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -13,7 +15,7 @@ from . import config as _config
 from ._checks import check_int, check_positive
 from .llc import default_nbeta, estimate_llc, half_mse
 
-__all__ = ["GROUND_TRUTH", "QUICK_CASES", "ground_truth_case", "ground_truth_problem", "run_ground_truth", "crossing_exact", "Polynomial",
+__all__ = ["GROUND_TRUTH", "QUICK_CASES", "TOLERANCE", "SE_BAND", "ground_truth_case", "ground_truth_problem", "run_ground_truth", "crossing_exact", "Polynomial",
            "mse_loss", "PAPER_TOY_POTENTIALS", "toy_potential_exact"]
 
 
@@ -43,7 +45,7 @@ def _crossing(exponents, n=10_000, localization=1.0):
 #: - ``"devinterp crossing"``, ``"devinterp rrr"``, ``"devinterp ordinality"``: devinterp 1.3.2's own ground-truth
 #:   tests (``tests/slt/sampler_accuracy_test.py``, ``rrr_test.py``, ``sampler_ordinality_test.py``), restated:
 #:   the same models, data, seeds and loss (``mse_loss``, no ½), estimated with our defaults, and judged by
-#:   devinterp's criterion (the truth within 3.5 chain standard deviations; within 40 %; λ̂ at the origin ≤ λ̂ at
+#:   devinterp's criterion (the truth within 3.5 chain standard deviations -- with four chains, the larger of their spread and s.e. × 2; within 40 %; λ̂ at the origin ≤ λ̂ at
 #:   ``[1, …, 1, 0]``) as well as by ours.
 GROUND_TRUTH = {
     "RRR 5-4-5, rank 2": _dln((5, 4, 5), 2),
@@ -75,6 +77,23 @@ GROUND_TRUTH = {
     "devinterp ordinality, 2-d": {"kind": "devinterp ordinality", "dim": 2},
     "devinterp ordinality, 10-d": {"kind": "devinterp ordinality", "dim": 10},
 }
+
+
+#: How close a converged estimate must come to its target, by the kind of target, as (full size, ``SLT_QUICK``):
+#:
+#: - ``"exact"``: what a correct estimator converges to at this n -- λ of a noise-free network centred at its
+#:   teacher, the quadrature value of a normal crossing at its n: 10 % (25 % at quick size, a five times shorter budget).
+#: - ``"asymptotic"``: λ of a network centred at a *noisy* minimiser (ours, and devinterp's reduced-rank regressions on
+#:   pure noise). At finite n the local posterior there is not the one whose limit is λ: the noise leaves the extra
+#:   singular values at O(1/√n), about the posterior's width, and long runs sit above λ (RRR 6-3-2 rank 1, data seed 2:
+#:   +14 % after 50,000 steps; Part II, "Validation against known λ", measures it). 25 % (40 %): a check that the
+#:   estimate lands near λ, not of accuracy; accuracy is what the exact cases test.
+TOLERANCE = {"exact": (0.10, 0.25), "asymptotic": (0.25, 0.40)}
+
+#: A converged estimate whose own Monte Carlo error is too wide for its tolerance (a one-parameter model's λ̂ at
+#: ESS ≈ 500 is ±7 %) is judged against ``SE_BAND`` standard errors instead: the reported s.e. comes from four
+#: chains and is itself uncertain (measured 1.1-1.7 times too small over 24-40 seeds, Part II).
+SE_BAND = 4.0
 
 
 #: the cases run by ``run_ground_truth()`` in ``SLT_QUICK`` mode (``make test``): at least one of every family
@@ -161,7 +180,8 @@ def _posterior_excess(k, sxx: float, sxy: float, *, nbeta: float, loss_scale: fl
 
 def ground_truth_case(name: str, *, seed: int = 0) -> dict:
     """Everything one case needs: ``model``, ``loss_fn``, ``data`` (x, y), ``localization``, ``lam`` (λ, a float),
-    ``target`` (what a correct estimator converges to: λ, or the exact finite-n value), ``target_kind``,
+    ``target`` (λ, or the exact finite-n value), ``target_kind``, ``target_class`` (``"exact"``: what a correct
+    estimator converges to at this n; ``"asymptotic"``: λ at a noisy minimiser, see :data:`TOLERANCE`),
     ``criterion`` (``"10%"``, ``"3.5 sd"``, ``"40%"`` or ``"ordinality"``) and, for ordinality, ``points``."""
     from .data import monomial_data
     from .models import DeepLinearNetwork
@@ -170,11 +190,13 @@ def ground_truth_case(name: str, *, seed: int = 0) -> dict:
         raise ValueError(f"unknown ground-truth case {name!r}; the cases are {list(GROUND_TRUTH)}")
     case = GROUND_TRUTH[name]
     kind = case["kind"]
-    out = {"name": name, "family": kind, "localization": 1.0, "criterion": "10%"}
+    out = {"name": name, "family": kind, "localization": 1.0, "criterion": "10%", "target_class": "exact"}
     if kind == "dln":
         model, d, lam, _ = _dln(case, seed)
         lam = float(lam)
-        out.update(model=model, loss_fn=half_mse, data=(d.x, d.y), lam=lam, target=lam, target_kind="λ")
+        noisy = case["noise"] > 0
+        out.update(model=model, loss_fn=half_mse, data=(d.x, d.y), lam=lam, target=lam,
+                   target_kind="λ (asymptotic)" if noisy else "λ", target_class="asymptotic" if noisy else "exact")
     elif kind == "monomial":
         model, lam, mult = _monomial(case["exponents"])
         lam = float(lam)
@@ -194,8 +216,8 @@ def ground_truth_case(name: str, *, seed: int = 0) -> dict:
         x, y = torch.randn(1000, m), torch.randn(1000, n_out)     # devinterp: y is pure noise, the truth is 0
         model = DeepLinearNetwork((m, h, n_out)).fit_least_squares(x, y)
         lam = float(rrr_lam_devinterp(m, h, n_out))
-        out.update(model=model, loss_fn=mse_loss, data=(x, y), lam=lam, target=lam, target_kind="λ",
-                   criterion="40%")
+        out.update(model=model, loss_fn=mse_loss, data=(x, y), lam=lam, target=lam, target_kind="λ (asymptotic)",
+                   target_class="asymptotic", criterion="40%")
     else:   # ordinality: the origin and [1, ..., 1, 0]
         dim = case["dim"]
         x, y = _devinterp_crossing_data()
@@ -258,8 +280,19 @@ def ground_truth_problem(name: str, *, seed: int = 0):
     return _dln(case, seed)
 
 
-def _judge(case: dict, est_rows: list, tolerance: float = 0.10) -> dict:
-    """Whether a case passes: with a converged estimate, its own criterion; unconverged, the warning must have
+def _chain_sd(e: dict, num_chains: int) -> float:
+    """The standard deviation of one chain's mean, for devinterp's "3.5 sd" criterion: the larger of the spread of the
+    chain means (``std``; from four chains, three degrees of freedom: it fell to half its expected size on 1 seed in
+    40 of ``devinterp crossing [0, 1]``) and the same quantity from the within-chain autocorrelation,
+    s.e. × √chains. devinterp's own tests run 10 chains, whose spread alone is steadier."""
+    std = e["std"] if e["std"] == e["std"] else 0.0
+    sem = e["sem"] if e["sem"] == e["sem"] else 0.0
+    return max(std, sem * math.sqrt(num_chains))
+
+
+def _judge(case: dict, est_rows: list, tolerance: float, num_chains: int = 4) -> dict:
+    """Whether a case passes: with a converged estimate, its own criterion and the tolerance band (``tolerance``
+    of the target, or :data:`SE_BAND` standard errors where those are wider); unconverged, the warning must have
     fired (a wrong number without a warning is the failure this suite exists to catch)."""
     if case["criterion"] == "ordinality":
         a, b = est_rows
@@ -268,32 +301,40 @@ def _judge(case: dict, est_rows: list, tolerance: float = 0.10) -> dict:
         return {"converged": converged, "holds": bool(holds), "passes": bool(holds or not converged)}
     e = est_rows[0]
     rel = e["mean"] / case["target"] - 1 if case["target"] else e["mean"] - case["target"]
-    within = abs(rel) <= tolerance
-    if case["criterion"] == "3.5 sd":
-        own = abs(e["mean"] - case["lam"]) < 3.5 * e["std"]
+    sem = e["sem"] if e["sem"] == e["sem"] else 0.0
+    band = max(tolerance * abs(case["target"]), SE_BAND * sem)
+    within = abs(e["mean"] - case["target"]) <= band
+    if case["criterion"] == "3.5 sd":   # devinterp: the sd of the chain means, which four chains estimate poorly
+        own = abs(e["mean"] - case["lam"]) < 3.5 * _chain_sd(e, num_chains)
     elif case["criterion"] == "40%":
         own = abs(e["mean"] / case["lam"] - 1) <= 0.40
     else:
         own = within
-    return {"converged": e["converged"], "rel_error": float(rel), "within_10": bool(within),
+    return {"converged": e["converged"], "rel_error": float(rel), "within": bool(within), "band": float(band),
+            "band_is_se": bool(SE_BAND * sem > tolerance * abs(case["target"])),
             "holds": bool(own), "passes": bool((e["converged"] and within and own) or (not e["converged"] and e["warned"]))}
 
 
 def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress: bool = True,
-                     tolerance: float | None = None, **llc_kwargs) -> list[dict]:
+                     tolerance: float | None = None, asymptotic_tolerance: float | None = None,
+                     **llc_kwargs) -> list[dict]:
     """Estimate every case of :data:`GROUND_TRUTH` with the **defaults** of :func:`estimate_llc` and 4 chains
-    (cached per case). ``llc_kwargs`` overrides defaults (the suite is meant to be run without any), except ``nbeta``
-    and ``localization``: each case's target is computed at its own nβ and γ, so they are refused (ValueError).
-    ``names=None``: every case (:data:`QUICK_CASES` in ``SLT_QUICK`` mode).
-    ``tolerance``: how close a converged estimate must be to its target (default 10 %; 25 % in ``SLT_QUICK`` mode,
-    whose budget is five times shorter -- there a network once converged 12 % low).
+    (cached per case) and judge it. ``llc_kwargs`` overrides defaults (the suite is meant to be run without any),
+    except ``nbeta`` and ``localization``: each case's target is computed at its own nβ and γ, so they are refused
+    (ValueError). ``names=None``: every case (:data:`QUICK_CASES` in ``SLT_QUICK`` mode). ``seed`` fixes the data of
+    the cases that draw it and the sampler's seed.
+    ``tolerance`` / ``asymptotic_tolerance``: how close a converged estimate must be to an exact / an asymptotic
+    target (defaults :data:`TOLERANCE`: 10 % / 25 %, and 25 % / 40 % in ``SLT_QUICK`` mode, whose budget is five times
+    shorter); or within :data:`SE_BAND` standard errors where those are wider.
 
-    Returns one dict per case: ``name``, ``family``, ``theory`` (λ), ``target`` and ``target_kind``, ``mean``,
-    ``std``, ``sem``, ``ess``, ``rhat``, ``converged``, ``warned`` (an :class:`~slt_companion.llc.LLCConvergenceWarning`
-    was issued), ``stop_reason``, ``rel_error`` (against the target), ``within_10``, ``criterion`` and ``holds``
-    (the case's own criterion), ``passes`` (converged and right, or unconverged and warned), ``step_size``,
-    ``steps`` (burn-in + draws per chain) and ``seconds``. Ordinality cases carry ``means`` at both points.
-    Used in: Part II, "Validation against known λ"; ``tests/test_ground_truth.py``.
+    Returns one dict per case: ``name``, ``family``, ``theory`` (λ), ``target``, ``target_kind`` and
+    ``target_class``, ``mean``, ``std``, ``sem``, ``ess``, ``rhat``, ``converged``, ``warned`` (an
+    :class:`~slt_companion.llc.LLCConvergenceWarning` was issued), ``stop_reason``, ``rel_error`` (against the
+    target), ``tolerance`` (the one applied), ``band`` (the allowed |λ̂ − target|) and ``band_is_se`` (the s.e. set
+    it), ``within``, ``criterion`` and ``holds`` (the case's own criterion), ``passes`` (converged and right, or
+    unconverged and warned), ``step_size``, ``steps`` (burn-in + draws per chain), ``seconds`` and ``seed``.
+    Ordinality cases carry ``means`` at both points.
+    Used in: Part II, "Validation against known λ"; ``tests/test_convergence.py``.
     """
     import warnings
 
@@ -308,14 +349,18 @@ def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress
     if names is None:
         names = QUICK_CASES if _config.QUICK else list(GROUND_TRUTH)
     names = list(names)
-    tol = _config.size(0.10, 0.25) if tolerance is None else float(tolerance)
+    tols = {"exact": _config.size(*TOLERANCE["exact"]) if tolerance is None else float(tolerance),
+            "asymptotic": (_config.size(*TOLERANCE["asymptotic"]) if asymptotic_tolerance is None
+                           else float(asymptotic_tolerance))}
+    for what, t in (("tolerance", tols["exact"]), ("asymptotic_tolerance", tols["asymptotic"])):
+        if not t > 0:
+            raise ValueError(f"{what} must be a positive fraction of the target (0.10 is 10 %), got {t!r}")
     rows = []
     for name in names:
         def compute(name=name):
             case = ground_truth_case(name, seed=seed)
-            centers = case.get("points", [None])
             ests = []
-            for pt in centers:
+            for pt in case.get("points", [None]):
                 model = case["model"]
                 if pt is not None:
                     with torch.no_grad():
@@ -328,25 +373,26 @@ def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress
                 for w in caught:
                     if not issubclass(w.category, LLCConvergenceWarning):
                         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-                eps = est.config.step_size
                 ests.append({"mean": est.mean, "std": est.std, "sem": est.sem, "ess": est.ess, "rhat": est.rhat,
                              "converged": est.converged, "warned": warned, "stop_reason": est.stop_reason,
-                             "step_size": float(eps), "steps": est.config.num_burnin + est.config.num_draws,
-                             "seconds": est.seconds})
-            verdict = _judge(case, ests, tol)
-            first = ests[-1] if case["criterion"] == "ordinality" else ests[0]
-            row = {"name": name, "family": case["family"], "theory": case["lam"], "target": case["target"],
-                   "target_kind": case["target_kind"], "criterion": case["criterion"], "tolerance": tol,
-                   **first, **verdict,
-                   "warned": any(e["warned"] for e in ests), "seconds": sum(e["seconds"] for e in ests)}
-            if len(ests) > 1:
-                row["means"] = [e["mean"] for e in ests]
-            return row
+                             "step_size": float(est.config.step_size),
+                             "steps": est.config.num_burnin + est.config.num_draws, "seconds": est.seconds})
+            return {"estimates": ests}
         cfg = {"case": name, "definition": {k: list(v) if isinstance(v, tuple) else v
                                             for k, v in GROUND_TRUTH[name].items()},
-               "num_chains": num_chains, "seed": seed, "llc": dict(llc_kwargs), "quick": _config.QUICK,
-               "tolerance": tol}
-        rows.append(cache.cached("llc-ground-truth", cfg, compute))
+               "num_chains": num_chains, "seed": seed, "llc": dict(llc_kwargs), "quick": _config.QUICK}
+        ests = cache.cached("llc-ground-truth", cfg, compute)["estimates"]
+        case = ground_truth_case(name, seed=seed)        # the target (cheap: quadrature on a grid at most)
+        tol = tols[case["target_class"]]
+        verdict = _judge(case, ests, tol, num_chains)
+        first = ests[-1] if case["criterion"] == "ordinality" else ests[0]
+        row = {"name": name, "family": case["family"], "theory": case["lam"], "target": case["target"],
+               "target_kind": case["target_kind"], "target_class": case["target_class"],
+               "criterion": case["criterion"], "tolerance": tol, "seed": seed, **first, **verdict,
+               "warned": any(e["warned"] for e in ests), "seconds": sum(e["seconds"] for e in ests)}
+        if len(ests) > 1:
+            row["means"] = [e["mean"] for e in ests]
+        rows.append(row)
     return rows
 
 

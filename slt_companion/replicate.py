@@ -23,10 +23,20 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["replicate", "Replication", "REPLICATES_AT", "code_fingerprint"]
+__all__ = ["replicate", "Replication", "REPLICATES_AT", "code_fingerprint", "runs_phrase"]
 
 #: the fraction of seeds for which a claim must hold to be stated without qualification (4 of 5)
 REPLICATES_AT = 0.8
+
+
+def runs_phrase(rows) -> str:
+    """``"the run with seed 3"`` / ``"the runs with seeds 1, 4"``: the seeds of ``rows`` (dicts with a ``"seed"``, as a
+    replication's rows) in the words the development chapters use when a claim fails or holds in some runs only."""
+    seeds = [str(r["seed"]) for r in rows]
+    if not seeds:
+        raise ValueError("rows is empty: there is no run to name")
+    s_ = "s" if len(seeds) > 1 else ""
+    return f"the run{s_} with seed{s_} {', '.join(seeds)}"
 
 
 def _seeds(seeds) -> list[int]:

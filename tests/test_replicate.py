@@ -140,3 +140,12 @@ def test_rows_keep_their_seed_and_accept_any_key_order():
     rep = replicate(lambda s: {"a": 1.0, "b": True} if s else {"b": False, "a": 2.0}, [0, 1], name="order",
                     config={}, progress=False)
     assert [r["seed"] for r in rep.rows] == [0, 1] and [list(r) for r in rep.rows] == [["seed", "b", "a"]] * 2
+
+
+def test_runs_phrase_names_the_seeds_in_the_chapters_words():
+    from slt_companion.replicate import runs_phrase
+
+    assert runs_phrase([{"seed": 3}]) == "the run with seed 3"
+    assert runs_phrase([{"seed": 1, "x": 0}, {"seed": 4}]) == "the runs with seeds 1, 4"
+    with pytest.raises(ValueError, match="rows is empty"):
+        runs_phrase([])
