@@ -357,8 +357,9 @@ def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress
             raise ValueError(f"{what} must be a positive fraction of the target (0.10 is 10 %), got {t!r}")
     rows = []
     for name in names:
-        def compute(name=name):
-            case = ground_truth_case(name, seed=seed)
+        case = ground_truth_case(name, seed=seed)        # its target judges the estimates, cached or computed
+
+        def compute(case=case):
             ests = []
             for pt in case.get("points", [None]):
                 model = case["model"]
@@ -382,7 +383,6 @@ def run_ground_truth(names=None, *, num_chains: int = 4, seed: int = 0, progress
                                             for k, v in GROUND_TRUTH[name].items()},
                "num_chains": num_chains, "seed": seed, "llc": dict(llc_kwargs), "quick": _config.QUICK}
         ests = cache.cached("llc-ground-truth", cfg, compute)["estimates"]
-        case = ground_truth_case(name, seed=seed)        # the target (cheap: quadrature on a grid at most)
         tol = tols[case["target_class"]]
         verdict = _judge(case, ests, tol, num_chains)
         first = ests[-1] if case["criterion"] == "ordinality" else ests[0]
