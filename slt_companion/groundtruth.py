@@ -1,7 +1,7 @@
 r"""The ground-truth suite: models whose learning coefficient is known exactly, and the paper's toy potentials
 integrated exactly. Every case is estimated with the defaults of :func:`slt_companion.llc.estimate_llc`.
 
-Used in: Part II, "Validation against known λ"; ``tests/test_ground_truth.py``.
+Used in: Part II, "Validation against known λ"; ``tests/test_convergence.py``.
 """
 
 from __future__ import annotations
