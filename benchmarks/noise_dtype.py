@@ -1,10 +1,10 @@
-"""What drawing the SGLD noise in the model's dtype would buy: time per step, same process, same chains.
+"""What drawing the SGLD noise in the model's dtype buys: time per step, same process, same chains.
 
     .venv/bin/python benchmarks/noise_dtype.py [--quick] [--repeats 3] [--threads 1] [--cases icl,lm]
 
-Both sides are this package. The sampler draws each chain's Gaussian noise in float64 and rounds it once to the
-model's dtype (``slt_companion.sampling.FLOAT64_NOISE = True``, the default); ``False`` draws it in the model's
-dtype (float32 for the book's models). For Part III's two transformers at the chapters' sampler settings (the cases
+Both sides are this package. The sampler draws each chain's Gaussian noise in the model's dtype (float32 for the
+book's models; ``slt_companion.sampling.FLOAT64_NOISE = False``, the default since 2026-12-01); ``True`` draws it in
+float64 and rounds it once (the stream before). For Part III's two transformers at the chapters' sampler settings (the cases
 of ``fast_paths.py``: checkpoints as chains, every parameter sampled) ``estimate_llcs`` runs with each setting in
 turn. Time per step is the difference between runs of ``long`` and ``short`` steps divided by the difference in
 steps, the faster of ``--repeats`` alternating measurements; the ratio is *float64 / float32* (above 1: drawing in float32 is faster).

@@ -71,13 +71,13 @@ def _recovered_noise(W: torch.Tensor, eps: float, nbeta: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_with_float64_noise_off_each_chains_noise_is_normals_in_the_models_dtype(dtype, monkeypatch):
-    # the RNG contract with sampling.FLOAT64_NOISE = False: Point model, full batch (no minibatch draws), γ = 0, so
+def test_by_default_each_chains_noise_is_normals_in_the_models_dtype(dtype):
+    # the default RNG contract (sampling.FLOAT64_NOISE = False): Point model, full batch (no minibatch draws), γ = 0, so
     # W_{t+1} = (1 - ε nβ/2) W_t + sqrt(ε) ξ_t and the recorded states give back each chain's ξ: randn(T, D) in
     # the model's dtype from the chain's generator (float64 draws rounded to float32 would be a different stream)
     from slt_companion import sampling
     from slt_companion.sampling import chain_generators
-    monkeypatch.setattr(sampling, "FLOAT64_NOISE", False)
+    assert not sampling.FLOAT64_NOISE
     nbeta, eps, T, C = 10.0, 1e-3, 40, 3
     cfg = SamplerConfig(step_size=eps, nbeta=nbeta, localization=0.0, num_chains=C, num_draws=T, num_burnin=0,
                         batch_size=1000, seed=5)
@@ -93,12 +93,12 @@ def test_with_float64_noise_off_each_chains_noise_is_normals_in_the_models_dtype
             assert not torch.allclose(xi[c], rounded[:-1], atol=1e-2)
 
 
-def test_by_default_each_chains_noise_is_float64_normals_from_its_own_generator_rounded():
-    # the default RNG contract (sampling.FLOAT64_NOISE = True): a float32 model's noise is each chain's float64
-    # normals, from its own generator, rounded once
+def test_with_float64_noise_each_chains_noise_is_float64_normals_from_its_own_generator_rounded(monkeypatch):
+    # the RNG contract with sampling.FLOAT64_NOISE = True (the stream before 2026-12-01): a float32 model's noise is
+    # each chain's float64 normals, from its own generator, rounded once
     from slt_companion import sampling
     from slt_companion.sampling import chain_generators
-    assert sampling.FLOAT64_NOISE
+    monkeypatch.setattr(sampling, "FLOAT64_NOISE", True)
     nbeta, eps, T, C = 10.0, 1e-3, 40, 2
     cfg = SamplerConfig(step_size=eps, nbeta=nbeta, localization=0.0, num_chains=C, num_draws=T, num_burnin=0,
                         batch_size=1000, seed=5)
