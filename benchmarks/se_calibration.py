@@ -9,6 +9,8 @@ the seeds (the error a reader actually sees), the root-mean-square of the ``sem`
 between-chain standard error ``std / sqrt(chains)``, their ratios, the range of the automatically chosen step size
 and its correlation with λ̂ (``step_size="auto"`` runs a pilot with the same seed, so each seed picks its own step:
 a part of the spread that ``sem``, an error *at* the step used, does not contain), and how many runs converged.
+The statistics are over the converged runs (an unconverged run warns and is no result), over all runs where fewer
+than three converged (``over`` in the JSON).
 This package only: there is no peer to run side by side (devinterp reports no standard error). Writes
 ``benchmarks/results/se_calibration.json`` and prints a table. The ratios are estimates from ``--seeds`` runs: the
 sd of 16 runs is itself uncertain by about 18 %.
@@ -48,11 +50,13 @@ def calibrate(name: str, *, seeds: int, data_seed: int) -> dict:
         runs.append({"seed": 100 + s, "mean": est.mean, "sem": est.sem, "std": est.std, "ess": est.ess,
                      "rhat": est.rhat, "converged": bool(est.converged), "step_size": float(est.config.step_size),
                      "draws": int(est.config.num_draws)})
-    mean = np.array([r["mean"] for r in runs])
     ok = np.array([r["converged"] for r in runs])
-    sem = np.array([r["sem"] for r in runs])
-    between = np.array([r["std"] / math.sqrt(4) for r in runs])
-    eps = np.array([r["step_size"] for r in runs])
+    # the converged runs: an unconverged one warns (LLCConvergenceWarning) and is no result; all runs if < 3 converged
+    use = ok if ok.sum() >= 3 else np.ones_like(ok)
+    mean = np.array([r["mean"] for r in runs])[use]
+    sem = np.array([r["sem"] for r in runs])[use]
+    between = np.array([r["std"] / math.sqrt(4) for r in runs])[use]
+    eps = np.array([r["step_size"] for r in runs])[use]
     sd = float(mean.std(ddof=1))
     rms_sem, rms_between = float(np.sqrt(np.mean(sem ** 2))), float(np.sqrt(np.mean(between ** 2)))
     corr = float(np.corrcoef(eps, mean)[0, 1]) if np.ptp(eps) > 0 else float("nan")
@@ -60,7 +64,8 @@ def calibrate(name: str, *, seeds: int, data_seed: int) -> dict:
             "mean": float(mean.mean()), "sd_over_seeds": sd, "rms_sem": rms_sem, "rms_between_chain_se": rms_between,
             "sd_over_rms_sem": sd / rms_sem, "sd_over_rms_between": sd / rms_between,
             "step_size_range": [float(eps.min()), float(eps.max())], "corr_step_size_llc": corr,
-            "converged": int(ok.sum()), "runs": runs}
+            "converged": int(ok.sum()), "over": "converged runs" if ok.sum() >= 3 else "all runs (< 3 converged)",
+            "runs": runs}
 
 
 def main(argv) -> int:
