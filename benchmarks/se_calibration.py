@@ -32,6 +32,8 @@ sys.path.insert(0, str(HERE.parent))
 #: noise-free teacher point
 CASES = ["RRR 6-3-2, rank 1", "DLN 4-2-4-2-4, rank 2 (bottlenecks)", "devinterp crossing [0, 1]",
          "RRR 5-4-5, rank 2, noise-free at the teacher"]
+#: chains per estimate: the suite's (and a reader's default call's) 4
+CHAINS = 4
 
 
 def calibrate(name: str, *, seeds: int, data_seed: int) -> dict:
@@ -45,7 +47,7 @@ def calibrate(name: str, *, seeds: int, data_seed: int) -> dict:
     for s in range(seeds):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LLCConvergenceWarning)      # counted below
-            est = estimate_llc(case["model"], case["loss_fn"], case["data"], num_chains=4, seed=100 + s,
+            est = estimate_llc(case["model"], case["loss_fn"], case["data"], num_chains=CHAINS, seed=100 + s,
                                localization=case["localization"], progress=False)
         runs.append({"seed": 100 + s, "mean": est.mean, "sem": est.sem, "std": est.std, "ess": est.ess,
                      "rhat": est.rhat, "converged": bool(est.converged), "step_size": float(est.config.step_size),
@@ -55,7 +57,7 @@ def calibrate(name: str, *, seeds: int, data_seed: int) -> dict:
     use = ok if ok.sum() >= 3 else np.ones_like(ok)
     mean = np.array([r["mean"] for r in runs])[use]
     sem = np.array([r["sem"] for r in runs])[use]
-    between = np.array([r["std"] / math.sqrt(4) for r in runs])[use]
+    between = np.array([r["std"] / math.sqrt(CHAINS) for r in runs])[use]
     eps = np.array([r["step_size"] for r in runs])[use]
     sd = float(mean.std(ddof=1))
     rms_sem, rms_between = float(np.sqrt(np.mean(sem ** 2))), float(np.sqrt(np.mean(between ** 2)))
