@@ -16,7 +16,14 @@ nβ, seed) for every checkpoint:
 (c) the same as (a) for a *refined* LLC: only the last layer sampled (``params=``), every other weight held at its
     checkpoint's values (each chain of the batched run carries its checkpoint's frozen weights).
 
-The model is an MLP trained briefly on teacher-student data; the checkpoints are log-spaced steps of its
+(d) ``chunk_size``: Part III's transformers (the cases of ``fast_paths.py``: the in-context regression transformer,
+    the language model, and the language model with one head sampled), 8 untrained checkpoints x 4 chains at the
+    chapters' settings, sampled 8 checkpoints to a run (``CHECKPOINTS_PER_RUN``) against the default
+    (``chunk_size=None``: :func:`~slt_companion.llc.auto_chunk_size`, 1 on a CPU for these): milliseconds per
+    chain-step of each, from the difference of a short and a long run, the faster of ``--repeats`` alternating
+    measurements, and the ratio *8 per run / default* (above 1: the default is faster).
+
+The model of (a)-(c) is an MLP trained briefly on teacher-student data; the checkpoints are log-spaced steps of its
 training. Writes ``benchmarks/results/llc_checkpoints.json`` and prints a table.
 """
 
@@ -86,6 +93,38 @@ def make_checkpoints(work: Path, *, widths, n, num_checkpoints, train_steps, see
             m.load_state_dict(model.state_dict())
             models.append(m)
     return models, d, steps
+
+
+def chunk_ratios(quick: bool, repeats: int) -> dict:
+    """(d): per Part III transformer, ms per chain-step with the default ``chunk_size`` and with 8 to a run."""
+    sys.path.insert(0, str(HERE))
+    from fast_paths import alternating_per_step, cases
+
+    from slt_companion.llc import CHECKPOINTS_PER_RUN, auto_chunk_size, estimate_llcs
+
+    short, long = (2, 6) if quick else (4, 24)
+    out = {}
+    for name, (make, loss, xy, kw) in cases(quick).items():
+        models = make()
+        auto = auto_chunk_size(models[0], loss, xy, num_chains=kw["num_chains"], batch_size=kw["batch_size"],
+                               params=kw.get("params"))
+
+        def run(side, steps):
+            t = time.perf_counter()
+            ests = estimate_llcs(models, loss, xy, num_burnin=0, num_draws=steps, seed=0, progress=False,
+                                 chunk_size=None if side == "default" else CHECKPOINTS_PER_RUN, **kw)
+            return time.perf_counter() - t, [e.mean for e in ests]
+
+        for side in ("default", "eight"):                          # warm-up: the losses at the centres
+            run(side, 1)
+        per_step, means = alternating_per_step(run, ["default", "eight"], short=short, long=long, repeats=repeats)
+        chain_steps = len(models) * kw["num_chains"]
+        out[name] = {"auto_chunk": auto, "checkpoints": len(models),
+                     "ms_per_chain_step_default": 1000 * per_step["default"] / chain_steps,
+                     "ms_per_chain_step_8": 1000 * per_step["eight"] / chain_steps,
+                     "ratio_8_over_default": per_step["eight"] / per_step["default"],
+                     "max_abs_diff_means": max(abs(a - b) for a, b in zip(means["default"], means["eight"]))}
+    return out
 
 
 def main(argv=None) -> int:
@@ -165,6 +204,8 @@ def main(argv=None) -> int:
         diff_b = max(abs(a - b) for a, b in zip(runs[1]["means"], runs[2]["means"]))
         diff_cli_vs_a = max(abs(a - e.mean) for a, e in zip(runs[1]["means"], batched))
 
+    chunks = chunk_ratios(args.quick, args.repeats)
+
     ratio_a = min(t_loop) / min(t_batch)
     ratio_b = runs[1]["seconds"] / runs[2]["seconds"]
     ratio_c = min(t_rloop) / min(t_rbatch)
@@ -184,6 +225,11 @@ def main(argv=None) -> int:
           f"{runs[2]['seconds']:.1f} s: ratio 1 / 2 = {ratio_b:.2f}; max |difference of means| 1 vs 2 = "
           f"{diff_b:.3g}, CLI vs (a) = {diff_cli_vs_a:.3g}")
 
+    for name, r in chunks.items():
+        print(f"(d) {name}: default chunk_size {r['auto_chunk']}: {r['ms_per_chain_step_default']:.2f} ms per "
+              f"chain-step; 8 per run: {r['ms_per_chain_step_8']:.2f}; ratio 8 / default = {r['ratio_8_over_default']:.2f}; "
+              f"max |difference of means| = {r['max_abs_diff_means']:.3g}")
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
@@ -198,7 +244,7 @@ def main(argv=None) -> int:
         "cli": {"seconds_1_process": runs[1]["seconds"], "seconds_2_processes": runs[2]["seconds"],
                 "ratio_1_over_2": ratio_b, "world_sizes": [runs[1]["world_size"], runs[2]["world_size"]],
                 "max_abs_diff_means_1_vs_2": diff_b, "max_abs_diff_means_cli_vs_in_process": diff_cli_vs_a},
-        "checkpoints": rows}, indent=1))
+        "chunk_size": chunks, "checkpoints": rows}, indent=1))
     print(f"wrote {out / 'llc_checkpoints.json'}")
     return 0
 

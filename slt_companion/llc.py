@@ -44,7 +44,7 @@ from .sampling import SamplerConfig, SGLDResult, _Problem, cpu_threads, sgld, th
 
 from .stepsize import AUTO_STEP_FACTOR, StepTooLarge, auto_step_size, curvature_check
 
-__all__ = ["estimate_llc", "estimate_llcs", "estimate_refined_llcs", "LLCEstimate", "LLCConvergenceWarning", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
+__all__ = ["estimate_llc", "estimate_llcs", "auto_chunk_size", "estimate_refined_llcs", "LLCEstimate", "LLCConvergenceWarning", "auto_step_size", "default_nbeta", "AUTO_STEP_FACTOR", "half_mse",
            "GROUND_TRUTH", "ground_truth_problem", "run_ground_truth", "calibration_sweep",
            "PAPER_TOY_POTENTIALS", "toy_potential_exact", "susceptibility", "SusceptibilityEstimate",
            "loss_observable"]
@@ -466,9 +466,33 @@ def _estimate(prob, model, loss_fn, *, num_chains, num_draws, num_burnin, rule, 
 # Many centres at once: checkpoints as chains (issue "Scale"). Used in: Part III (every LLC curve), "Scaling out".
 # ---------------------------------------------------------------------------------------------------------
 
-#: checkpoints sampled together in one batched run by default (their chains are one tensor; more saves Python
-#: overhead per step on small models, costs memory on large ones)
+#: checkpoints sampled together in one batched run at most, by default (their chains are one tensor; more saves
+#: Python overhead per step on small models, costs memory on large ones); on a CPU also :data:`CHUNK_BYTES`
 CHECKPOINTS_PER_RUN = 8
+
+#: on a CPU, the default batched run holds only as many checkpoints as keep one step's activations (what autograd
+#: keeps for the backward pass, :meth:`~slt_companion.sampling._Problem.step_bytes`) under this many bytes, and at
+#: least one. Past it the step runs out of the CPU's caches: per chain-step, 8 checkpoints × 4 chains of Part III's
+#: transformers ran 1.2x (in-context regression, 13 MB per checkpoint), 1.2x (language model) and 1.8x (one head
+#: of it sampled, 5 MB) slower than one checkpoint at a time, while an MLP's (1 MB) and the TMS's (0.2 MB) ran
+#: fastest 4 and 8 to a run (``benchmarks/llc_checkpoints.py``, "chunk"). On a GPU: :data:`CHECKPOINTS_PER_RUN`.
+CHUNK_BYTES = 4 * 2 ** 20
+
+
+def _auto_chunk(prob: _Problem, num_chains: int, batch_size: int) -> int:
+    if prob.device.type != "cpu":
+        return CHECKPOINTS_PER_RUN
+    per = prob.step_bytes(num_chains, batch_size)
+    return max(1, min(CHECKPOINTS_PER_RUN, CHUNK_BYTES // per)) if per > 0 else CHECKPOINTS_PER_RUN
+
+
+def auto_chunk_size(model: torch.nn.Module, loss_fn: Callable, data, *, num_chains: int = 4, batch_size: int = 500,
+                    params=None, device=None) -> int:
+    """How many checkpoints of ``model``'s architecture :func:`estimate_llcs` samples in one batched run when
+    ``chunk_size=None`` (arguments as there): :data:`CHECKPOINTS_PER_RUN`, and on a CPU at most as many as keep one
+    step's activations under :data:`CHUNK_BYTES` (at least 1). Depends only on the model, the data's shapes and the
+    settings, never on timings, so a fixed seed still gives the same numbers."""
+    return _auto_chunk(_Problem(model, loss_fn, data, params, device), num_chains, batch_size)
 
 
 def _as_models(models, template) -> list:
@@ -534,8 +558,9 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
     parameters left out of the sampling, held fixed; only checkpoints whose frozen tensors differ in structure are
     run one at a time.
 
-    ``chunk_size``: checkpoints per batched run (default :data:`CHECKPOINTS_PER_RUN`); all their chains are one
-    ``(chunk_size * num_chains, D)`` tensor, one vmapped forward/backward per step.
+    ``chunk_size``: checkpoints per batched run; all their chains are one ``(chunk_size * num_chains, D)`` tensor,
+    one vmapped forward/backward per step. Default (``None``): :func:`auto_chunk_size`, up to
+    :data:`CHECKPOINTS_PER_RUN`, fewer on a CPU where one step's activations would outgrow its caches.
     ``distributed``: ``None`` (default) shards the checkpoints over the ranks of an initialised
     ``torch.distributed`` process group when its world size is > 1 (:func:`slt_companion.distributed.run_sharded`:
     gloo on CPU, NCCL on GPU; launch with ``torchrun``, or use ``python -m slt_companion.llc_trajectory``); every
@@ -550,7 +575,7 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
     from .distributed import run_sharded
 
     models = _as_models(models, template)
-    chunk = CHECKPOINTS_PER_RUN if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
+    chunk = None if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
     num_draws, num_burnin, device = _sampling_defaults(models[0], num_draws, num_burnin, device)
     rule, burnin_run, draws_run = _plan(num_draws, num_burnin, max_draws, max_seconds)
     _check_sampler_args(draws_run, burnin_run, nbeta=nbeta, localization=localization, num_chains=num_chains,
@@ -587,8 +612,9 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
                                  f"({', '.join(diff[:4]) or f'dtype {prob.dtype} vs {first.dtype}'}): every model "
                                  "must have the same architecture")
         out: list[LLCEstimate] = []
-        for s0 in range(0, len(probs), chunk):
-            out += _estimate_batch([models[i] for i in indices[s0:s0 + chunk]], probs[s0:s0 + chunk], loss_fn,
+        per_run = chunk or (_auto_chunk(first, num_chains, batch_size) if first is not None else 1)
+        for s0 in range(0, len(probs), per_run):
+            out += _estimate_batch([models[i] for i in indices[s0:s0 + per_run]], probs[s0:s0 + per_run], loss_fn,
                                    **settings)
         return out
 

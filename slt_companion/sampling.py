@@ -379,6 +379,13 @@ def _as_xy(data, device):
     return x.to(device), y.to(device)
 
 
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` for an integer tensor ``idx`` of any shape, as one ``index_select`` of whole rows: the same
+    values, 3-5x faster on a CPU than advanced indexing, which gathers element by element (a quarter of a TMS step
+    went into building the minibatches)."""
+    return t.index_select(0, idx.reshape(-1)).view(*idx.shape, *t.shape[1:])
+
+
 def _check_finite(name: str, t: torch.Tensor) -> None:
     """Raise a ValueError naming ``name`` if the floating tensor ``t`` holds NaN or inf (rows along dim 0)."""
     if not t.is_floating_point() and not t.is_complex():
@@ -499,6 +506,28 @@ class _Problem:
         else:
             out = vmap(self._forward_one)(views, xb)
         return self.fast_loss(out, yb) if self.fast_loss is not None else vmap(self.loss_fn)(out, yb)
+
+    def step_bytes(self, num_chains: int, batch_size: int) -> int:
+        """Bytes of the activations autograd keeps for the backward pass of one step of ``num_chains`` chains on
+        minibatches of ``batch_size`` (one forward at the centre on the data's first rows, through the path the
+        sampler takes; shared tensors counted once); 0 when that forward fails (:meth:`check` then says why)."""
+        C, b = int(num_chains), min(int(batch_size), self.n)
+        W = self.center.expand(C, self.D).clone().requires_grad_(True)
+        rows = torch.arange(b, device=self.device).expand(C, b)     # gathered, as the sampler's minibatches are
+        xb, yb = self.x[rows], self.y[rows]
+        kept: dict = {}
+
+        def keep(t):
+            s = t.untyped_storage()
+            kept[s.data_ptr()] = s.nbytes()
+            return t
+
+        try:
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+                self.batched_losses(W, xb, yb)
+        except Exception:
+            return 0
+        return int(sum(kept.values()))
 
     def losses_and_grads(self, W, xb, yb):
         Wg = W.detach().requires_grad_(True)
@@ -896,7 +925,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
                 else:
                     noise_block[a].copy_(normals_buf[:K].normal_(generator=g))
             noise = noise_block.to(dev).transpose(0, 1)                             # (K, A, D)
-            xb_all, yb_all = prob.x[idx].unbind(0), prob.y[idx].unbind(0)
+            xb_all, yb_all = _rows(prob.x, idx).unbind(0), _rows(prob.y, idx).unbind(0)
             if plain:
                 noise = noise.mul_(s_eps).add_(pull)
             noise = noise.unbind(0)

@@ -356,3 +356,35 @@ def test_checkpoints_whose_buffers_differ_are_not_given_to_a_fast_path(params):
     assert abs(alone[0].mean - alone[1].mean) > 1e-3 * abs(alone[0].mean)     # the buffer matters
     for a, b in zip(alone, together):
         assert np.allclose(a.llc_trace, b.llc_trace, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_chunk_size_follows_the_step_activations(checkpoints, monkeypatch):
+    """On a CPU the default run holds as many checkpoints as keep one step's activations under CHUNK_BYTES (at
+    least 1, at most CHECKPOINTS_PER_RUN), and the estimates do not depend on it (checkpoints as chains)."""
+    from slt_companion import llc as llc_mod
+    from slt_companion.sampling import _Problem
+
+    x, y = _data()
+    prob = _Problem(checkpoints[0], half_mse, (x, y), None, "cpu")
+    per = prob.step_bytes(3, 100)
+    # 3 chains x 100 rows: the tanh layer keeps at least its (3, 100, 4) float32 output
+    assert per >= 3 * 100 * 4 * 4
+    assert prob.step_bytes(6, 100) > per and prob.step_bytes(3, 200) > per       # it grows with chains and batch
+
+    def auto():
+        return llc_mod.auto_chunk_size(checkpoints[0], half_mse, (x, y), num_chains=3, batch_size=100)
+
+    assert auto() == min(llc_mod.CHECKPOINTS_PER_RUN, llc_mod.CHUNK_BYTES // per)
+    monkeypatch.setattr(llc_mod, "CHUNK_BYTES", 2 * per + 1)
+    assert auto() == 2
+    monkeypatch.setattr(llc_mod, "CHUNK_BYTES", per // 2)
+    assert auto() == 1                                                            # never 0
+    kw = dict(KW, num_draws=120, step_size=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        one_each = estimate_llcs(checkpoints, half_mse, (x, y), **kw)           # chunk_size=None: 1 here
+        all_three = estimate_llcs(checkpoints, half_mse, (x, y), chunk_size=3, **kw)
+    assert [e.extras["batched"]["checkpoints"] if "batched" in e.extras else 1 for e in one_each] == [1, 1, 1]
+    assert all(e.extras["batched"]["checkpoints"] == 3 for e in all_three)
+    for a, b in zip(one_each, all_three):
+        np.testing.assert_allclose(a.llc_trace, b.llc_trace, rtol=1e-5, atol=1e-6)
