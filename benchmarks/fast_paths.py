@@ -18,7 +18,8 @@ Time per step is the difference between runs of ``long`` and ``short`` steps div
 (start-up and the losses at the centres cancel), the faster of ``--repeats`` alternating measurements; the ratio is
 *vmap / fast* (above 1: the fast path is faster). The two sides must agree: the largest difference between their
 λ̂ is reported (same noise and minibatches; only the rounding of the arithmetic differs; above 1e-3 of λ̂ the
-script fails). Writes
+script fails). The fast path is timed a third time through :func:`torch.compile` (``sampling.COMPILE = True``): the
+ratio *fast / compiled* (above 1: compiled faster) and the seconds of the first, compiling run. Writes
 ``benchmarks/results/fast_paths.json`` and prints a table.
 """
 
@@ -112,16 +113,33 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
     def slow_loss(out, y):                                         # the loss without a batched attribute
         return loss(out, y)
 
-    sides = {"fast": (models, loss), "vmap": (slow_models, slow_loss)}
-    for side, (ms, lf) in sides.items():                           # warm-up: the losses at the centres
-        timed_run(ms, lf, xy, kw, 1)
-    per_step, means = alternating_per_step(lambda side, n: timed_run(*sides[side], xy, kw, n), sides,
-                                           short=short, long=long, repeats=repeats)
+    from slt_companion import sampling
+
+    sides = {"fast": (models, loss), "vmap": (slow_models, slow_loss), "compiled": (models, loss)}
+
+    def run(side, n):
+        sampling.COMPILE = side == "compiled"                     # the fast path through torch.compile, or eager
+        try:
+            return timed_run(*sides[side], xy, kw, n)
+        finally:
+            sampling.COMPILE = "auto"
+
+    for side in sides:                       # warm-up: the losses at the centres (and the compilation, timed)
+        t0 = time.perf_counter()
+        run(side, 1)
+        if side == "compiled":
+            compile_seconds = time.perf_counter() - t0
+    per_step, means = alternating_per_step(run, sides, short=short, long=long, repeats=repeats)
     diff = max(abs(a - b) for a, b in zip(means["fast"], means["vmap"]))
+    diff_c = max(abs(a - b) for a, b in zip(means["fast"], means["compiled"]))
     scale = max([1.0] + [abs(v) for v in means["vmap"]])
-    return {"agree": diff <= 1e-3 * scale,
+    return {"agree": diff <= 1e-3 * scale and diff_c <= 1e-3 * scale and not sampling._COMPILE_FAILED,
             "ms_per_step_fast": 1000 * per_step["fast"], "ms_per_step_vmap": 1000 * per_step["vmap"],
-            "ratio_vmap_over_fast": per_step["vmap"] / per_step["fast"], "max_abs_llc_difference": diff,
+            "ms_per_step_compiled": 1000 * per_step["compiled"],
+            "ratio_vmap_over_fast": per_step["vmap"] / per_step["fast"],
+            "ratio_fast_over_compiled": per_step["fast"] / per_step["compiled"],
+            "compile_seconds_first_run": compile_seconds, "max_abs_llc_difference": diff,
+            "max_abs_llc_difference_compiled": diff_c,
             "checkpoints": len(models), "settings": {k: v for k, v in kw.items()}}
 
 
@@ -136,7 +154,10 @@ def main(argv):
         results[name] = measure(make, loss, xy, kw, short=short, long=long, repeats=1 if args.quick else args.repeats)
         r = results[name]
         print(f"{name:8s} vmap {r['ms_per_step_vmap']:7.1f} ms/step  fast {r['ms_per_step_fast']:7.1f} ms/step  "
-              f"ratio {r['ratio_vmap_over_fast']:.2f}  max |Δλ̂| {r['max_abs_llc_difference']:.1e}", flush=True)
+              f"ratio {r['ratio_vmap_over_fast']:.2f}  max |Δλ̂| {r['max_abs_llc_difference']:.1e}  |  compiled "
+              f"{r['ms_per_step_compiled']:7.1f} ms/step, fast / compiled {r['ratio_fast_over_compiled']:.2f} "
+              f"(compiling: {r['compile_seconds_first_run']:.0f} s), max |Δλ̂| "
+              f"{r['max_abs_llc_difference_compiled']:.1e}", flush=True)
     out = {"quick": args.quick, "threads": args.threads, "repeats": args.repeats, "steps": [short, long],
            "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
            "machine": platform.machine(), "cases": results}

@@ -60,9 +60,11 @@ Used in: Part II, "SGLD and the local posterior" and every LLC estimate in the b
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import time
+import warnings
 import weakref
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
@@ -95,6 +97,35 @@ DEVICE_NOISE = True
 #: as far off on other seeds of the float64 stream); that check now runs over seeds with per-class tolerances and a
 #: standard-error band (:mod:`slt_companion.groundtruth`), and the book is built and verified on the float32 stream.
 FLOAT64_NOISE = False
+
+
+#: compile the SGLD step of a model with a batched fast path (``forward_batched``) with :func:`torch.compile`:
+#: ``"auto"`` (default) on a CPU for a run of at least :data:`COMPILE_MIN_WORK`; ``True`` wherever there is a fast
+#: path (any device); ``False`` never. The compiled step fuses the elementwise work around the matmuls: an SGLD
+#: chain-step of Part III's transformers ran 1.3-1.4 times faster on one CPU thread, after a compilation of 10-20 s
+#: paid once per process and shape (``benchmarks/fast_paths.py``, "compiled"). Its values equal the eager step's up to
+#: floating-point rounding (tested); whether a run compiles depends only on the model, the data's shapes and the
+#: settings, so a fixed seed still gives identical numbers. If compilation fails (no C++ compiler, an operation
+#: torch.compile does not support) the sampler warns once and runs eagerly.
+COMPILE = "auto"
+
+#: ``COMPILE="auto"`` compiles a run whose steps × :meth:`_Problem.step_bytes` (the activations one step keeps for
+#: the backward pass) reach this: Part III's LLC curves do, ``SLT_QUICK`` runs and small models do not
+COMPILE_MIN_WORK = 2e9
+
+_COMPILE_FAILED: list = []       # the error, once compilation failed in this process: then the sampler stays eager
+
+
+def _fast_losses(fast_forward, fast_loss, loss_fn, params: dict, xb, yb):
+    """Per-chain losses through the fast path (the function :data:`COMPILE` compiles; the model's bound
+    ``forward_batched`` is an argument, so checkpoints of one architecture share one compiled graph)."""
+    out = fast_forward(params, xb)
+    return fast_loss(out, yb) if fast_loss is not None else vmap(loss_fn)(out, yb)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_fast_losses():
+    return torch.compile(_fast_losses)
 
 
 #: below this many multiply-adds per step (chains × batch × parameters) a CPU run uses one thread
@@ -463,6 +494,7 @@ class _Problem:
         fl = getattr(loss_fn, "batched", None)
         self.fast_loss = fl if callable(fl) else None
         self._fused = vmap(self._loss_one)
+        self.compiled = False                   # the fast path through torch.compile: see :meth:`compiling`
 
     def with_chain_frozen(self, frozen: dict) -> "_Problem":
         """A shallow copy whose chains each carry their own values of the frozen tensors in ``frozen``
@@ -502,10 +534,34 @@ class _Problem:
         if self.fast_forward is not None:
             C = W.shape[0]
             shared = {k: v.expand(C, *v.shape) for k, v in self._frozen_params.items() if k not in views}
+            if self.compiled and not _COMPILE_FAILED:
+                try:
+                    return _compiled_fast_losses()(self.fast_forward, self.fast_loss, self.loss_fn,
+                                                   {**shared, **views}, xb, yb)
+                except Exception as err:       # the step is a pure function of its inputs: rerun it eagerly
+                    _COMPILE_FAILED.append(err)
+                    warnings.warn(f"torch.compile of the SGLD step failed ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}); sampling runs eagerly (same "
+                                  "numbers up to rounding, slower). sampling.COMPILE = False skips the attempt.",
+                                  RuntimeWarning, stacklevel=2)
             out = self.fast_forward({**shared, **views}, xb)
         else:
             out = vmap(self._forward_one)(views, xb)
         return self.fast_loss(out, yb) if self.fast_loss is not None else vmap(self.loss_fn)(out, yb)
+
+    def compiling(self, num_chains: int, batch_size: int, num_steps: int) -> "_Problem":
+        """This problem, or a shallow copy whose steps go through the compiled fast path, as :data:`COMPILE` and
+        :data:`COMPILE_MIN_WORK` decide for a run of ``num_steps`` steps."""
+        if self.fast_forward is None or COMPILE is False or _COMPILE_FAILED:
+            return self
+        if COMPILE == "auto" and (self.device.type != "cpu" or
+                                  num_steps * self.step_bytes(num_chains, batch_size) < COMPILE_MIN_WORK):
+            return self
+        import copy
+
+        out = copy.copy(self)
+        out.compiled = True
+        return out
 
     def step_bytes(self, num_chains: int, batch_size: int) -> int:
         """Bytes of the activations autograd keeps for the backward pass of one step of ``num_chains`` chains on
@@ -836,6 +892,7 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             rows = [prob.per_sample_losses(u, frozen=f) for u, f in zip(uniq, uniq_frozen or [None] * len(uniq))]
         psl = torch.stack(rows) if all(r is not None for r in rows) else None   # (unique centres, n)
 
+    prob = prob.compiling(C, cfg.batch_size, T)                 # COMPILE: torch.compile for long runs
     W = (center.expand(C, D) if center.dim() == 1 else center).clone()
     nbeta, gamma = float(cfg.nbeta), float(cfg.localization)
     per_chain = isinstance(cfg.step_size, tuple)

@@ -184,3 +184,62 @@ def test_transformer_fast_path_gives_the_vmapped_chains(params):
     slow = estimate_llc(plain, loss, (x, y), **kw)
     assert np.allclose(fast.trace, slow.trace, rtol=1e-4, atol=1e-6)
     assert abs(fast.mean - slow.mean) < 1e-4 * max(1.0, abs(slow.mean))
+
+
+def _icl_run(**kw):
+    from slt_companion.data import icl_regression
+    from slt_companion.llc import estimate_llcs
+    from slt_companion.models import ICLTransformer
+
+    def mse(out, y):
+        return ((out - y) ** 2).mean()
+
+    xy = icl_regression(64, seed=0, task_dim=2, num_examples=4).xy
+    models = [ICLTransformer(task_dim=2, num_examples=4, d_model=8, d_mlp=8, num_heads=2, seed=s) for s in (0, 1)]
+    return estimate_llcs(models, mse, xy, num_chains=2, num_draws=20, num_burnin=0, batch_size=4, step_size=1e-4,
+                         nbeta=10.0, seed=3, progress=False, chunk_size=2, **kw)
+
+
+def test_compiled_step_follows_the_eager_chains(monkeypatch):
+    """sampling.COMPILE = True: the SGLD step of a fast-path model goes through torch.compile and follows the eager
+    chains to rounding (same noise, same minibatches); a compilation that fails warns once and the run is the eager
+    one; "auto" leaves a short run eager."""
+    from slt_companion import sampling
+
+    monkeypatch.setattr(sampling, "COMPILE", False)
+    eager = _icl_run()
+    monkeypatch.setattr(sampling, "COMPILE", True)
+    monkeypatch.setattr(sampling, "_COMPILE_FAILED", [])
+    calls = []
+    real = sampling._compiled_fast_losses
+
+    def counted():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(sampling, "_compiled_fast_losses", counted)
+    compiled = _icl_run()
+    assert calls and not sampling._COMPILE_FAILED
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(a.trace, b.trace, rtol=1e-4, atol=1e-6)
+
+    def broken():
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    monkeypatch.setattr(sampling, "_compiled_fast_losses", broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the SGLD step failed.*no C\\+\\+ compiler"):
+        fallback = _icl_run()
+    assert len(sampling._COMPILE_FAILED) == 1
+    for a, b in zip(eager, fallback):
+        assert np.array_equal(a.trace, b.trace)
+    monkeypatch.setattr(sampling, "COMPILE", "auto")
+    monkeypatch.setattr(sampling, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(sampling, "_compiled_fast_losses", broken)     # would warn if "auto" compiled
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile of the SGLD step")
+        short = _icl_run()
+    for a, b in zip(eager, short):
+        assert np.array_equal(a.trace, b.trace)
