@@ -109,9 +109,13 @@ FLOAT64_NOISE = False
 #: torch.compile does not support) the sampler warns once and runs eagerly.
 COMPILE = "auto"
 
-#: ``COMPILE="auto"`` compiles a run whose steps × :meth:`_Problem.step_bytes` (the activations one step keeps for
-#: the backward pass) reach this: Part III's LLC curves do, ``SLT_QUICK`` runs and small models do not
+#: ``COMPILE="auto"`` compiles a run whose steps × :meth:`_Problem.step_bytes` (the activations one step of a
+#: checkpoint's chains keeps for the backward pass) reach this: Part III's LLC curves do, ``SLT_QUICK`` runs do not
 COMPILE_MIN_WORK = 2e9
+
+#: ... and whose step keeps at least this many bytes: a small model's compiled step is slower (a deep linear network
+#: of 40 parameters, 4 chains: 0.29 against 0.20 ms) or no faster (an MLP of 9k parameters at 1 MB: 1.10 and 1.10 ms)
+COMPILE_MIN_STEP_BYTES = 2 * 2 ** 20
 
 _COMPILE_FAILED: list = []       # the error, once compilation failed in this process: then the sampler stays eager
 
@@ -554,9 +558,10 @@ class _Problem:
         :data:`COMPILE_MIN_WORK` decide for a run of ``num_steps`` steps."""
         if self.fast_forward is None or COMPILE is False or _COMPILE_FAILED:
             return self
-        if COMPILE == "auto" and (self.device.type != "cpu" or
-                                  num_steps * self.step_bytes(num_chains, batch_size) < COMPILE_MIN_WORK):
-            return self
+        if COMPILE == "auto":
+            per = self.step_bytes(num_chains, batch_size) if self.device.type == "cpu" else 0
+            if per < COMPILE_MIN_STEP_BYTES or num_steps * per < COMPILE_MIN_WORK:
+                return self
         import copy
 
         out = copy.copy(self)
@@ -840,6 +845,9 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
     cfg = config
     C, D, dev = cfg.num_chains, prob.D, prob.device
     T = cfg.num_steps
+    # COMPILE: torch.compile for long runs of large steps, judged on one group's chains (a checkpoint's), so that a
+    # checkpoint's arithmetic does not depend on what runs beside it
+    prob = prob.compiling(len(groups[0]) if groups else C, cfg.batch_size, T)
     if groups is None:
         gens = chain_generators(cfg.seed, C)
     else:
@@ -892,7 +900,6 @@ def _run(prob: _Problem, config: SamplerConfig, *, progress, record_params, cent
             rows = [prob.per_sample_losses(u, frozen=f) for u, f in zip(uniq, uniq_frozen or [None] * len(uniq))]
         psl = torch.stack(rows) if all(r is not None for r in rows) else None   # (unique centres, n)
 
-    prob = prob.compiling(C, cfg.batch_size, T)                 # COMPILE: torch.compile for long runs
     W = (center.expand(C, D) if center.dim() == 1 else center).clone()
     nbeta, gamma = float(cfg.nbeta), float(cfg.localization)
     per_chain = isinstance(cfg.step_size, tuple)

@@ -243,3 +243,29 @@ def test_compiled_step_follows_the_eager_chains(monkeypatch):
         short = _icl_run()
     for a, b in zip(eager, short):
         assert np.array_equal(a.trace, b.trace)
+
+
+def test_compile_is_decided_per_checkpoint(monkeypatch):
+    """"auto" judges a run by one checkpoint's chains (and compiles only large steps), so a checkpoint takes the same
+    path alone and batched with others: its numbers do not depend on its neighbours."""
+    from slt_companion import sampling
+
+    seen = []
+    real = sampling._Problem.compiling
+
+    def record(self, num_chains, batch_size, num_steps):
+        seen.append(num_chains)
+        return real(self, num_chains, batch_size, num_steps)
+
+    monkeypatch.setattr(sampling._Problem, "compiling", record)
+    _icl_run()                                   # 2 checkpoints x 2 chains in one run
+    assert seen == [2]
+    monkeypatch.setattr(sampling, "COMPILE_MIN_WORK", 0)
+    from slt_companion.llc import half_mse
+    from slt_companion.models import DeepLinearNetwork
+
+    prob = sampling._Problem(DeepLinearNetwork([3, 2, 3], seed=0), half_mse, (torch.randn(50, 3), torch.randn(50, 3)),
+                             None, "cpu")
+    assert prob.fast_forward is not None
+    assert prob.step_bytes(4, 50) < sampling.COMPILE_MIN_STEP_BYTES
+    assert not real(prob, 4, 50, 10 ** 9).compiled              # a small model's step stays eager, however long
