@@ -100,9 +100,10 @@ FLOAT64_NOISE = False
 
 
 #: compile the SGLD step of a model with a batched fast path (``forward_batched``) with :func:`torch.compile`:
-#: ``"auto"`` (default) on a CPU for a run of at least :data:`COMPILE_MIN_WORK`; ``True`` wherever there is a fast
+#: ``"auto"`` (default) on a CPU, every parameter sampled, for a run of at least :data:`COMPILE_MIN_WORK`;
+#: ``True`` wherever there is a fast
 #: path (any device); ``False`` never. The compiled step fuses the elementwise work around the matmuls: an SGLD
-#: chain-step of Part III's transformers ran 1.3-1.4 times faster on one CPU thread, after a compilation of 10-20 s
+#: chain-step of Part III's transformers ran 1.2-1.5 times faster on one CPU thread, after a compilation of 10-20 s
 #: paid once per process and shape (``benchmarks/fast_paths.py``, "compiled"). Its values equal the eager step's up to
 #: floating-point rounding (tested); whether a run compiles depends only on the model, the data's shapes and the
 #: settings, so a fixed seed still gives identical numbers. If compilation fails (no C++ compiler, an operation
@@ -559,6 +560,9 @@ class _Problem:
         if self.fast_forward is None or COMPILE is False or _COMPILE_FAILED:
             return self
         if COMPILE == "auto":
+            if self._frozen_params:    # a refined LLC (params=): each selection is a graph of its own to compile, and
+                return self            # the shared weights' work is most of the step (one head: 1.05x faster, 4 heads
+                                       # of an LM sampled one after another: 72 s compiled against 38 s eager)
             per = self.step_bytes(num_chains, batch_size) if self.device.type == "cpu" else 0
             if per < COMPILE_MIN_STEP_BYTES or num_steps * per < COMPILE_MIN_WORK:
                 return self

@@ -269,3 +269,8 @@ def test_compile_is_decided_per_checkpoint(monkeypatch):
     assert prob.fast_forward is not None
     assert prob.step_bytes(4, 50) < sampling.COMPILE_MIN_STEP_BYTES
     assert not real(prob, 4, 50, 10 ** 9).compiled              # a small model's step stays eager, however long
+    monkeypatch.setattr(sampling, "COMPILE_MIN_STEP_BYTES", 0)
+    assert real(prob, 4, 50, 10).compiled
+    sub = sampling._Problem(DeepLinearNetwork([3, 2, 3], seed=0), half_mse, (torch.randn(50, 3), torch.randn(50, 3)),
+                            ["layers.0.weight"], "cpu")
+    assert sub.fast_forward is not None and not real(sub, 4, 50, 10).compiled   # a refined LLC stays eager
