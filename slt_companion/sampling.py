@@ -100,14 +100,13 @@ FLOAT64_NOISE = False
 
 
 #: compile the SGLD step of a model with a batched fast path (``forward_batched``) with :func:`torch.compile`:
-#: ``"auto"`` (default) on a CPU, every parameter sampled, for a run of at least :data:`COMPILE_MIN_WORK`;
-#: ``True`` wherever there is a fast
-#: path (any device); ``False`` never. The compiled step fuses the elementwise work around the matmuls: an SGLD
-#: chain-step of Part III's transformers ran 1.2-1.5 times faster on one CPU thread, after a compilation of 10-20 s
-#: paid once per process and shape (``benchmarks/fast_paths.py``, "compiled"). Its values equal the eager step's up to
-#: floating-point rounding (tested); whether a run compiles depends only on the model, the data's shapes and the
-#: settings, so a fixed seed still gives identical numbers. If compilation fails (no C++ compiler, an operation
-#: torch.compile does not support) the sampler warns once and runs eagerly.
+#: ``"auto"`` (default) on a CPU, every parameter sampled, for a run of at least :data:`COMPILE_MIN_WORK`; ``True``
+#: wherever there is a fast path (any device); ``False`` never. The compiled step fuses the elementwise work around
+#: the matmuls: an SGLD chain-step of Part III's transformers ran 1.2-1.5 times faster on one CPU thread, after a
+#: compilation of 10-20 s paid once per process and shape (``benchmarks/fast_paths.py``, "compiled"). Its values
+#: equal the eager step's up to floating-point rounding (tested); whether a run compiles depends only on the model,
+#: the data's shapes and the settings, so a fixed seed still gives identical numbers. If compilation fails (no C++
+#: compiler, an operation torch.compile does not support) the sampler warns once and runs eagerly.
 COMPILE = "auto"
 
 #: ``COMPILE="auto"`` compiles a run whose steps × :meth:`_Problem.step_bytes` (the activations one step of a
@@ -555,8 +554,9 @@ class _Problem:
         return self.fast_loss(out, yb) if self.fast_loss is not None else vmap(self.loss_fn)(out, yb)
 
     def compiling(self, num_chains: int, batch_size: int, num_steps: int) -> "_Problem":
-        """This problem, or a shallow copy whose steps go through the compiled fast path, as :data:`COMPILE` and
-        :data:`COMPILE_MIN_WORK` decide for a run of ``num_steps`` steps."""
+        """This problem, or a shallow copy whose steps go through the compiled fast path, as :data:`COMPILE`,
+        :data:`COMPILE_MIN_STEP_BYTES` and :data:`COMPILE_MIN_WORK` decide for a run of ``num_steps`` steps of
+        ``num_chains`` chains (one checkpoint's)."""
         if self.fast_forward is None or COMPILE is False or _COMPILE_FAILED:
             return self
         if COMPILE == "auto":
