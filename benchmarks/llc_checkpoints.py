@@ -98,9 +98,9 @@ def make_checkpoints(work: Path, *, widths, n, num_checkpoints, train_steps, see
 def chunk_ratios(quick: bool, repeats: int) -> dict:
     """(d): per Part III transformer, ms per chain-step with the default ``chunk_size`` and with 8 to a run."""
     sys.path.insert(0, str(HERE))
-    from fast_paths import alternating_per_step, cases
+    from fast_paths import alternating_per_step, cases, timed_run
 
-    from slt_companion.llc import CHECKPOINTS_PER_RUN, auto_chunk_size, estimate_llcs
+    from slt_companion.llc import CHECKPOINTS_PER_RUN, auto_chunk_size
 
     short, long = (2, 6) if quick else (4, 24)
     out = {}
@@ -110,10 +110,8 @@ def chunk_ratios(quick: bool, repeats: int) -> dict:
                                params=kw.get("params"))
 
         def run(side, steps):
-            t = time.perf_counter()
-            ests = estimate_llcs(models, loss, xy, num_burnin=0, num_draws=steps, seed=0, progress=False,
-                                 chunk_size=None if side == "default" else CHECKPOINTS_PER_RUN, **kw)
-            return time.perf_counter() - t, [e.mean for e in ests]
+            return timed_run(models, loss, xy, dict(kw, chunk_size=None if side == "default" else CHECKPOINTS_PER_RUN),
+                             steps)
 
         for side in ("default", "eight"):                          # warm-up: the losses at the centres
             run(side, 1)

@@ -579,7 +579,7 @@ class _Problem:
         C, b = int(num_chains), min(int(batch_size), self.n)
         W = self.center.expand(C, self.D).clone().requires_grad_(True)
         rows = torch.arange(b, device=self.device).expand(C, b)     # gathered, as the sampler's minibatches are
-        xb, yb = self.x[rows], self.y[rows]
+        xb, yb = _rows(self.x, rows), _rows(self.y, rows)
         kept: dict = {}
 
         def keep(t):
