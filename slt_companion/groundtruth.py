@@ -14,6 +14,7 @@ import torch
 from . import config as _config
 from ._checks import check_int, check_positive
 from .llc import default_nbeta, estimate_llc, half_mse
+from .models import monomial_batched_vjp
 
 __all__ = ["GROUND_TRUTH", "QUICK_CASES", "TOLERANCE", "SE_BAND", "ground_truth_case", "ground_truth_problem", "run_ground_truth", "crossing_exact", "Polynomial",
            "mse_loss", "PAPER_TOY_POTENTIALS", "toy_potential_exact"]
@@ -108,6 +109,22 @@ def mse_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(out, y)
 
 
+def _mse_batched(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`mse_loss` of every chain at once: ``out``, ``y`` ``(C, B, ...)`` -> ``(C,)``."""
+    return ((out - y) ** 2).reshape(out.shape[0], -1).mean(-1)
+
+
+def _mse_batched_vjp(out: torch.Tensor, y: torch.Tensor):
+    """:func:`_mse_batched` and the gradient of the sum of its values with respect to ``out``."""
+    r = out - y
+    n = r[0].numel()
+    return (r ** 2).reshape(r.shape[0], -1).mean(-1), r * (2.0 / n)
+
+
+mse_loss.batched = _mse_batched             # the sampler's fast paths (checked against vmap / autograd before use)
+mse_loss.batched_vjp = _mse_batched_vjp
+
+
 class Polynomial(torch.nn.Module):
     r"""devinterp's test model :math:`f(x; w) = x\prod_j w_j^{k_j}` (``x`` of shape ``(batch,)``), exponents
     may be 0 (a factor :math:`w^0`, whose second derivative torch cannot form at 0). Starts at ``init`` (0)."""
@@ -120,6 +137,16 @@ class Polynomial(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.prod(self.weights ** self.powers)
+
+    def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """All chains at once: ``params["weights"]`` ``(C, k)``, ``x`` ``(C, B, ...)`` (the sampler's fast path)."""
+        w = params["weights"]
+        return x * torch.prod(w ** self.powers.to(w.dtype), dim=1).view((-1,) + (1,) * (x.dim() - 1))
+
+    def forward_batched_vjp(self, params: dict, x: torch.Tensor):
+        """:meth:`forward_batched` and its backward pass by hand (:func:`~slt_companion.models.monomial_batched_vjp`)."""
+        out, vjp = monomial_batched_vjp(params["weights"], self.powers, x)
+        return out, lambda g: {"weights": vjp(g)}
 
 
 def _devinterp_crossing_data(n: int = 1000):

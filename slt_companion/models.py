@@ -23,7 +23,7 @@ from torch import nn
 
 from ._checks import check_int, check_symbols
 
-__all__ = ["DeepLinearNetwork", "MonomialModel", "MLP", "rank_constrained_least_squares"]
+__all__ = ["DeepLinearNetwork", "MonomialModel", "MLP", "rank_constrained_least_squares", "monomial_batched_vjp"]
 
 
 def _positive_ints(name: str, values: Sequence[int], *, min_len: int) -> list[int]:
@@ -98,6 +98,27 @@ class DeepLinearNetwork(nn.Module):
             x = torch.bmm(x, params[f"layers.{j}.weight"].transpose(1, 2))
         return x
 
+    def forward_batched_vjp(self, params: dict, x: torch.Tensor):
+        """:meth:`forward_batched` and its backward pass by hand: ``(out, vjp)``, where ``vjp(g)`` maps the
+        gradient ``g`` ``(C, B, out)`` of a scalar with respect to ``out`` to ``{name: gradient (C, out, in)}`` for
+        every weight. The sampler's fastest path for small networks (``slt_companion.sampling``, "Fast paths"):
+        autograd's fixed cost per step is most of a small network's step. The same matmuls, in the same layouts, as
+        autograd's backward of :meth:`forward_batched`, so the gradients equal autograd's to the bit (tested)."""
+        hs = [x]
+        for j in range(self.depth):
+            hs.append(torch.bmm(hs[-1], params[f"layers.{j}.weight"].transpose(1, 2)))
+
+        def vjp(g: torch.Tensor) -> dict:
+            grads = {}
+            for j in reversed(range(self.depth)):
+                w = params[f"layers.{j}.weight"]
+                grads[f"layers.{j}.weight"] = hs[j].transpose(1, 2).bmm(g).transpose(1, 2)   # (x^T g)^T
+                if j:
+                    g = g.bmm(w)
+            return grads
+
+        return hs[-1], vjp
+
     def product(self) -> torch.Tensor:
         """The end-to-end matrix :math:`W_L \\cdots W_1` (output × input), detached."""
         with torch.no_grad():
@@ -158,6 +179,29 @@ class DeepLinearNetwork(nn.Module):
         return f"widths={self.widths}"
 
 
+def monomial_batched_vjp(w: torch.Tensor, k: torch.Tensor, x: torch.Tensor):
+    r""":math:`f = x\prod_j w_j^{k_j}` for every chain at once (``w`` ``(C, m)``, exponents ``k`` ``(m,)``, ``x``
+    ``(C, B, ...)``) and its backward pass by hand: ``(out, vjp)``, ``vjp(g)`` the gradient ``(C, m)`` with respect
+    to ``w`` of a scalar whose gradient with respect to ``out`` is ``g``. ``∂f/∂w_j = x\,k_j w_j^{k_j-1}
+    \prod_{i\ne j} w_i^{k_i}``, formed without dividing by ``w_j`` (the chains start at ``w = 0``); 0 where
+    ``k_j = 0``."""
+    k = k.to(w.dtype)
+    p = w ** k                                                          # (C, m)
+    coef = torch.prod(p, dim=1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    out = x * coef.view(shape)
+
+    def vjp(g: torch.Tensor) -> torch.Tensor:
+        g_coef = (g * x).reshape(g.shape[0], -1).sum(1)                 # (C,)
+        m = p.shape[1]
+        others = torch.stack([torch.prod(torch.cat([p[:, :j], p[:, j + 1:]], dim=1), dim=1) for j in range(m)],
+                             dim=1) if m > 1 else torch.ones_like(p)
+        dpow = torch.where(k == 0, torch.zeros_like(w), k * w ** (k - 1))
+        return g_coef[:, None] * dpow * others
+
+    return out, vjp
+
+
 class MonomialModel(nn.Module):
     r"""The one-output regression model :math:`f(x; w) = x\,\prod_j w_j^{k_j}` (``x`` of shape ``(batch, 1)``).
 
@@ -184,6 +228,12 @@ class MonomialModel(nn.Module):
         w = params["w"]
         coef = torch.prod(w ** self._k.to(w.dtype), dim=1)
         return x * coef[:, None, None]
+
+    def forward_batched_vjp(self, params: dict, x: torch.Tensor):
+        """:meth:`forward_batched` and its backward pass by hand, ``(out, vjp)`` (see
+        :meth:`DeepLinearNetwork.forward_batched_vjp`); equal to autograd's up to rounding (tested)."""
+        out, vjp = monomial_batched_vjp(params["w"], self._k, x)
+        return out, lambda g: {"w": vjp(g)}
 
     def extra_repr(self) -> str:
         return f"exponents={self.exponents}"

@@ -497,6 +497,10 @@ class _Problem:
         self._frozen_params = {k: v for k, v in self.frozen.items() if k in named}   # not the buffers
         fl = getattr(loss_fn, "batched", None)
         self.fast_loss = fl if callable(fl) else None
+        # the fastest path: the model's forward_batched_vjp and the loss's batched_vjp, a backward pass by hand
+        vj, lv = getattr(model, "forward_batched_vjp", None), getattr(loss_fn, "batched_vjp", None)
+        self.fast_vjp = vj if callable(vj) and callable(lv) and self.fast_forward is not None else None
+        self.loss_vjp = lv if self.fast_vjp is not None else None
         self._fused = vmap(self._loss_one)
         self.compiled = False                   # the fast path through torch.compile: see :meth:`compiling`
 
@@ -510,6 +514,7 @@ class _Problem:
         out.chain_frozen = dict(frozen)
         if not set(frozen) <= set(self._frozen_params):   # per-chain buffers (a checkpoint's BatchNorm statistics):
             out.fast_forward = None                       # only vmap reads them
+            out.fast_vjp = None
         return out
 
     def views(self, W: torch.Tensor) -> dict:
@@ -594,7 +599,20 @@ class _Problem:
             return 0
         return int(sum(kept.values()))
 
-    def losses_and_grads(self, W, xb, yb):
+    def losses_and_grads(self, W, xb, yb, *, by_hand: bool = True):
+        """Per-chain minibatch losses ``(C,)`` and their gradients ``(C, D)`` at chain states ``W``: by autograd, or
+        through the model's ``forward_batched_vjp`` and the loss's ``batched_vjp`` where both exist (``by_hand``;
+        checked against autograd before sampling, as the other fast paths are)."""
+        if by_hand and self.fast_vjp is not None and not self.compiled:
+            C = W.shape[0]
+            views = self.views(W.detach())
+            if self.chain_frozen is not None:
+                views = {**views, **self.chain_frozen}
+            shared = {k: v.expand(C, *v.shape) for k, v in self._frozen_params.items() if k not in views}
+            out, vjp = self.fast_vjp({**shared, **views}, xb)
+            losses, g = self.loss_vjp(out, yb)
+            grads = vjp(g)
+            return losses, torch.cat([grads[k].reshape(C, -1) for k in self.names], dim=1)
         Wg = W.detach().requires_grad_(True)
         with torch.enable_grad():
             losses = self.batched_losses(Wg, xb, yb)
@@ -713,7 +731,7 @@ class _Problem:
                              f"got {type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}")
         self._check_loss_at_center(out, loss, b)
         try:
-            losses, grad = self.losses_and_grads(W, xb, yb)
+            losses, grad = self.losses_and_grads(W, xb, yb, by_hand=False)
             changed = [k for k, v in self.model.named_buffers() if not torch.equal(v, buffers[k])]
             if changed:
                 raise RuntimeError(f"the forward modified the buffers {changed} in place")
@@ -740,6 +758,16 @@ class _Problem:
                 raise ValueError(
                     f"the batched fast path (model.forward_batched / loss_fn.batched) gives {got.tolist()} but "
                     f"the vmapped model and loss give {ref.tolist()}; fix the fast path or remove it")
+        if self.fast_vjp is not None:
+            Wr = W + 1e-3 * torch.arange(1, 3, dtype=W.dtype, device=W.device)[:, None]
+            ref_l, ref_g = self.losses_and_grads(Wr, xb, yb, by_hand=False)
+            got_l, got_g = self.losses_and_grads(Wr, xb, yb)
+            if not (torch.allclose(ref_l, got_l, rtol=rtol, atol=atol) and
+                    torch.allclose(ref_g, got_g, rtol=rtol, atol=atol * max(1.0, float(ref_g.abs().max())))):
+                raise ValueError(
+                    "the hand-written backward pass (model.forward_batched_vjp / loss_fn.batched_vjp) disagrees with "
+                    f"autograd: gradients differ by up to {float((ref_g - got_g).abs().max()):.3g} (losses "
+                    f"{got_l.tolist()} against {ref_l.tolist()}); fix it or remove it")
         if not torch.allclose(losses[0], loss.to(losses.dtype), rtol=rtol, atol=atol):
             raise NonFunctionalModelError(
                 f"the vmapped forward gives loss {float(losses[0]):.6g} but model(x) gives {float(loss):.6g}: "

@@ -287,3 +287,87 @@ def test_a_wrong_fast_path_is_an_error_and_a_right_one_matches_vmap():
     fast = sgld(m, half_mse, d.xy, cfg, progress=False)
     slow = sgld(m, mse, d.xy, cfg, progress=False)        # same loss without the fast-path attribute
     assert torch.allclose(fast.loss, slow.loss, rtol=1e-5, atol=1e-7)
+
+
+class WrongVJP(nn.Module):
+    """A right fast forward with a wrong hand-written backward (off by a factor of 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return x * self.w
+
+    def forward_batched(self, params, x):
+        return x * params["w"][:, None, :]
+
+    def forward_batched_vjp(self, params, x):
+        return self.forward_batched(params, x), lambda g: {"w": 2 * (g * x).sum(1)}
+
+
+def test_a_wrong_hand_written_backward_is_an_error():
+    from slt_companion.llc import half_mse
+
+    x, y = torch.randn(50, 2), torch.randn(50, 2)
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=5, num_burnin=0, batch_size=10)
+    with pytest.raises(ValueError, match="hand-written backward"):
+        sgld(WrongVJP(), half_mse, (x, y), cfg, progress=False)
+
+
+@pytest.mark.parametrize("widths", [[5, 4, 5], [3, 3, 3, 3], [6, 4, 2, 4, 6], [2, 7], [1, 1]])
+@pytest.mark.parametrize("params", [None, "first", "last"])
+def test_a_deep_linear_networks_hand_backward_is_autograds_to_the_bit(widths, params):
+    """The DLN + half_mse hand backward runs autograd's operations in autograd's order: the same bits, so the
+    chains (and every DLN number in the book) are those of the autograd path."""
+    from slt_companion.llc import half_mse
+    from slt_companion.sampling import _Problem
+
+    gen = torch.Generator().manual_seed(len(widths))
+    m = DeepLinearNetwork(widths, seed=3)
+    x, y = torch.randn(300, widths[0], generator=gen), torch.randn(300, widths[-1], generator=gen)
+    names = {"first": ["layers.0.weight"], "last": [f"layers.{len(widths) - 2}.weight"]}.get(params)
+    prob = _Problem(m, half_mse, (x, y), names, "cpu")
+    assert prob.fast_vjp is not None
+    for C, B in ((1, 1), (4, 37), (9, 100)):
+        W = prob.center + 0.3 * torch.randn(C, prob.D, generator=gen)
+        idx = torch.randint(0, 300, (C, B), generator=gen)
+        l1, g1 = prob.losses_and_grads(W, x[idx], y[idx], by_hand=False)
+        l2, g2 = prob.losses_and_grads(W, x[idx], y[idx])
+        assert torch.equal(l1, l2) and torch.equal(g1, g2)
+    cfg = SamplerConfig(step_size=1e-3, nbeta=10.0, num_chains=3, num_draws=40, num_burnin=0, batch_size=16)
+    fast = sgld(m, half_mse, (x, y), cfg, params=names, progress=False)
+    prob.fast_vjp = None
+    import slt_companion.sampling as S
+
+    orig = S._Problem.losses_and_grads
+    S._Problem.losses_and_grads = lambda self, W, xb, yb, by_hand=True: orig(self, W, xb, yb, by_hand=False)
+    try:
+        slow = sgld(m, half_mse, (x, y), cfg, params=names, progress=False)
+    finally:
+        S._Problem.losses_and_grads = orig
+    assert torch.equal(fast.loss, slow.loss)
+
+
+def test_monomial_hand_backwards_match_autograd_at_and_away_from_zero():
+    """MonomialModel and devinterp's Polynomial (exponents may be 0) with their losses: the hand backward agrees
+    with autograd to rounding, also at w = 0, where the chains of a normal crossing start."""
+    from slt_companion.groundtruth import Polynomial, mse_loss
+    from slt_companion.llc import half_mse
+    from slt_companion.models import MonomialModel
+    from slt_companion.sampling import _Problem
+
+    gen = torch.Generator().manual_seed(0)
+    for model, loss in ((MonomialModel([1, 2]), half_mse), (MonomialModel([3]), half_mse),
+                        (MonomialModel([2, 2, 1]), half_mse), (Polynomial([0, 1]), mse_loss),
+                        (Polynomial([2] * 10), mse_loss), (Polynomial([3, 0, 2]), mse_loss)):
+        x, y = torch.randn(200, 1, generator=gen), torch.randn(200, 1, generator=gen)
+        prob = _Problem(model, loss, (x, y), None, "cpu")
+        assert prob.fast_vjp is not None
+        for scale in (0.0, 0.5):
+            W = prob.center + scale * torch.randn(4, prob.D, generator=gen)
+            idx = torch.randint(0, 200, (4, 25), generator=gen)
+            l1, g1 = prob.losses_and_grads(W, x[idx], y[idx], by_hand=False)
+            l2, g2 = prob.losses_and_grads(W, x[idx], y[idx])
+            assert torch.allclose(l1, l2, rtol=1e-6, atol=1e-8)
+            assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-6 * (1 + float(g1.abs().max()))), (model, g1, g2)
