@@ -291,3 +291,31 @@ def test_kgon_at_minimum_is_the_kgon_moved_to_the_empirical_minimum():
 def test_kgon_replica_settings_drive_kgon_llc_row():
     rs = tms.kgon_replica_settings()
     assert rs["num_draws"] == "auto" and rs["max_draws"] >= 100 and rs["step_size"] == tms.LLC_SETTINGS["step_size"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c, r", [(6, 2), (5, 2), (20, 5)])
+def test_tms_fast_path_and_hand_backward_match_vmap_and_autograd(dtype, c, r):
+    """ToyModelOfSuperposition's forward_batched / forward_batched_vjp and tms_loss's batched / batched_vjp: the
+    sampler's losses and gradients agree with vmap + autograd to rounding, at a k-gon (dead features: ReLU's kink)
+    and away from it, with the bias sampled alone too."""
+    from slt_companion.sampling import _Problem
+
+    gen = torch.Generator().manual_seed(c)
+    data = tms_data(300, c, seed=1, dtype=dtype)
+    W, b = tms.k_gon(c - 1, c, negative=1, negative_bias=-1.0) if r == 2 else (torch.randn(r, c, generator=gen), torch.zeros(c))
+    model = ToyModelOfSuperposition.from_params(W, b, dtype=dtype)
+    for params in (None, ["b"]):
+        prob = _Problem(model, tms.tms_loss, data.xy, params, "cpu")
+        assert prob.fast_vjp is not None
+        prob.check(50)
+        for scale in (0.0, 0.2):
+            Wc = prob.center + scale * torch.randn(4, prob.D, generator=gen, dtype=dtype)
+            idx = torch.randint(0, 300, (4, 50), generator=gen)
+            xb, yb = data.x[idx], data.y[idx]
+            l1, g1 = prob.losses_and_grads(Wc, xb, yb, by_hand=False)
+            l2, g2 = prob.losses_and_grads(Wc, xb, yb)
+            ref = prob.batched_losses(Wc, xb, yb, fast=False)
+            tol = 1e-5 if dtype == torch.float32 else 1e-12
+            assert torch.allclose(l1, ref, rtol=tol, atol=tol) and torch.allclose(l2, ref, rtol=tol, atol=tol)
+            assert torch.allclose(g1, g2, rtol=tol, atol=tol * (1 + float(g1.abs().max())))
