@@ -23,7 +23,8 @@ from torch import nn
 
 from ._checks import check_int, check_symbols
 
-__all__ = ["DeepLinearNetwork", "MonomialModel", "MLP", "rank_constrained_least_squares", "monomial_batched_vjp"]
+__all__ = ["DeepLinearNetwork", "MonomialModel", "MLP", "rank_constrained_least_squares", "monomial_batched_vjp",
+           "tms_forward_batched_vjp"]
 
 
 def _positive_ints(name: str, values: Sequence[int], *, min_len: int) -> list[int]:
@@ -243,6 +244,23 @@ class MonomialModel(nn.Module):
 # Toy model of superposition (Part III; issue 6). Owned by the TMS chapters: see slt_companion/tms.py.
 # ---------------------------------------------------------------------------------------------------------
 
+def tms_forward_batched_vjp(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor):
+    r"""The TMS :math:`\mathrm{ReLU}(xW^\top W + b)` of ``R`` models at once (``W`` ``(R, r, c)``, ``b`` ``(R, c)``,
+    ``x`` ``(R, B, c)``) and its backward pass by hand: ``(out, vjp)``, ``vjp(g) = (grad_W, grad_b)`` for the
+    gradient ``g`` of a scalar with respect to ``out``. With :math:`h = xW^\top`, :math:`z = hW + b`,
+    :math:`g_z = g\,[z > 0]`: :math:`\nabla_W = h^\top g_z + (g_z W^\top)^\top x`, :math:`\nabla_b = \sum_B g_z`.
+    Used by :meth:`ToyModelOfSuperposition.forward_batched_vjp` (SGLD) and :func:`slt_companion.tms.train_sgd`."""
+    h = torch.bmm(x, W.transpose(1, 2))                                      # (R, B, r)
+    z = torch.baddbmm(b[:, None, :], h, W)                                   # (R, B, c)
+
+    def vjp(g: torch.Tensor):
+        gz = torch.where(z > 0, g, torch.zeros_like(g))
+        gW = torch.baddbmm(torch.bmm(h.transpose(1, 2), gz), torch.bmm(gz, W.transpose(1, 2)).transpose(1, 2), x)
+        return gW, gz.sum(1)
+
+    return torch.relu(z), vjp
+
+
 class ToyModelOfSuperposition(nn.Module):
     r"""The toy model of superposition :math:`f(x) = \mathrm{ReLU}(W^\top W x + b)`, :math:`W\in\mathbb R^{r\times c}`.
 
@@ -283,17 +301,8 @@ class ToyModelOfSuperposition(nn.Module):
         :meth:`DeepLinearNetwork.forward_batched_vjp`): with :math:`h = xW^\top`, :math:`z = hW + b` and
         :math:`g_z = g\,[z > 0]`, the gradients are :math:`h^\top g_z + (g_z W^\top)^\top x` for :math:`W` and
         :math:`\sum_B g_z` for :math:`b`. Equal to autograd's up to rounding (tested)."""
-        W, b = params["W"], params["b"]
-        h = torch.bmm(x, W.transpose(1, 2))                                  # (C, B, r)
-        z = torch.baddbmm(b[:, None, :], h, W)                               # (C, B, c)
-        out = torch.relu(z)
-
-        def vjp(g: torch.Tensor) -> dict:
-            gz = torch.where(z > 0, g, torch.zeros_like(g))
-            gW = torch.baddbmm(torch.bmm(h.transpose(1, 2), gz), torch.bmm(gz, W.transpose(1, 2)).transpose(1, 2), x)
-            return {"W": gW, "b": gz.sum(1)}
-
-        return out, vjp
+        out, vjp = tms_forward_batched_vjp(params["W"], params["b"], x)
+        return out, lambda g: dict(zip(("W", "b"), vjp(g)))
 
     @torch.no_grad()
     def set_params(self, W, b) -> "ToyModelOfSuperposition":
