@@ -319,3 +319,20 @@ def test_tms_fast_path_and_hand_backward_match_vmap_and_autograd(dtype, c, r):
             tol = 1e-5 if dtype == torch.float32 else 1e-12
             assert torch.allclose(l1, ref, rtol=tol, atol=tol) and torch.allclose(l2, ref, rtol=tol, atol=tol)
             assert torch.allclose(g1, g2, rtol=tol, atol=tol * (1 + float(g1.abs().max())))
+
+
+def test_train_sgds_hand_backward_is_the_gradient_of_its_loss():
+    """train_sgd's step: tms_forward_batched_vjp's gradient of Σ_runs mean ||x - f(x)||² equals autograd's."""
+    from slt_companion.models import tms_forward_batched_vjp
+
+    gen = torch.Generator().manual_seed(0)
+    R, B, c = 5, 30, 6
+    W = torch.randn(R, 2, c, generator=gen, dtype=torch.float64).requires_grad_(True)
+    b = (0.1 * torch.randn(R, c, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    x = torch.stack([tms_data(B, c, seed=j, dtype=torch.float64).x for j in range(R)])
+    loss = ((tms._batched_forward(W, b, x) - x) ** 2).sum(-1).mean(-1).sum()
+    gW, gb = torch.autograd.grad(loss, (W, b))
+    with torch.no_grad():
+        out, vjp = tms_forward_batched_vjp(W, b, x)
+        hW, hb = vjp((out - x) * (2.0 / B))
+    assert torch.allclose(gW, hW, rtol=1e-12, atol=1e-14) and torch.allclose(gb, hb, rtol=1e-12, atol=1e-14)
