@@ -336,3 +336,18 @@ def test_train_sgds_hand_backward_is_the_gradient_of_its_loss():
         out, vjp = tms_forward_batched_vjp(W, b, x)
         hW, hb = vjp((out - x) * (2.0 / B))
     assert torch.allclose(gW, hW, rtol=1e-12, atol=1e-14) and torch.allclose(gb, hb, rtol=1e-12, atol=1e-14)
+
+
+def test_sorted_statistics_gradient_by_hand_matches_autograd():
+    """The Langevin samplers' U gradient by hand (_SortedData.loss_and_grad) against autograd through loss()."""
+    gen = torch.Generator().manual_seed(1)
+    X = torch.stack([tms_data(300, 6, seed=j, dtype=torch.float64).x for j in range(8)])
+    data = tms._SortedData(X)
+    for scale in (1.0, 0.3):
+        W = (scale * torch.randn(8, 2, 6, generator=gen, dtype=torch.float64)).requires_grad_(True)
+        b = (scale * torch.randn(8, 6, generator=gen, dtype=torch.float64)).requires_grad_(True)
+        L = data.loss(W, b)
+        gW, gb = torch.autograd.grad(L.sum(), (W, b))
+        L2, hW, hb = data.loss_and_grad(W.detach(), b.detach())
+        assert torch.equal(L.detach(), L2)
+        assert torch.allclose(gW, hW, rtol=1e-12, atol=1e-13) and torch.allclose(gb, hb, rtol=1e-12, atol=1e-13)
