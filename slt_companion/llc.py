@@ -934,13 +934,10 @@ def _half_mse_batched_vjp(out: torch.Tensor, y: torch.Tensor):
     d = r ** 2
     per = d if d.ndim == 2 else d.sum(-1)
     flat = per.reshape(per.shape[0], -1)
-    losses = 0.5 * flat.mean(-1)
-    g = torch.ones_like(losses) * 0.5                                   # d(0.5 * m)/dm
-    g = g[:, None].expand(flat.shape) / flat.shape[1]                   # mean's backward
-    g = g.reshape(per.shape)
-    if d.ndim != 2:
-        g = g.unsqueeze(-1).expand(d.shape)                             # sum's backward
-    return losses, g * (2 * r)                                          # pow's backward
+    # autograd's backward: 0.5 (the product's), divided by the mean's count, expanded over the sum, times pow's 2r.
+    # One value v for every element, formed by the same tensor division; v * (2r) is then the same product.
+    v = float(torch.full((), 0.5, dtype=r.dtype) / flat.shape[1])
+    return 0.5 * flat.mean(-1), (2 * r) * v
 
 
 half_mse.batched = _half_mse_batched  # the sampler's fast path (checked against vmap before use)

@@ -195,8 +195,15 @@ def monomial_batched_vjp(w: torch.Tensor, k: torch.Tensor, x: torch.Tensor):
     def vjp(g: torch.Tensor) -> torch.Tensor:
         g_coef = (g * x).reshape(g.shape[0], -1).sum(1)                 # (C,)
         m = p.shape[1]
-        others = torch.stack([torch.prod(torch.cat([p[:, :j], p[:, j + 1:]], dim=1), dim=1) for j in range(m)],
-                             dim=1) if m > 1 else torch.ones_like(p)
+        if m == 1:
+            others = torch.ones_like(p)
+        elif m == 2:
+            others = p.flip(1)
+        else:                   # prod_{i<j} p_i * prod_{i>j} p_i, from running products (no division by w_j)
+            one = torch.ones_like(p[:, :1])
+            left = torch.cumprod(torch.cat([one, p[:, :-1]], dim=1), dim=1)
+            right = torch.cumprod(torch.cat([one, p.flip(1)[:, :-1]], dim=1), dim=1).flip(1)
+            others = left * right
         dpow = torch.where(k == 0, torch.zeros_like(w), k * w ** (k - 1))
         return g_coef[:, None] * dpow * others
 
