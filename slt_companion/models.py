@@ -301,7 +301,7 @@ class ToyModelOfSuperposition(nn.Module):
         """All chains at once: ``params["W"]`` ``(C, r, c)``, ``params["b"]`` ``(C, c)``, ``x`` ``(C, B, c)`` ->
         ``(C, B, c)``: the sampler's fast path (two batched matmuls); equal to ``vmap`` of :meth:`forward` up to
         rounding, which the sampler checks before using it."""
-        return self.forward_batched_vjp(params, x)[0]
+        return tms_forward_batched_vjp(params["W"], params["b"], x)[0]
 
     def forward_batched_vjp(self, params: dict, x: torch.Tensor):
         r""":meth:`forward_batched` and its backward pass by hand, ``(out, vjp)`` (see
