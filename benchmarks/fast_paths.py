@@ -104,6 +104,25 @@ def common_args(argv, description, cases_default):
     return args, ((2, 6) if args.quick else (4, 24))
 
 
+def write_results(name: str, args, steps, results: dict, *, disagree: str | None = None, **extra) -> int:
+    """Write ``benchmarks/results/{name}.json`` (the settings, the machine, ``extra`` and ``results``); return 1,
+    printing ``disagree`` and the cases, if any case's ``agree`` is false (``disagree=None``: no such check), else 0."""
+    import torch
+
+    out = {"quick": args.quick, "threads": args.threads, "repeats": 1 if args.quick else args.repeats,
+           "steps": list(steps), "python": platform.python_version(), "torch": torch.__version__,
+           "cpus": os.cpu_count(), "machine": platform.machine(), **extra, "cases": results}
+    dest = HERE / "results"
+    dest.mkdir(exist_ok=True)
+    (dest / f"{name}.json").write_text(json.dumps(out, indent=1))
+    print(f"wrote {dest / f'{name}.json'}")
+    bad = [k for k, r in results.items() if disagree is not None and not r["agree"]]
+    if bad:
+        print(f"{disagree}: {', '.join(bad)}")
+        return 1
+    return 0
+
+
 def measure(make, loss, xy, kw, *, short, long, repeats):
     models = make()
     slow_models = make()
@@ -158,18 +177,8 @@ def main(argv):
               f"{r['ms_per_step_compiled']:7.1f} ms/step, fast / compiled {r['ratio_fast_over_compiled']:.2f} "
               f"(compiling: {r['compile_seconds_first_run']:.0f} s), max |Δλ̂| "
               f"{r['max_abs_llc_difference_compiled']:.1e}", flush=True)
-    out = {"quick": args.quick, "threads": args.threads, "repeats": args.repeats, "steps": [short, long],
-           "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-           "machine": platform.machine(), "cases": results}
-    dest = HERE / "results"
-    dest.mkdir(exist_ok=True)
-    (dest / "fast_paths.json").write_text(json.dumps(out, indent=1))
-    print(f"wrote {dest / 'fast_paths.json'}")
-    bad = [k for k, r in results.items() if not r["agree"]]
-    if bad:
-        print(f"the fast path and vmap disagree beyond rounding on: {', '.join(bad)}")
-        return 1
-    return 0
+    return write_results("fast_paths", args, (short, long), results,
+                         disagree="the fast path and vmap disagree beyond rounding on")
 
 
 if __name__ == "__main__":

@@ -21,18 +21,14 @@ above 1e-4 of λ̂ the script fails. Writes ``benchmarks/results/hand_backward.j
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from fast_paths import alternating_per_step, common_args, timed_run  # noqa: E402
+from fast_paths import alternating_per_step, common_args, timed_run, write_results  # noqa: E402
 
 
 def cases():
@@ -81,8 +77,6 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
 
 
 def main(argv):
-    import torch
-
     args, _ = common_args(argv, __doc__.split("\n")[0], "dln,monomial,polynomial,tms")
     short, long = (20, 80) if args.quick else (200, 1200)
     results = {}
@@ -94,18 +88,8 @@ def main(argv):
         print(f"{name:10s} hand {r['us_per_step_hand']:7.0f} µs/step  autograd {r['us_per_step_autograd']:7.0f}  "
               f"vmap {r['us_per_step_vmap']:7.0f}  |  autograd / hand {r['ratio_autograd_over_hand']:.2f}, "
               f"vmap / hand {r['ratio_vmap_over_hand']:.2f}  |  |Δλ̂| {r['max_abs_llc_difference']:.1e}", flush=True)
-    out = {"quick": args.quick, "threads": args.threads, "repeats": args.repeats, "steps": [short, long],
-           "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-           "machine": platform.machine(), "cases": results}
-    dest = HERE / "results"
-    dest.mkdir(exist_ok=True)
-    (dest / "hand_backward.json").write_text(json.dumps(out, indent=1))
-    print(f"wrote {dest / 'hand_backward.json'}")
-    bad = [k for k, r in results.items() if not r["agree"]]
-    if bad:
-        print(f"the hand backward and autograd disagree beyond rounding on: {', '.join(bad)}")
-        return 1
-    return 0
+    return write_results("hand_backward", args, (short, long), results,
+                         disagree="the hand backward and autograd disagree beyond rounding on")
 
 
 if __name__ == "__main__":

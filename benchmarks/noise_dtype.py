@@ -15,9 +15,6 @@ untrained checkpoints). Writes ``benchmarks/results/noise_dtype.json`` and print
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -71,7 +68,7 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
 def main(argv):
     import torch
 
-    from fast_paths import cases, common_args
+    from fast_paths import cases, common_args, write_results
 
     args, (short, long) = common_args(argv, __doc__.split("\n")[0], "icl,lm")
     repeats = 1 if args.quick else args.repeats
@@ -86,14 +83,7 @@ def main(argv):
         results[name] = r = measure(make, loss, xy, kw, short=short, long=long, repeats=repeats)
         print(f"{name:8s} float64 noise {r['ms_per_step_float64']:7.1f} ms/step  float32 noise "
               f"{r['ms_per_step_float32']:7.1f} ms/step  ratio {r['ratio_float64_over_float32']:.2f}", flush=True)
-    out = {"quick": args.quick, "threads": args.threads, "repeats": repeats, "steps": [short, long],
-           "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-           "machine": platform.machine(), "noise_alone_ns_per_number": alone, "cases": results}
-    dest = HERE / "results"
-    dest.mkdir(exist_ok=True)
-    (dest / "noise_dtype.json").write_text(json.dumps(out, indent=1))
-    print(f"wrote {dest / 'noise_dtype.json'}")
-    return 0
+    return write_results("noise_dtype", args, (short, long), results, noise_alone_ns_per_number=alone)
 
 
 if __name__ == "__main__":
