@@ -371,3 +371,32 @@ def test_monomial_hand_backwards_match_autograd_at_and_away_from_zero():
             l2, g2 = prob.losses_and_grads(W, x[idx], y[idx])
             assert torch.allclose(l1, l2, rtol=1e-6, atol=1e-8)
             assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-6 * (1 + float(g1.abs().max()))), (model, g1, g2)
+
+
+class WrongVJPAtZero(WrongVJP):
+    """A monomial w1 * w2 centred at 0 whose hand backward is off by a factor of 3: its gradients there are tiny,
+    and the check must still compare them relative to their size."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        return x * self.w.prod()
+
+    def forward_batched(self, params, x):
+        return x * params["w"].prod(1)[:, None, None]
+
+    def forward_batched_vjp(self, params, x):
+        w = params["w"]
+        gx = lambda g: (g * x).sum((1, 2))                                   # noqa: E731
+        return self.forward_batched(params, x), lambda g: {"w": 3 * gx(g)[:, None] * w.flip(1)}
+
+
+def test_a_wrong_hand_backward_is_caught_where_the_gradients_are_tiny():
+    from slt_companion.llc import half_mse
+
+    x, y = torch.randn(50, 1), torch.randn(50, 1)
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=5, num_burnin=0, batch_size=10)
+    with pytest.raises(ValueError, match="hand-written backward"):
+        sgld(WrongVJPAtZero(), half_mse, (x, y), cfg, progress=False)
