@@ -13,8 +13,9 @@ Both sides are this package's :func:`slt_companion.train.train`, with the chapte
 Time per step is ``(t(long) - t(short)) / (long - short)``, the faster of ``--repeats`` alternating measurements
 (the compilation, paid once per process and shape, is timed separately on a first run). The ratio is
 *eager / compiled* (above 1: compiled faster). The two sides round differently, so their runs drift apart; the
-relative difference of the parameters after ``long`` steps is reported, not checked. The book's chapters train
-eagerly: compiling their runs would move every trajectory and every number built on them. Writes
+relative difference of the parameters after ``long`` steps is reported, not checked. The chapters' main runs train
+eagerly (compiling them would move every trajectory and every number built on them); the transient-ridge and
+language-model reruns compile. Writes
 ``benchmarks/results/compiled_training.json`` and prints a table.
 """
 

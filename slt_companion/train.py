@@ -241,8 +241,9 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     compile : run the model's forward and backward through :func:`torch.compile` (the optimizer stays eager). On
         this book's 2-core CPU a training step of Part III's transformers ran 1.2-1.5 times faster after 10-16 s of
         compiling (``benchmarks/compiled_training.py``). The arithmetic rounds differently, so the trajectory differs
-        from the eager one by rounding, growing over training: a compiled run is cached under a key of its own, and
-        the book's chapters train eagerly. If compilation fails the run warns and goes on eagerly. An optimizer
+        from the eager one by rounding, growing over training: a compiled run is cached under a key of its own. The
+        chapters' main runs train eagerly; the transient-ridge and language-model reruns compile. If compilation
+        fails the run warns and goes on eagerly. An optimizer
         whose step takes a closure (Entropy-SGD) trains eagerly.
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
