@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from fast_paths import alternating_per_step, common_args, write_results  # noqa: E402
+from fast_paths import alternating_per_step, common_args, run_cases, write_results  # noqa: E402
 
 
 def cases():
@@ -87,16 +87,11 @@ def measure(make, loss, batch_fn, kw, *, short, long, repeats):
 def main(argv):
     args, _ = common_args(argv, __doc__.split("\n")[0], "transient,icl,lm")
     short, long = (3, 12) if args.quick else (20, 120)
-    results = {}
-    for name, (make, loss, batch_fn, kw) in cases().items():
-        if name not in args.cases.split(","):
-            continue
-        results[name] = r = measure(make, loss, batch_fn, kw, short=short, long=long,
-                                    repeats=1 if args.quick else args.repeats)
-        print(f"{name:10s} eager {r['ms_per_step_eager']:6.2f} ms/step  compiled {r['ms_per_step_compiled']:6.2f}  "
-              f"eager / compiled {r['ratio_eager_over_compiled']:.2f}  (compiling {r['compile_seconds_first_run']:.0f} "
-              f"s; parameters {r['relative_parameter_difference_after_long']:.1e} apart after {long} steps)",
-              flush=True)
+    results = run_cases(args, cases(), measure, lambda name, r: (
+        f"{name:10s} eager {r['ms_per_step_eager']:6.2f} ms/step  compiled {r['ms_per_step_compiled']:6.2f}  "
+        f"eager / compiled {r['ratio_eager_over_compiled']:.2f}  (compiling {r['compile_seconds_first_run']:.0f} s; "
+        f"parameters {r['relative_parameter_difference_after_long']:.1e} apart after {long} steps)"),
+        short=short, long=long)
     return write_results("compiled_training", args, (short, long), results)
 
 

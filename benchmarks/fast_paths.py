@@ -104,6 +104,18 @@ def common_args(argv, description, cases_default):
     return args, ((2, 6) if args.quick else (4, 24))
 
 
+def run_cases(args, cases: dict, measure, describe, *, short: int, long: int) -> dict:
+    """``measure(*case, short=, long=, repeats=)`` for each case named in ``--cases``, printing ``describe(name,
+    result)`` as each finishes; returns ``{name: result}``."""
+    results = {}
+    for name, case in cases.items():
+        if name not in args.cases.split(","):
+            continue
+        results[name] = measure(*case, short=short, long=long, repeats=1 if args.quick else args.repeats)
+        print(describe(name, results[name]), flush=True)
+    return results
+
+
 def write_results(name: str, args, steps, results: dict, *, disagree: str | None = None, **extra) -> int:
     """Write ``benchmarks/results/{name}.json`` (the settings, the machine, ``extra`` and ``results``); return 1,
     printing ``disagree`` and the cases, if any case's ``agree`` is false (``disagree=None``: no such check), else 0."""
@@ -166,17 +178,12 @@ def main(argv):
     import torch
 
     args, (short, long) = common_args(argv, __doc__.split("\n")[0], "icl,lm,lm-head")
-    results = {}
-    for name, (make, loss, xy, kw) in cases(args.quick).items():
-        if name not in args.cases.split(","):
-            continue
-        results[name] = measure(make, loss, xy, kw, short=short, long=long, repeats=1 if args.quick else args.repeats)
-        r = results[name]
-        print(f"{name:8s} vmap {r['ms_per_step_vmap']:7.1f} ms/step  fast {r['ms_per_step_fast']:7.1f} ms/step  "
-              f"ratio {r['ratio_vmap_over_fast']:.2f}  max |Δλ̂| {r['max_abs_llc_difference']:.1e}  |  compiled "
-              f"{r['ms_per_step_compiled']:7.1f} ms/step, fast / compiled {r['ratio_fast_over_compiled']:.2f} "
-              f"(compiling: {r['compile_seconds_first_run']:.0f} s), max |Δλ̂| "
-              f"{r['max_abs_llc_difference_compiled']:.1e}", flush=True)
+    results = run_cases(args, cases(args.quick), measure, lambda name, r: (
+        f"{name:8s} vmap {r['ms_per_step_vmap']:7.1f} ms/step  fast {r['ms_per_step_fast']:7.1f} ms/step  "
+        f"ratio {r['ratio_vmap_over_fast']:.2f}  max |Δλ̂| {r['max_abs_llc_difference']:.1e}  |  compiled "
+        f"{r['ms_per_step_compiled']:7.1f} ms/step, fast / compiled {r['ratio_fast_over_compiled']:.2f} "
+        f"(compiling: {r['compile_seconds_first_run']:.0f} s), max |Δλ̂| {r['max_abs_llc_difference_compiled']:.1e}"),
+        short=short, long=long)
     return write_results("fast_paths", args, (short, long), results,
                          disagree="the fast path and vmap disagree beyond rounding on")
 

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from fast_paths import alternating_per_step, common_args, timed_run, write_results  # noqa: E402
+from fast_paths import alternating_per_step, common_args, run_cases, timed_run, write_results  # noqa: E402
 
 
 def cases():
@@ -79,15 +79,11 @@ def measure(make, loss, xy, kw, *, short, long, repeats):
 def main(argv):
     args, _ = common_args(argv, __doc__.split("\n")[0], "dln,monomial,polynomial,tms")
     short, long = (20, 80) if args.quick else (200, 1200)
-    results = {}
-    for name, (make, loss, xy, kw) in cases().items():
-        if name not in args.cases.split(","):
-            continue
-        results[name] = r = measure(make, loss, xy, kw, short=short, long=long,
-                                    repeats=1 if args.quick else args.repeats)
-        print(f"{name:10s} hand {r['us_per_step_hand']:7.0f} µs/step  autograd {r['us_per_step_autograd']:7.0f}  "
-              f"vmap {r['us_per_step_vmap']:7.0f}  |  autograd / hand {r['ratio_autograd_over_hand']:.2f}, "
-              f"vmap / hand {r['ratio_vmap_over_hand']:.2f}  |  |Δλ̂| {r['max_abs_llc_difference']:.1e}", flush=True)
+    results = run_cases(args, cases(), measure, lambda name, r: (
+        f"{name:10s} hand {r['us_per_step_hand']:7.0f} µs/step  autograd {r['us_per_step_autograd']:7.0f}  "
+        f"vmap {r['us_per_step_vmap']:7.0f}  |  autograd / hand {r['ratio_autograd_over_hand']:.2f}, "
+        f"vmap / hand {r['ratio_vmap_over_hand']:.2f}  |  |Δλ̂| {r['max_abs_llc_difference']:.1e}"),
+        short=short, long=long)
     return write_results("hand_backward", args, (short, long), results,
                          disagree="the hand backward and autograd disagree beyond rounding on")
 
