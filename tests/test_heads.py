@@ -142,7 +142,8 @@ def test_lm_replica_settings_reseed_the_run_and_shrink_it(monkeypatch):
         assert r["seed"] == 3 and r["model"]["seed"] == 3 and s["seed"] == 0 and s["model"]["seed"] == 0
         assert {k: r[k] for k in LM_REPLICA_SIZES} == (dict(LM_REPLICA_SIZES) if not quick else
                                                        {k: s[k] for k in LM_REPLICA_SIZES})
-        assert {k: v for k, v in r.items() if k not in ("seed", "model", *LM_REPLICA_SIZES)} == \
+        assert r["compile"] is (not quick)          # at full size the replicas train through torch.compile
+        assert {k: v for k, v in r.items() if k not in ("seed", "model", "compile", *LM_REPLICA_SIZES)} == \
             {k: v for k, v in s.items() if k not in ("seed", "model", *LM_REPLICA_SIZES)}
 
 
