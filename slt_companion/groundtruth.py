@@ -140,8 +140,7 @@ class Polynomial(torch.nn.Module):
 
     def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """All chains at once: ``params["weights"]`` ``(C, k)``, ``x`` ``(C, B, ...)`` (the sampler's fast path)."""
-        w = params["weights"]
-        return x * torch.prod(w ** self.powers.to(w.dtype), dim=1).view((-1,) + (1,) * (x.dim() - 1))
+        return monomial_batched_vjp(params["weights"], self.powers, x)[0]
 
     def forward_batched_vjp(self, params: dict, x: torch.Tensor):
         """:meth:`forward_batched` and its backward pass by hand (:func:`~slt_companion.models.monomial_batched_vjp`)."""

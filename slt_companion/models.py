@@ -233,9 +233,7 @@ class MonomialModel(nn.Module):
 
     def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """All chains at once: ``params["w"]`` of shape ``(C, k)``, ``x`` of shape ``(C, B, 1)``."""
-        w = params["w"]
-        coef = torch.prod(w ** self._k.to(w.dtype), dim=1)
-        return x * coef[:, None, None]
+        return monomial_batched_vjp(params["w"], self._k, x)[0]
 
     def forward_batched_vjp(self, params: dict, x: torch.Tensor):
         """:meth:`forward_batched` and its backward pass by hand, ``(out, vjp)`` (see

@@ -538,6 +538,18 @@ class _Problem:
         return {name: piece.view(C, *shape)
                 for name, shape, piece in zip(self.names, self.shapes, torch.split(W, self.sizes, dim=1))}
 
+    def _chain_views(self, W: torch.Tensor) -> dict:
+        """:meth:`views` of ``W``, with the frozen tensors that differ per chain (``chain_frozen``: vmapped like the
+        sampled parameters; they override ``self.frozen``)."""
+        views = self.views(W)
+        return views if self.chain_frozen is None else {**views, **self.chain_frozen}
+
+    def _with_shared(self, views: dict, C: int) -> dict:
+        """Every parameter for a fast path: ``views`` and the parameters SGLD leaves alone, expanded to ``(C, *shape)``
+        (batch stride 0, no copies)."""
+        shared = {k: v.expand(C, *v.shape) for k, v in self._frozen_params.items() if k not in views}
+        return {**shared, **views}
+
     def _forward_one(self, p: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, {**self.frozen, **p}, (x,))
 
@@ -547,25 +559,21 @@ class _Problem:
     def batched_losses(self, W: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, *,
                        fast: bool = True) -> torch.Tensor:
         """Per-chain mean loss ``(C,)`` for chain states ``W (C, D)`` on minibatches ``xb (C, B, ...)``."""
-        views = self.views(W)
-        if self.chain_frozen is not None:       # vmapped like the sampled parameters (they override self.frozen)
-            views = {**views, **self.chain_frozen}
+        views = self._chain_views(W)
         if not fast or (self.fast_forward is None and self.fast_loss is None):
             return self._fused(views, xb, yb)            # one vmap over model and loss together
         if self.fast_forward is not None:
-            C = W.shape[0]
-            shared = {k: v.expand(C, *v.shape) for k, v in self._frozen_params.items() if k not in views}
+            params = self._with_shared(views, W.shape[0])
             if self.compiled and not _COMPILE_FAILED:
                 try:
-                    return _compiled_fast_losses()(self.fast_forward, self.fast_loss, self.loss_fn,
-                                                   {**shared, **views}, xb, yb)
+                    return _compiled_fast_losses()(self.fast_forward, self.fast_loss, self.loss_fn, params, xb, yb)
                 except Exception as err:       # the step is a pure function of its inputs: rerun it eagerly
                     _COMPILE_FAILED.append(err)
                     warnings.warn(f"torch.compile of the SGLD step failed ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else ''}); sampling runs eagerly (same "
                                   "numbers up to rounding, slower). sampling.COMPILE = False skips the attempt.",
                                   RuntimeWarning, stacklevel=2)
-            out = self.fast_forward({**shared, **views}, xb)
+            out = self.fast_forward(params, xb)
         else:
             out = vmap(self._forward_one)(views, xb)
         return self.fast_loss(out, yb) if self.fast_loss is not None else vmap(self.loss_fn)(out, yb)
@@ -617,11 +625,7 @@ class _Problem:
         checked against autograd before sampling, as the other fast paths are)."""
         if by_hand and self.fast_vjp is not None and not self.compiled:
             C = W.shape[0]
-            views = self.views(W.detach())
-            if self.chain_frozen is not None:
-                views = {**views, **self.chain_frozen}
-            shared = {k: v.expand(C, *v.shape) for k, v in self._frozen_params.items() if k not in views}
-            out, vjp = self.fast_vjp({**shared, **views}, xb)
+            out, vjp = self.fast_vjp(self._with_shared(self._chain_views(W.detach()), C), xb)
             losses, g = self.loss_vjp(out, yb)
             grads = vjp(g)
             return losses, torch.cat([grads[k].reshape(C, -1) for k in self.names], dim=1)

@@ -843,6 +843,8 @@ class _SortedData:
         self.delta = torch.eye(c, dtype=torch.float64)
 
     def _terms(self, W: torch.Tensor, b: torch.Tensor):
+        """What :meth:`loss` and :meth:`loss_and_grad` share: ``d`` = δ − G (:math:`G = W^\top W`), ``beta``
+        (:math:`b_j` at every ``(a, j)``), ``delta`` and the :math:`S_p` of the samples where the ReLU is on."""
         G = W.transpose(-1, -2) @ W                                        # (R, c_a, c_j)
         beta = b[:, None, :].expand_as(G)
         delta = self.delta.to(W.dtype).expand_as(G)
@@ -856,17 +858,19 @@ class _SortedData:
             on_pos = total - below
             on = torch.where(pos, on_pos, torch.where(neg, below, torch.where(beta > 0, total, torch.zeros_like(total))))
             S.append(on)
-        return G, beta, delta, S
+        return delta - G, beta, delta, S
 
-    def loss(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Empirical loss :math:`L_n` of each chain: W (R, 2, c), b (R, c) -> (R,)."""
-        G, beta, delta, S = self._terms(W, b)
-        d = delta - G
+    def _loss(self, d, beta, delta, S) -> torch.Tensor:
+        """:math:`L_n` from :meth:`_terms`: ``d`` = δ − G, ``beta``, ``delta`` and the :math:`S_p`."""
         a2 = d * d - delta * delta
         a1 = -2.0 * d * beta
         a0 = beta * beta
         per = delta * self.totals[2] + a2 * S[2] + a1 * S[1] + a0 * S[0]
         return per.sum((-1, -2)) / self.n
+
+    def loss(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Empirical loss :math:`L_n` of each chain: W (R, 2, c), b (R, c) -> (R,)."""
+        return self._loss(*self._terms(W, b))
 
     def loss_and_grad(self, W: torch.Tensor, b: torch.Tensor):
         r""":meth:`loss` and its gradients ``(L (R,), ∂L/∂W (R, 2, c), ∂L/∂b (R, c))``, by hand: the :math:`S_p` are
@@ -874,12 +878,10 @@ class _SortedData:
         :math:`n\,\partial L/\partial G = -2dS_2 + 2\beta S_1`, :math:`n\,\partial L/\partial\beta = -2dS_1 + 2\beta S_0`,
         :math:`\partial L/\partial W = W(\partial_G + \partial_G^\top)` and :math:`\partial L/\partial b_j = \sum_a
         \partial L/\partial\beta_{aj}` (equal to autograd's through :meth:`loss` up to rounding, tested)."""
-        G, beta, delta, S = self._terms(W, b)
-        d = delta - G
-        per = delta * self.totals[2] + (d * d - delta * delta) * S[2] + (-2.0 * d * beta) * S[1] + (beta * beta) * S[0]
+        d, beta, delta, S = self._terms(W, b)
         gG = (2.0 / self.n) * (beta * S[1] - d * S[2])
         gbeta = (2.0 / self.n) * (beta * S[0] - d * S[1])
-        return per.sum((-1, -2)) / self.n, W @ (gG + gG.transpose(-1, -2)), gbeta.sum(1)
+        return self._loss(d, beta, delta, S), W @ (gG + gG.transpose(-1, -2)), gbeta.sum(1)
 
 
 def _check_kept(num_samples: int, steps: int) -> None:

@@ -326,6 +326,14 @@ def _compiled(model: nn.Module):
         return model
 
 
+def _loss_and_backward(fwd, loss_fn, opt, x, y) -> torch.Tensor:
+    """One step's loss through ``fwd`` (the model, or it compiled) and its gradients, freshly zeroed first."""
+    loss = loss_fn(fwd(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+
 def _pointer_name(cache_name: str) -> str:
     return f"{cache_name}.resume"
 
@@ -507,25 +515,21 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
                         return out
 
                     loss = opt.step(closure)
-                elif fwd is not model:
+                else:
                     try:
-                        loss = loss_fn(fwd(x.to(dev)), y.to(dev))
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                    except Exception as err:      # compiling failed: nothing was applied yet; this step runs eagerly
+                        loss = _loss_and_backward(fwd, loss_fn, opt, x.to(dev), y.to(dev))
+                    except Exception as err:
+                        if fwd is model:
+                            raise
+                        # compiling failed: nothing was applied yet; this step and the rest run eagerly
                         warnings.warn(f"torch.compile of the training step failed ({type(err).__name__}: "
                                       f"{str(err).splitlines()[0] if str(err) else ''}); training goes on eagerly "
                                       "(compile=False skips the attempt)", RuntimeWarning, stacklevel=user_stacklevel())
                         fwd = model
-                        loss = loss_fn(model(x.to(dev)), y.to(dev))
-                else:
-                    loss = loss_fn(model(x.to(dev)), y.to(dev))
+                        loss = _loss_and_backward(fwd, loss_fn, opt, x.to(dev), y.to(dev))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {float(loss.detach())} at step {step}; lower lr (now {s['lr']})")
                 if not needs_closure:
-                    if fwd is model:               # (a compiled step has run its backward above)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
                     if s["grad_clip"] is not None:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
                     opt.step()
