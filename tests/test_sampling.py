@@ -263,7 +263,9 @@ def test_local_posterior_grid_is_a_normalised_density_peaked_near_the_centre():
         local_posterior_grid(DeepLinearNetwork([3, 1]), mse, (torch.zeros(5, 3), torch.zeros(5, 1)), nbeta=1.0)
 
 
-class WrongFastPath(nn.Module):
+class Scale(nn.Module):
+    """y = x * w, elementwise: the model the fast-path checks below break on purpose."""
+
     def __init__(self):
         super().__init__()
         self.w = nn.Parameter(torch.ones(2))
@@ -271,6 +273,8 @@ class WrongFastPath(nn.Module):
     def forward(self, x):
         return x * self.w
 
+
+class WrongFastPath(Scale):
     def forward_batched(self, params, x):       # off by a factor of 2: must be caught before sampling
         return 2 * x * params["w"][:, None, :]
 
@@ -289,15 +293,8 @@ def test_a_wrong_fast_path_is_an_error_and_a_right_one_matches_vmap():
     assert torch.allclose(fast.loss, slow.loss, rtol=1e-5, atol=1e-7)
 
 
-class WrongVJP(nn.Module):
+class WrongVJP(Scale):
     """A right fast forward with a wrong hand-written backward (off by a factor of 2)."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.ones(2))
-
-    def forward(self, x):
-        return x * self.w
 
     def forward_batched(self, params, x):
         return x * params["w"][:, None, :]
