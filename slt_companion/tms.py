@@ -362,9 +362,11 @@ def kgon_llc(k: int, c: int, positive: int = 0) -> float | None:
 
 
 def _batched_forward(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """f(x) for R models at once: W (R, r, c), b (R, c), x (R, m, c) -> (R, m, c)."""
-    h = x @ W.transpose(-1, -2)
-    return torch.relu(h @ W + b[:, None, :])
+    """f(x) for R models at once: W (R, r, c), b (R, c), x (R, m, c) -> (R, m, c); the forward of
+    :func:`~slt_companion.models.tms_forward_batched_vjp`, which the training step uses."""
+    from .models import tms_forward_batched_vjp
+
+    return tms_forward_batched_vjp(W, b, x)[0]
 
 
 def train_sgd(num_runs: int, *, n: int = 1000, n_features: int = 6, steps: int = 20_000, lr: float = 0.05,
