@@ -337,9 +337,13 @@ def child_command(page, *, cache_dir=None, timeout: float, force: bool = False) 
 def child_env(jobs: int) -> dict:
     """The environment of a page run beside ``jobs - 1`` others: each kernel gets its share of the cores for its
     BLAS/OpenMP threads (set before numpy/torch start). Two kernels with a full-size thread pool each on two cores
-    slowed a numpy-heavy page twenty-fold (busy-waiting BLAS threads), 60 s to 1,213 s in one build."""
+    slowed a numpy-heavy page twenty-fold (busy-waiting BLAS threads), 60 s to 1,213 s in one build. Each kernel
+    also runs on tcmalloc where it is installed (:func:`slt_companion.allocator.preload_env`: the same numbers, bit
+    for bit, and 10-15 % faster, ``benchmarks/allocator.py``)."""
+    from slt_companion.allocator import preload_env
+
     share = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
-    env = dict(os.environ)
+    env = preload_env(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, share)
     return env
