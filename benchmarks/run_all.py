@@ -14,7 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["llc_vs_devinterp.py", "refined_llc_heads.py", "llc_checkpoints.py", "ground_truth_vs_devinterp.py",
-              "fast_paths.py", "hand_backward.py", "compiled_training.py", "noise_dtype.py", "se_calibration.py", "gpu_check.py"]
+              "fast_paths.py", "hand_backward.py", "compiled_training.py", "noise_dtype.py", "se_calibration.py", "allocator.py",
+              "gpu_check.py"]
 #: exit code of a benchmark that cannot run on this machine (gpu_check.py without a CUDA GPU): reported, not failed
 NOT_HERE = 3
 

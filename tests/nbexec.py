@@ -264,7 +264,7 @@ def execute_page(path: Path, *, cache_dir: Path | None = None, timeout: float = 
                                  allow_errors=False, record_timing=True,   # per-cell times: stored in the record data
                                  resources={"metadata": {"path": str(path.parent)}})
         try:
-            client.execute(cwd=str(path.parent))
+            client.execute(cwd=str(path.parent), env=kernel_env())
         except Exception as err:  # nbclient's CellExecutionError / CellTimeoutError / DeadKernelError, or set-up
             if client.stopped_by is not None:  # the kernel is already shut down; stop here, not at the next page
                 raise KeyboardInterrupt(f"stopped by signal {client.stopped_by} while executing {path}") from err
@@ -337,16 +337,21 @@ def child_command(page, *, cache_dir=None, timeout: float, force: bool = False) 
 def child_env(jobs: int) -> dict:
     """The environment of a page run beside ``jobs - 1`` others: each kernel gets its share of the cores for its
     BLAS/OpenMP threads (set before numpy/torch start). Two kernels with a full-size thread pool each on two cores
-    slowed a numpy-heavy page twenty-fold (busy-waiting BLAS threads), 60 s to 1,213 s in one build. Each kernel
-    also runs on tcmalloc where it is installed (:func:`slt_companion.allocator.preload_env`: the same numbers, bit
-    for bit, and 10-15 % faster, ``benchmarks/allocator.py``)."""
-    from slt_companion.allocator import preload_env
-
+    slowed a numpy-heavy page twenty-fold (busy-waiting BLAS threads), 60 s to 1,213 s in one build."""
     share = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
-    env = preload_env(os.environ)
+    env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, share)
     return env
+
+
+def kernel_env() -> dict:
+    """The environment a page's kernel starts with: this process's, on tcmalloc where it is installed
+    (:func:`slt_companion.allocator.preload_env`; ``SLT_MALLOC=system`` turns it off). The same numbers, bit for bit;
+    the pages ran 4-16 % faster in a whole build (``benchmarks/allocator.py``)."""
+    from slt_companion.allocator import preload_env
+
+    return preload_env(os.environ)
 
 
 def prepare_cache(cache_dir) -> None:
