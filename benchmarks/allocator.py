@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 CASES = ("train", "icl_llc", "lm_head", "ground_truth")
 NOT_HERE = 3
@@ -156,7 +156,7 @@ def main(argv: list[str]) -> int:
     plain["SLT_MALLOC"] = "system"
     sides = {"glibc": plain, "tcmalloc": preload_env({**plain, "SLT_MALLOC": ""})}
     repeats = 1 if args.quick else args.repeats
-    results, bad = {}, []
+    results = {}
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         runs = {side: [] for side in sides}
         for _ in range(repeats):
@@ -167,23 +167,14 @@ def main(argv: list[str]) -> int:
         digests = {r["digest"] for rs in runs.values() for r in rs}
         same = len(digests) == 1
         results[case] = {"seconds": best, "all_seconds": {s: [r["seconds"] for r in rs] for s, rs in runs.items()},
-                         "ratio": best["glibc"] / best["tcmalloc"], "same_bits": same, "digests": sorted(digests)}
+                         "ratio": best["glibc"] / best["tcmalloc"], "agree": same, "digests": sorted(digests)}
         print(f"{case:>13}: glibc {best['glibc']:7.2f} s   tcmalloc {best['tcmalloc']:7.2f} s   "
               f"ratio {results[case]['ratio']:.2f}   {'same bits' if same else 'BITS DIFFER'}", flush=True)
-        if not same:
-            bad.append(case)
-    import torch
+    from fast_paths import write_results
 
-    out = {"quick": args.quick, "repeats": repeats, "python": platform.python_version(), "torch": torch.__version__,
-           "cpus": os.cpu_count(), "machine": platform.machine(), "tcmalloc": tcmalloc_path(), "cases": results}
-    dest = HERE / "results"
-    dest.mkdir(exist_ok=True)
-    (dest / "allocator.json").write_text(json.dumps(out, indent=1))
-    print(f"wrote {dest / 'allocator.json'}")
-    if bad:
-        print(f"the allocators gave different numbers: {', '.join(bad)}")
-        return 1
-    return 0
+    args.threads = 1                                   # each worker runs on one thread
+    return write_results("allocator", args, (), results, disagree="the allocators gave different numbers",
+                         tcmalloc=tcmalloc_path())
 
 
 if __name__ == "__main__":
