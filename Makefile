@@ -50,7 +50,7 @@ chromium:
 	  fi; \
 	fi
 
-# tcmalloc (Debian's libtcmalloc-minimal4) for the pages' kernels: the same numbers, pages 4-16 % faster on CPUs
+# tcmalloc (Debian's libtcmalloc-minimal4) for the pages' kernels: the same numbers, the book's work 1.13-1.19x faster
 # (slt_companion/allocator.py, benchmarks/allocator.py). Optional: without it the pages run on glibc's malloc.
 malloc: setup
 	@if ! $(PY) -m slt_companion.allocator --check; then \

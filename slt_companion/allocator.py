@@ -4,8 +4,8 @@ PyTorch on a CPU allocates and frees a tensor's memory for nearly every operatio
 more than the arithmetic for the book's small models, and large activations come back as fresh pages from the kernel
 (zero-filled, one page fault per 4 KiB). Google's tcmalloc keeps freed memory in per-size caches instead. Preloaded
 into a process (``LD_PRELOAD``), it changes no number -- the same arithmetic on the same values, bit for bit -- and on
-this book's 2-core CPU its training and sampling ran 13--19 % faster alone and its pages 4--16 % faster in a whole
-build, two at a time (``benchmarks/allocator.py`` measures it side by side, and checks the bits).
+this book's 2-core CPU its training, sampling and validation work ran 1.13--1.19 times faster
+(``benchmarks/allocator.py`` measures it side by side, and checks the bits).
 
 A library cannot swap the allocator of a process that is already running, so the book preloads tcmalloc into the
 processes it starts: ``make book`` and ``make test`` install Debian's ``libtcmalloc-minimal4`` where they can, and

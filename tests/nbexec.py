@@ -348,7 +348,7 @@ def child_env(jobs: int) -> dict:
 def kernel_env() -> dict:
     """The environment a page's kernel starts with: this process's, on tcmalloc where it is installed
     (:func:`slt_companion.allocator.preload_env`; ``SLT_MALLOC=system`` turns it off). The same numbers, bit for bit;
-    the pages ran 4-16 % faster in a whole build (``benchmarks/allocator.py``)."""
+    the book's work ran 1.13-1.19 times faster alone (``benchmarks/allocator.py``)."""
     from slt_companion.allocator import preload_env
 
     return preload_env(os.environ)
