@@ -128,7 +128,9 @@ def main() -> int:
     gpu = args.gpu
     if gpu.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False); nothing to measure")
-        return 3
+        from run_all import NOT_HERE
+
+        return NOT_HERE
     q = args.quick
     S = icl_settings()
     task = S["task"]
