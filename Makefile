@@ -76,7 +76,7 @@ FORCE:
 # Every notebook page is executed once by tests/nbexec.py (kernels over IPC, a per-cell timeout that reports
 # the kernel's stack) into the cache jupyter-book reads; the build then renders and starts no kernel itself.
 book: assets malloc _build/.package-hash
-	@$(PY) tests/nbexec.py --cache _build/.jupyter_cache --jobs 2
+	@$(PY) tests/nbexec.py --cache _build/.jupyter_cache --jobs auto
 	@$(JB) build -W --keep-going . || { \
 	  echo "=== book build failed; per-page execution reports: ==="; \
 	  for f in _build/html/reports/*.log; do [ -f "$$f" ] && { echo "--- $$f"; tail -n 60 "$$f"; }; done; exit 1; }

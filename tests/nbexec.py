@@ -1,7 +1,7 @@
 """Execute the book's notebook pages once each, in a way that cannot hang silently, straight into the
 jupyter-cache that Jupyter Book reads.
 
-    python tests/nbexec.py --cache _build/.jupyter_cache [--timeout S] [--force] [PAGE.md ...]
+    python tests/nbexec.py --cache _build/.jupyter_cache [--timeout S] [--force] [--jobs N|auto] [PAGE.md ...]
         # every notebook page of _toc.yml when no page is named; a page already in the cache is skipped;
         # the per-cell timeout defaults to execute.timeout in _config.yml
 
@@ -338,11 +338,60 @@ def child_env(jobs: int) -> dict:
     """The environment of a page run beside ``jobs - 1`` others: each kernel gets its share of the cores for its
     BLAS/OpenMP threads (set before numpy/torch start). Two kernels with a full-size thread pool each on two cores
     slowed a numpy-heavy page twenty-fold (busy-waiting BLAS threads), 60 s to 1,213 s in one build."""
-    share = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    share = str(max(1, usable_cores() // max(1, jobs)))
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, share)
     return env
+
+
+#: memory set aside for each page's kernel by ``--jobs auto``: the largest peak resident size of a page's kernel in a
+#: full-size build, rounded up (measured with ``ps`` during the build of 2026-12-01: see the CHANGELOG)
+PAGE_MEMORY = 2 * 2**30
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (``MemAvailable`` of ``/proc/meminfo``), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_jobs(num_pages: int, *, cores: int | None = None, memory: int | None = -1) -> int:
+    """``--jobs auto``: one page per core, no more pages than :data:`PAGE_MEMORY` each fits in the available memory
+    (``memory`` bytes; ``None``: unknown, not a limit), and no more than there are pages. Every page's kernel then
+    runs single-threaded (:func:`child_env`), which is fastest for the book's small models. On the book's 2-core
+    machine that is 2, the setting its recorded build times were measured with; a machine with more cores builds the
+    book in about the time of its longest page."""
+    cores = usable_cores() if cores is None else max(1, int(cores))
+    memory = available_memory() if memory == -1 else memory
+    by_memory = cores if memory is None else max(1, int(memory) // PAGE_MEMORY)
+    return max(1, min(int(num_pages), cores, by_memory))
+
+
+def jobs_arg(text: str):
+    """``--jobs``: a positive whole number, or ``auto`` (:func:`auto_jobs`)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"--jobs must be a positive whole number or 'auto', got {text!r}")
+    return jobs
 
 
 def kernel_env() -> dict:
@@ -478,10 +527,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None,
                         help="per-cell timeout in seconds (default: execute.timeout of _config.yml)")
     parser.add_argument("--force", action="store_true", help="execute even the pages already in the cache")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="pages executed at once, each in a child process of its own (default 1)")
+    parser.add_argument("--jobs", type=jobs_arg, default=1,
+                        help="pages executed at once, each in a child process of its own (default 1); 'auto': one "
+                             "per core, as many as the memory holds (make book)")
     args = parser.parse_args(argv)
     pages = args.pages or notebook_pages()
+    if args.jobs == "auto":
+        args.jobs = auto_jobs(len(pages))
+        print(f"execute: {len(pages)} page(s), {args.jobs} at a time (--jobs auto: {usable_cores()} core(s))",
+              flush=True)
     timeout = args.timeout if args.timeout is not None else config_timeout()
     if args.jobs > 1 and len(pages) > 1:
         return _main_parallel(pages, args, timeout)

@@ -167,6 +167,25 @@ def test_two_writers_lose_no_cache_record(tmp_path):
     assert uris == sorted(f"/pages/{t}{i}.md" for t in "ab" for i in range(30))
 
 
+def test_jobs_auto_is_one_page_per_core_within_memory():
+    """``--jobs auto`` (make book): one page per core, capped by the memory (PAGE_MEMORY per page) and the number of
+    pages; unknown memory is no cap; ``--jobs`` refuses what is neither a positive number nor ``auto``."""
+    import argparse
+
+    from nbexec import PAGE_MEMORY, auto_jobs, jobs_arg
+
+    assert auto_jobs(23, cores=2, memory=20 * PAGE_MEMORY) == 2          # the book's machine: its measured setting
+    assert auto_jobs(23, cores=16, memory=64 * PAGE_MEMORY) == 16
+    assert auto_jobs(23, cores=16, memory=5 * PAGE_MEMORY + 1) == 5      # the memory holds five kernels
+    assert auto_jobs(23, cores=16, memory=PAGE_MEMORY // 2) == 1         # never fewer than one
+    assert auto_jobs(3, cores=16, memory=None) == 3                      # no more than the pages
+    assert 1 <= auto_jobs(23) <= 23                                      # this machine, as measured here
+    assert jobs_arg("auto") == "auto" and jobs_arg(" AUTO ") == "auto" and jobs_arg("3") == 3
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--jobs must be"):
+            jobs_arg(bad)
+
+
 def test_parallel_pages_start_longest_first(tmp_path, monkeypatch):
     """``--jobs`` starts the pages with the longest recorded run time first (so the longest does not run alone at the
     end), pages with no record before them, ties in reading order; an unreadable record keeps reading order."""
