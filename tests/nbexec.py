@@ -345,9 +345,10 @@ def child_env(jobs: int) -> dict:
     return env
 
 
-#: memory set aside for each page's kernel by ``--jobs auto``: the largest peak resident size of a page's kernel in a
-#: full-size build, rounded up (measured with ``ps`` during the build of 2026-12-01: see the CHANGELOG)
-PAGE_MEMORY = 2 * 2**30
+#: memory set aside for each page by ``--jobs auto``: the largest peak resident size of a page's kernel in a full-size
+#: build (``VmHWM``; the language-model chapter's, 2.99 GiB, in the fresh-clone build at 8fa2354; every other page
+#: under 1.4 GiB) and half a GiB for the processes beside it (torch.compile's workers)
+PAGE_MEMORY = 7 * 2**29
 
 
 def available_memory() -> int | None:
