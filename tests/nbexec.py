@@ -374,8 +374,7 @@ def auto_jobs(num_pages: int, *, cores: int | None = None, memory: int | None = 
     """``--jobs auto``: one page per core, no more pages than :data:`PAGE_MEMORY` each fits in the available memory
     (``memory`` bytes; ``None``: unknown, not a limit), and no more than there are pages. Every page's kernel then
     runs single-threaded (:func:`child_env`), which is fastest for the book's small models. On the book's 2-core
-    machine that is 2, the setting its recorded build times were measured with; a machine with more cores builds the
-    book in about the time of its longest page."""
+    machine that is 2, the setting its recorded build times were measured with (not measured on more cores)."""
     cores = usable_cores() if cores is None else max(1, int(cores))
     memory = available_memory() if memory == -1 else memory
     by_memory = cores if memory is None else max(1, int(memory) // PAGE_MEMORY)
