@@ -341,7 +341,8 @@ class SGLDResult:
 
 def select_params(model: nn.Module, params=None) -> list[str]:
     """Names of the parameters to sample: all trainable ones (``params=None``), a list of names, a single
-    name prefix string (e.g. ``"layers.0"``), or a predicate ``params(name, tensor) -> bool``.
+    name prefix string (a module path, e.g. ``"layers.0"`` or ``"layers.0."``: ``layers.0.weight`` and
+    ``layers.0.bias``, not ``layers.01.weight``), or a predicate ``params(name, tensor) -> bool``.
     """
     named = dict(model.named_parameters())
     if not named:
@@ -351,7 +352,14 @@ def select_params(model: nn.Module, params=None) -> list[str]:
     elif callable(params):
         names = [k for k, p in named.items() if params(k, p)]
     elif isinstance(params, str):
-        names = [k for k in named if k == params or k.startswith(params + ".")]
+        prefix = params[:-1] if params.endswith(".") else params      # "layers.0." as "layers.0"
+        names = [k for k in named if k == prefix or k.startswith(prefix + ".")]
+        if not names:
+            near = [k for k in named if k.startswith(params)]
+            hint = (f" (a prefix is matched at dots: {near[0]!r} is not inside module {prefix!r}; give the module "
+                    "path or list the names)") if near else ""
+            raise ValueError(f"params={params!r} selects no parameters{hint}; the model's parameters are "
+                             f"{list(named)}")
     else:
         try:
             names = list(params)

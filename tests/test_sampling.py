@@ -166,6 +166,16 @@ def test_params_restricts_sampling():
         sgld(m, mse, d.xy, cfg, params=lambda name, p: False, progress=False)
 
 
+def test_a_name_prefix_is_a_module_path_with_or_without_its_dot():
+    net = nn.Sequential(*[nn.Linear(2, 2) for _ in range(11)])          # modules "0" .. "10"
+    assert select_params(net, "1") == select_params(net, "1.") == ["1.weight", "1.bias"]   # not "10.*"
+    assert select_params(net, "1.weight") == ["1.weight"]
+    with pytest.raises(ValueError, match=r"params='1\.w' selects no parameters \(a prefix is matched at dots"):
+        select_params(net, "1.w")
+    with pytest.raises(ValueError, match=r"params='nope' selects no parameters; the model's parameters are"):
+        select_params(net, "nope")
+
+
 def test_per_chain_step_sizes_and_rmsprop_run():
     x, y = point_data()
     cfg = SamplerConfig(step_size=(1e-4, 1e-3, 1e-2), nbeta=100.0, num_chains=3, num_draws=300,
