@@ -129,7 +129,7 @@ def test_scores_over_a_short_trajectory_and_grad_clip():
 def test_lm_settings_are_the_documented_sizes():
     s = lm_settings()
     assert s["model"]["num_layers"] == 2 and s["llc"]["nbeta"] == 30.0 and s["llc"]["localization"] == 200.0
-    assert s["paper"]["stage_ends"] == [900, 6_500, 8_500, 17_500, 50_000]
+    assert s["paper"]["stage_ends"] == [900, 6_500, 8_500, 17_000, 50_000]     # Hoogland et al., TMLR version
 
 
 def test_lm_replica_settings_reseed_the_run_and_shrink_it(monkeypatch):
