@@ -347,6 +347,7 @@ def select_params(model: nn.Module, params=None) -> list[str]:
     named = dict(model.named_parameters())
     if not named:
         raise ValueError("the model has no parameters to sample")
+    hint = ""                                                          # why a selection came out empty
     if params is None:
         names = [k for k, p in named.items() if p.requires_grad]
     elif callable(params):
@@ -354,12 +355,10 @@ def select_params(model: nn.Module, params=None) -> list[str]:
     elif isinstance(params, str):
         prefix = params[:-1] if params.endswith(".") else params      # "layers.0." as "layers.0"
         names = [k for k in named if k == prefix or k.startswith(prefix + ".")]
-        if not names:
-            near = [k for k in named if k.startswith(params)]
+        near = [] if names else [k for k in named if k.startswith(params)]
+        if near:
             hint = (f" (a prefix is matched at dots: {near[0]!r} is not inside module {prefix!r}; give the module "
-                    "path or list the names)") if near else ""
-            raise ValueError(f"params={params!r} selects no parameters{hint}; the model's parameters are "
-                             f"{list(named)}")
+                    "path or list the names)")
     else:
         try:
             names = list(params)
@@ -375,7 +374,7 @@ def select_params(model: nn.Module, params=None) -> list[str]:
             raise ValueError(f"params lists {twice} more than once, which would sample them twice (doubling the "
                              "dimension); list each parameter name once")
     if not names:
-        raise ValueError(f"params={params!r} selects no parameters; the model's parameters are {list(named)}")
+        raise ValueError(f"params={params!r} selects no parameters{hint}; the model's parameters are {list(named)}")
     return names
 
 
