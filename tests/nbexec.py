@@ -370,13 +370,18 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def auto_jobs(num_pages: int, *, cores: int | None = None, memory: int | None = -1) -> int:
+#: ``auto_jobs(memory=...)`` default: read the available memory (:func:`available_memory`)
+MEASURE = object()
+
+
+def auto_jobs(num_pages: int, *, cores: int | None = None, memory=MEASURE) -> int:
     """``--jobs auto``: one page per core, no more pages than :data:`PAGE_MEMORY` each fits in the available memory
-    (``memory`` bytes; ``None``: unknown, not a limit), and no more than there are pages. Every page's kernel then
+    (``memory`` bytes, read from the OS by default; ``None``: unknown, not a limit), and no more than there are
+    pages. Every page's kernel then
     runs single-threaded (:func:`child_env`), which is fastest for the book's small models. On the book's 2-core
     machine that is 2, the setting its recorded build times were measured with (not measured on more cores)."""
     cores = usable_cores() if cores is None else max(1, int(cores))
-    memory = available_memory() if memory == -1 else memory
+    memory = available_memory() if memory is MEASURE else memory
     by_memory = cores if memory is None else max(1, int(memory) // PAGE_MEMORY)
     return max(1, min(int(num_pages), cores, by_memory))
 
@@ -533,9 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pages = args.pages or notebook_pages()
     if args.jobs == "auto":
-        args.jobs = auto_jobs(len(pages))
-        print(f"execute: {len(pages)} page(s), {args.jobs} at a time (--jobs auto: {usable_cores()} core(s))",
-              flush=True)
+        cores = usable_cores()
+        args.jobs = auto_jobs(len(pages), cores=cores)
+        print(f"execute: {len(pages)} page(s), {args.jobs} at a time (--jobs auto: {cores} core(s))", flush=True)
     timeout = args.timeout if args.timeout is not None else config_timeout()
     if args.jobs > 1 and len(pages) > 1:
         return _main_parallel(pages, args, timeout)
