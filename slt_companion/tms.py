@@ -530,9 +530,9 @@ def _llc_settings() -> dict:
 
 #: The LLC settings of the k-gon table (Part III): n = 20,000, nβ = n/log n, localization γ = 20, SGLD step
 #: ε = 0.24/(nβ) (ε·nβ·h_max ≈ 0.48, below the stability limit 2: the top Hessian eigenvalue of L at the k-gons is
-#: 2.0, at the 5+-gon, as "Superposition and its critical points" computes and asserts; at 0.04/(nβ) the chains need
-#: five times as many draws to converge), minibatch 500, data seed 0, and a budget of at most ``max_draws`` kept
-#: draws per chain for ``num_draws="auto"``.
+#: 2.0, at the 5+-gon; "Superposition and its critical points" computes it over the 5-, 5+ and 6-gons and asserts
+#: ε·nβ·h_max < 2; at 0.04/(nβ) the chains need five times as many draws to converge), minibatch 500, data seed 0,
+#: and a budget of at most ``max_draws`` kept draws per chain for ``num_draws="auto"``.
 LLC_SETTINGS = _llc_settings()
 
 #: The k-gons whose LLC the book estimates: name -> (c, k, positive, negative).
