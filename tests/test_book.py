@@ -134,3 +134,25 @@ def test_notebook_pages_offer_their_executed_ipynb(quick_book):
             f"{docname}: the downloadable notebook has no outputs (was it executed?)"
         html = (quick_book / f"{docname}.html").read_text(encoding="utf-8")
         assert f'_sources/{docname}.ipynb"' in html, f"{docname}.html does not link its .ipynb"
+
+
+#: a Markdown table's separator row left as text in a paragraph ("|---|", typographer dashes: "|—|"): a glued table
+#: whose {glue:md} directive lacks ``:format: myst`` renders as one paragraph of pipes instead of a table
+RAW_TABLE = re.compile(r"<p>[^<]*\|\s*[-—–:]+\s*\|")
+
+
+def raw_tables(html: str) -> list[str]:
+    """Paragraphs of ``html`` that hold a Markdown table's separator row (see :data:`RAW_TABLE`)."""
+    return [m.group(0)[:120] for m in RAW_TABLE.finditer(html)]
+
+
+def test_no_table_renders_as_text(quick_book):
+    bad = {docname: found for docname in toc_docnames()
+           if (found := raw_tables((quick_book / f"{docname}.html").read_text(encoding="utf-8")))}
+    assert not bad, f"Markdown tables rendered as paragraphs (add ':format: myst' to their {{glue:md}}): {bad}"
+
+
+def test_raw_table_check_catches_a_glued_table_left_as_text():
+    assert raw_tables("<p>| a | b |\n|—|—|\n| 1 | 2 |</p>")
+    assert raw_tables("<p>| a | b | |---|---| | 1 | 2 |</p>")
+    assert not raw_tables("<table><tr><td>a</td></tr></table><p>x | y and a - b | c</p>")
