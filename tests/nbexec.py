@@ -377,9 +377,9 @@ MEASURE = object()
 def auto_jobs(num_pages: int, *, cores: int | None = None, memory=MEASURE) -> int:
     """``--jobs auto``: one page per core, no more pages than :data:`PAGE_MEMORY` each fits in the available memory
     (``memory`` bytes, read from the OS by default; ``None``: unknown, not a limit), and no more than there are
-    pages. Every page's kernel then
-    runs single-threaded (:func:`child_env`), which is fastest for the book's small models. On the book's 2-core
-    machine that is 2, the setting its recorded build times were measured with (not measured on more cores)."""
+    pages. Every page's kernel then runs single-threaded (:func:`child_env`), which is fastest for the book's small
+    models. On the book's 2-core machine that is 2, the setting its recorded build times were measured with (not
+    measured on more cores)."""
     cores = usable_cores() if cores is None else max(1, int(cores))
     memory = available_memory() if memory is MEASURE else memory
     by_memory = cores if memory is None else max(1, int(memory) // PAGE_MEMORY)
