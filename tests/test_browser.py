@@ -8,6 +8,7 @@ never `playwright install`. Without Chromium these tests FAIL with that instruct
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -53,15 +54,23 @@ def site(quick_book):
     server.server_close()
 
 
-@pytest.fixture(scope="session")
-def browser():
-    executable = _chromium()
+@contextlib.contextmanager
+def _launched(executable: str):
+    """Headless Chromium (``executable``) with :data:`CHROMIUM_ARGS`, in a Playwright instance of this thread's own."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    with _launched(_chromium()) as chromium:
         yield chromium
-        chromium.close()
 
 
 # Runs in the page once it has loaded: waits for MathJax and the images, then reports what it sees.
@@ -194,14 +203,8 @@ def page_visits(site) -> dict:
     executable = _chromium()
 
     def worker(names: list[str]) -> dict:
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as pw:
-            chromium = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-            try:
-                return {d: _visit(chromium, site, d) for d in names}
-            finally:
-                chromium.close()
+        with _launched(executable) as chromium:
+            return {d: _visit(chromium, site, d) for d in names}
 
     with ThreadPoolExecutor(max_workers=BROWSER_JOBS) as pool:
         parts = list(pool.map(worker, [docnames[i::BROWSER_JOBS] for i in range(BROWSER_JOBS)]))
