@@ -4,11 +4,12 @@ The book's long runs go through :func:`cached`: the first build computes and sto
 rebuild loads. Changing any config value, the package version or any source file of the package changes
 the key, so results are never stale. An entry that cannot be read (truncated file, edited by hand) is reported with a warning and
 recomputed -- never a crash and never a silently wrong number; a result that cannot be written (read-only or
-uncreatable folder) is returned with a warning -- a finished computation is never lost.
+uncreatable folder, a value the cache cannot store) is returned with a warning -- a finished computation is never
+lost.
 
 Entries are ``.npz`` files read with ``allow_pickle=False`` (no code runs on load). A result is a
-``dict`` whose values are numbers, strings, booleans, ``None``, lists of numbers, NumPy arrays,
-torch tensors or nested dicts of those.
+``dict`` whose values are numbers, strings, booleans, ``None``, lists of numbers (NumPy scalars in them are stored
+as Python numbers), NumPy arrays, torch tensors or nested dicts of those.
 
 Where: ``$SLT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/slt_companion`` (``~/.cache/slt_companion``).
 
@@ -112,6 +113,12 @@ def entry_path(name: str, config: dict) -> Path:
 _FORMAT = 2
 
 
+def _plain_list(value: list | tuple) -> list:
+    """``value`` as a list, NumPy scalars in it (and in nested lists) as Python numbers."""
+    return [_plain_list(v) if isinstance(v, (list, tuple)) else v.item() if isinstance(v, np.generic) else v
+            for v in value]
+
+
 def _flatten(result: dict, prefix: str, arrays: dict, meta: dict) -> None:
     for key, value in result.items():
         if not isinstance(key, str) or "/" in key:
@@ -121,7 +128,11 @@ def _flatten(result: dict, prefix: str, arrays: dict, meta: dict) -> None:
             meta[path] = {"kind": "dict"}
             _flatten(value, path + "/", arrays, meta)
         elif isinstance(value, torch.Tensor):
-            arrays[path] = value.detach().cpu().numpy()
+            try:
+                arrays[path] = value.detach().cpu().numpy()
+            except TypeError as err:                       # bfloat16 and other dtypes NumPy has not
+                raise TypeError(f"result[{path!r}] is a {value.dtype} tensor, which NumPy cannot hold; "
+                                "convert it (.float()) to store it") from err
             meta[path] = {"kind": "tensor"}
         elif isinstance(value, np.ndarray):
             if value.dtype == object:
@@ -133,11 +144,12 @@ def _flatten(result: dict, prefix: str, arrays: dict, meta: dict) -> None:
         elif isinstance(value, (bool, int, float, str)) or value is None:
             meta[path] = {"kind": "value", "value": value}
         elif isinstance(value, (list, tuple)):
+            value = _plain_list(value)                     # `list(np.arange(3))`: NumPy scalars as Python numbers
             try:
                 json.dumps(value)
-            except TypeError as err:
+            except (TypeError, ValueError) as err:
                 raise TypeError(f"result[{path!r}] is a list that is not plain numbers/strings") from err
-            meta[path] = {"kind": "value", "value": list(value)}
+            meta[path] = {"kind": "value", "value": value}
         else:
             raise TypeError(
                 f"result[{path!r}] has type {type(value).__name__}, which the cache cannot store; "
@@ -318,8 +330,9 @@ def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: boo
 
     ``compute`` takes no arguments and returns a dict (see the module docstring for what it may hold).
     ``refresh=True`` recomputes and overwrites. A corrupt entry gives a ``RuntimeWarning`` and is
-    recomputed; a result that cannot be written (a read-only or uncreatable folder) gives a ``RuntimeWarning``
-    and is returned all the same. Delete the file (:func:`entry_path`) to force a recomputation by hand.
+    recomputed; a result that cannot be written (a read-only or uncreatable folder, or a value the cache cannot
+    store: a non-string key, a bfloat16 tensor, a list of tensors) gives a ``RuntimeWarning`` and is returned all
+    the same. Delete the file (:func:`entry_path`) to force a recomputation by hand.
     """
     path = entry_path(name, config)
     if not refresh and _exists(path):
@@ -344,6 +357,10 @@ def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: boo
         except OSError as err:   # a finished computation is never lost because the cache cannot be written
             warnings.warn(f"could not store the result of {name!r} in the cache ({type(err).__name__}: {err}); "
                           "returning it uncached. Set SLT_CACHE_DIR to a writable folder to keep results.",
+                          RuntimeWarning, stacklevel=user_stacklevel())
+        except TypeError as err:  # ... nor because it holds a value the cache cannot store
+            warnings.warn(f"could not store the result of {name!r} in the cache ({err}); returning it uncached. "
+                          "Return numbers, strings, lists of those, arrays, tensors or dicts of those to keep it.",
                           RuntimeWarning, stacklevel=user_stacklevel())
     finally:
         release()

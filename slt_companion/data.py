@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._checks import check_int
+from ._checks import check_int, check_positive
 
 __all__ = ["RegressionData", "ClassificationData", "teacher_student", "random_low_rank", "monomial_data",
            "digits", "mnist1d"]
@@ -71,8 +71,8 @@ def random_low_rank(out_dim: int, in_dim: int, rank: int, *, singular_values: Se
         s = torch.linspace(2.0, 1.0, rank, dtype=torch.float64) if rank > 1 else torch.tensor([1.5], dtype=torch.float64)
     else:
         s = torch.as_tensor(singular_values, dtype=torch.float64)
-        if s.shape != (rank,) or (s <= 0).any():
-            raise ValueError(f"singular_values must be {rank} positive numbers, got {list(singular_values)}")
+        if s.shape != (rank,) or not (s > 0).all() or not torch.isfinite(s).all():
+            raise ValueError(f"singular_values must be {rank} finite positive numbers, got {list(singular_values)}")
     gen = torch.Generator().manual_seed(int(seed))
     U, _ = torch.linalg.qr(torch.randn(out_dim, rank, generator=gen, dtype=torch.float64))
     V, _ = torch.linalg.qr(torch.randn(in_dim, rank, generator=gen, dtype=torch.float64))
@@ -89,8 +89,7 @@ def teacher_student(n: int, in_dim: int, out_dim: int, rank: int, *, noise_std: 
     the Gaussian model up to a constant, the scale the LLC estimator assumes (Part II, "Estimating λ").
     """
     n = check_int("n", n, 1)
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be ≥ 0, got {noise_std!r}")
+    check_positive("noise_std", noise_std, allow_zero=True)
     W = random_low_rank(out_dim, in_dim, rank, singular_values=singular_values, seed=seed)
     gen = torch.Generator().manual_seed(int(seed) + 1)
     x = torch.randn(n, in_dim, generator=gen, dtype=torch.float64)
@@ -105,6 +104,7 @@ def monomial_data(n: int, *, noise_std: float = 0.0, seed: int = 0, dtype: torch
     *is* the normal-crossing potential, with no sampling noise in the landscape (Part II, validation).
     """
     n = check_int("n", n, 1)
+    check_positive("noise_std", noise_std, allow_zero=True)
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.randn(n, 1, generator=gen, dtype=torch.float64)
     y = noise_std * torch.randn(n, 1, generator=gen, dtype=torch.float64)
@@ -295,7 +295,12 @@ class CharCorpus:
         return torch.from_numpy(table[raw].copy())
 
     def decode(self, tokens) -> str:
-        return "".join(self.vocab[int(t)] for t in tokens)
+        """The text of ``tokens`` (integers in ``[0, vocab_size)``; a negative one is an error, not the end's)."""
+        ids = [int(t) for t in tokens]
+        bad = [i for i in ids if not 0 <= i < len(self.vocab)]
+        if bad:
+            raise ValueError(f"tokens must lie in [0, vocab_size = {len(self.vocab)}), got {bad[:5]}")
+        return "".join(self.vocab[i] for i in ids)
 
     def batch(self, batch_size: int, seq_len: int, generator: torch.Generator | None = None,
               split: str = "train", *, repeat_span: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,12 +127,20 @@ mse_loss.batched_vjp = _mse_batched_vjp
 
 class Polynomial(torch.nn.Module):
     r"""devinterp's test model :math:`f(x; w) = x\prod_j w_j^{k_j}` (``x`` of shape ``(batch,)``), exponents
-    may be 0 (a factor :math:`w^0`, whose second derivative torch cannot form at 0). Starts at ``init`` (0)."""
+    may be 0 (a factor :math:`w^0`, whose second derivative torch cannot form at 0); whole numbers ≥ 0. Starts at
+    ``init`` (0; one value per exponent)."""
 
     def __init__(self, powers, init=None):
         super().__init__()
-        self.register_buffer("powers", torch.tensor(list(powers), dtype=torch.float32), persistent=False)
+        powers = list(powers)
+        for v in powers:                  # a negative power is a pole at the truth 0; a fractional one no monomial
+            check_int("powers", v, 0)
+        if not powers:
+            raise ValueError("powers must hold at least one non-negative integer, got []")
+        self.register_buffer("powers", torch.tensor(powers, dtype=torch.float32), persistent=False)
         start = torch.zeros(len(powers)) if init is None else torch.tensor(list(init), dtype=torch.float32)
+        if start.shape != (len(powers),):
+            raise ValueError(f"init must have one value per exponent ({len(powers)}), got {list(start.shape)}")
         self.weights = torch.nn.Parameter(start)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

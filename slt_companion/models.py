@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_int, check_symbols
+from ._checks import check_int, check_positive, check_symbols
 
 __all__ = ["DeepLinearNetwork", "MonomialModel", "MLP", "rank_constrained_least_squares", "monomial_batched_vjp",
            "tms_forward_batched_vjp"]
@@ -43,9 +43,11 @@ def rank_constrained_least_squares(x: torch.Tensor, y: torch.Tensor, rank: int) 
     The reduced-rank regression estimator (Izenman 1975): ordinary least squares
     :math:`\hat B = (X^\top X)^{-1}X^\top Y`, then projection of the fitted values onto their top ``rank``
     right singular vectors :math:`V_r`: :math:`\hat W = (\hat B V_r V_r^\top)^\top`. Computed in float64.
+    ``rank`` is a whole number ≥ 0; one above ``min(in, out)`` is ordinary least squares.
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must be 2-D with the same number of rows; got {tuple(x.shape)} and {tuple(y.shape)}")
+    rank = check_int("rank", rank, 0)                      # a rank above min(in, out) is no constraint
     X, Y = x.double(), y.double()
     B = torch.linalg.lstsq(X, Y).solution  # (in, out)
     fitted = X @ B
@@ -70,6 +72,7 @@ class DeepLinearNetwork(nn.Module):
     def __init__(self, widths: Sequence[int], *, seed: int | None = 0, init_scale: float = 1.0):
         super().__init__()
         self.widths = _positive_ints("widths", widths, min_len=2)
+        check_positive("init_scale", init_scale, allow_zero=True)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         layers = []
         for fan_in, fan_out in zip(self.widths[:-1], self.widths[1:]):
@@ -648,7 +651,8 @@ __all__ += ["ICLTransformer", "AttentionOnlyLM", "AttentionHead"]
 
 class MLP(nn.Module):
     """A multilayer perceptron ``widths = [input, hidden..., output]`` with biases and ``activation``
-    (``"relu"`` or ``"tanh"``) between layers; outputs are logits. PyTorch's default initialisation, seeded.
+    (``"relu"`` or ``"tanh"``) between layers; outputs are logits. PyTorch's default initialisation, seeded
+    (``seed=None``: drawn from, and advancing, torch's global generator).
 
     Has the batched fast path ``forward_batched`` (``torch.baddbmm`` per layer) used by
     :mod:`slt_companion.sampling` when every parameter is sampled.
@@ -656,12 +660,15 @@ class MLP(nn.Module):
 
     _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
-    def __init__(self, widths: Sequence[int], *, activation: str = "relu", seed: int = 0):
+    def __init__(self, widths: Sequence[int], *, activation: str = "relu", seed: int | None = 0):
         super().__init__()
         self.widths = _positive_ints("widths", widths, min_len=2)
         if activation not in self._ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(self._ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
+        if seed is None:                    # torch's global generator, which it advances (as DeepLinearNetwork does)
+            self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.widths[:-1], self.widths[1:]))
+            return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.widths[:-1], self.widths[1:]))

@@ -176,15 +176,46 @@ class Replication:
 
 
 def _stable_repr(value) -> str:
-    """``repr(value)``, or the type's name where the repr holds a memory address (it changes from run to run)."""
+    """``repr(value)``, or the type's name where the repr holds a memory address (it changes from run to run).
+
+    A NumPy array or torch tensor is described by its shape, dtype and a hash of its bytes (its ``repr`` elides all but
+    a few entries of a large one); a dict, list or tuple by its items' stable reprs."""
+    import hashlib
+    import sys
+
+    torch = sys.modules.get("torch")
+    if isinstance(value, np.ndarray) or torch is not None and isinstance(value, torch.Tensor):
+        try:
+            if isinstance(value, np.ndarray):
+                if value.dtype.hasobject:                          # its bytes are pointers, different every run
+                    raise TypeError
+                raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+            else:                                                  # any dtype (bfloat16 too), any device
+                raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            digest = hashlib.blake2b(raw.data, digest_size=16).hexdigest()
+            return f"{type(value).__name__}(shape={tuple(value.shape)}, dtype={value.dtype}, blake2b={digest})"
+        except (TypeError, RuntimeError, ValueError):
+            pass                                                   # a sparse tensor, an object array: its repr
+    elif type(value) in (list, tuple):
+        items = ", ".join(map(_stable_repr, value))
+        return f"[{items}]" if type(value) is list else f"({items}{',' if len(value) == 1 else ''})"
+    elif type(value) is dict:
+        return "{" + ", ".join(f"{_stable_repr(k)}: {_stable_repr(v)}" for k, v in value.items()) + "}"
     r = repr(value)
     return type(value).__qualname__ if " at 0x" in r else r
 
 
 def code_fingerprint(fn) -> str | None:
     """A hash of what ``fn`` computes as written: for a function its bytecode, the names it uses and its constants
-    (nested functions included) and its default arguments, not its file name or line numbers (those change between runs of a notebook); for a
-    ``functools.partial`` the function's fingerprint and the bound arguments' ``repr``. ``None`` for other callables."""
+    (nested functions included), its default arguments and, for a closure, the values it captures from the
+    enclosing function; not its file name or line numbers (those change between runs of a notebook). For a
+    ``functools.partial`` the function's fingerprint and the bound arguments' ``repr``. ``None`` for other callables.
+
+    Default arguments and captured values are hashed alike, by a stable ``repr``: numbers, strings and containers of
+    them by value, arrays and tensors by shape, dtype and a hash of their bytes; an object whose ``repr`` holds a
+    memory address (a function, most objects) by its type's name only, and a model by its ``repr`` (its layers, not
+    its weights). A change to such a value is not seen: describe it in ``replicate``'s ``config`` or bump ``version``.
+    Global names ``fn`` reads are not hashed either, only their names."""
     import functools
     import hashlib
 
@@ -212,6 +243,15 @@ def code_fingerprint(fn) -> str | None:
     # default arguments are part of what fn computes: `def fn(seed, scale=2.0)` edited to 3.0 is another function
     defaults = list(getattr(fn, "__defaults__", None) or ()) + sorted((getattr(fn, "__kwdefaults__", None) or {}).items())
     h.update(repr([_stable_repr(v) for v in defaults]).encode())
+    # so are the values a closure captures: `lambda s: run(s, k)` inside `for k in ...` (none: the hash is unchanged)
+    cells = getattr(fn, "__closure__", None) or ()
+    if cells:
+        def cell_value(cell):
+            try:
+                return _stable_repr(cell.cell_contents)
+            except ValueError:                        # a cell not yet filled (a name assigned after fn is defined)
+                return "<empty cell>"
+        h.update(repr([cell_value(c) for c in cells]).encode())
     return h.hexdigest()[:16]
 
 
@@ -221,11 +261,11 @@ def replicate(fn: Callable[[int], dict], seeds: int | Iterable[int] = 5, *, name
     on its own under ``name`` with ``config`` + the seed (:func:`slt_companion.cache.cached`: adding a seed computes
     only that seed), and return a :class:`Replication`. Every row must have the same keys.
 
-    The cache key also holds a fingerprint of ``fn``'s own code (:func:`code_fingerprint`: its bytecode, names and
-    constants, not its line numbers), so editing ``fn``'s body recomputes. Code that ``fn`` calls is not
-    fingerprinted: the package's own code keys every entry already (:mod:`slt_companion.cache`), and for helpers
-    defined beside ``fn`` bump ``version`` when they change. ``config`` must describe everything else ``fn``
-    depends on besides the seed."""
+    The cache key also holds a fingerprint of ``fn``'s own code (:func:`code_fingerprint`: its bytecode, names,
+    constants, defaults and captured values, not its line numbers), so editing ``fn``'s body recomputes. Code that
+    ``fn`` calls is not fingerprinted: the package's own code keys every entry already (:mod:`slt_companion.cache`),
+    and for helpers defined beside ``fn`` bump ``version`` when they change. ``config`` must describe everything else
+    ``fn`` depends on besides the seed (a captured model's weights, for one)."""
     from tqdm.auto import tqdm
 
     from . import cache

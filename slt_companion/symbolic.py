@@ -137,11 +137,14 @@ def fisher_rank(matrix: sp.Matrix, at: dict | None = None, *, tol: float = 1e-10
     """Rank of a (Fisher) matrix, optionally after substituting parameter values ``at``.
 
     Entries with transcendental functions (``tanh(3/2)``) defeat exact zero-testing, so the rank is
-    taken from the singular values of a 50-digit evaluation, counting those above ``tol`` times the
-    largest. Exact kernels are shown separately by multiplying with a symbolic null vector.
+    taken from the singular values of a 50-digit evaluation, counting those above ``tol`` (a finite number ≥ 0)
+    times the largest. Exact kernels are shown separately by multiplying with a symbolic null vector.
     """
     if not isinstance(matrix, sp.MatrixBase):
         raise TypeError(f"matrix must be a sympy Matrix, got {type(matrix).__name__}")
+    from ._checks import check_positive
+
+    check_positive("tol", tol, allow_zero=True)            # a relative cut-off: nan counted nothing, -1 everything
     m = matrix.subs(at) if at else matrix
     if 0 in m.shape:
         return 0                                    # an empty matrix (no parameters or no outputs) has rank 0

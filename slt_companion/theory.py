@@ -28,6 +28,16 @@ from ._checks import check_int
 __all__ = ["free_energy", "bic", "rrr_rlct", "dln_rlct", "bayesian_transition_n", "RLCT"]
 
 
+def _check_finite(name: str, value) -> None:
+    """A ValueError naming ``name`` unless ``value`` (a number or an array of them) is all finite numbers."""
+    try:
+        ok = bool(np.all(np.isfinite(np.asarray(value, dtype=float))))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number (or an array of them), got {value!r}")
+
+
 def free_energy(n, loss, lam, multiplicity: int = 1):
     r"""Watanabe's asymptotic free energy :math:`F_n \approx nL_n(w_0) + \lambda\log n - (m-1)\log\log n`.
 
@@ -39,7 +49,10 @@ def free_energy(n, loss, lam, multiplicity: int = 1):
     if np.any(~(n > 1)) or np.any(~np.isfinite(n)):
         raise ValueError(f"n must be finite and exceed 1 (log log n must be defined), got {n!r}")
     multiplicity = check_int("multiplicity", multiplicity)
+    _check_finite("loss", loss)
     lam = float(lam)
+    if not math.isfinite(lam):
+        raise ValueError(f"lam must be a finite number (a learning coefficient), got {lam!r}")
     out = n * loss + lam * np.log(n)
     if multiplicity > 1:
         out = out - (multiplicity - 1) * np.log(np.log(n))
@@ -56,6 +69,7 @@ def bic(n, loss, num_params: int):
     if np.any(~(n > 0)) or np.any(~np.isfinite(n)):
         raise ValueError(f"n must be finite and positive (a sample size), got {n!r}")
     num_params = check_int("num_params", num_params, 0)
+    _check_finite("loss", loss)
     return n * loss + num_params / 2 * np.log(n)
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import cache as _cache
-from ._checks import check_positive, user_stacklevel
+from ._checks import check_int, check_positive, user_stacklevel
 from .config import resolve_device
 from .sampling import cpu_threads
 
@@ -48,6 +48,7 @@ def log_checkpoint_steps(num_steps: int, num_checkpoints: int = 50, *, linear: i
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     if isinstance(num_checkpoints, bool) or not isinstance(num_checkpoints, (int, np.integer)) or num_checkpoints < 2:
         raise ValueError(f"num_checkpoints must be an integer ≥ 2, got {num_checkpoints!r}")
+    linear = check_int("linear", linear, 0)
     steps = np.round(np.logspace(0, math.log10(num_steps), int(num_checkpoints))).astype(np.int64)
     if linear:
         steps = np.concatenate([steps, np.linspace(0, num_steps, int(linear) + 1).round().astype(np.int64)])
@@ -227,7 +228,7 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         the step's generator; the recorded loss is the first call's.
     schedule : ``"onecycle"`` (:func:`one_cycle_lr` with ``pct_start``; the paper's) or ``"constant"``.
     checkpoints : steps at which to keep the parameters; default :func:`log_checkpoint_steps` ``(num_steps, 50)``.
-    seed : seeds the minibatch stream (the model's initialisation is its own ``seed``).
+    seed : a whole number; seeds the minibatch stream (the model's initialisation is its own ``seed``).
     cache_name, cache_config : if ``cache_name`` is given the trajectory is cached under ``cache_name`` with a
         key made of ``cache_config``, the training settings and a fingerprint of the initial model; ``cache_config``
         must describe whatever ``loss_fn`` and ``batch_fn`` do (they cannot be hashed). The run is then also resumable.
@@ -273,9 +274,23 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         raise ValueError(f"stop_at must lie in [1, num_steps={num_steps}], got {stop_at!r}")
     if grad_clip is not None:
         grad_clip = check_positive("grad_clip (or None)", grad_clip)
+    try:
+        seed = check_int("seed", seed, minimum=-(2 ** 63))
+    except ValueError:
+        raise ValueError(f"seed must be a whole number (it seeds the minibatch stream, which must be reproducible: "
+                         f"None is not accepted), got {seed!r}") from None
+    try:
+        betas = [float(b) for b in betas]
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a sequence of numbers, e.g. (0.9, 0.999), got {betas!r}") from None
+    if optimizer in ("adam", "adamw") and len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2) for optimizer={optimizer!r}, e.g. (0.9, 0.999); "
+                         f"got {tuple(betas)!r}")
+    if optimizer == "momentum" and not betas:
+        raise ValueError("betas must hold the momentum first for optimizer='momentum', e.g. (0.9,); got ()")
     dev = resolve_device(device)
     model.to(dev)
-    settings = {"num_steps": num_steps, "lr": float(lr), "optimizer": optimizer, "betas": [float(b) for b in betas],
+    settings = {"num_steps": num_steps, "lr": float(lr), "optimizer": optimizer, "betas": betas,
                 "weight_decay": float(weight_decay), "schedule": schedule, "pct_start": float(pct_start),
                 "checkpoints": [int(c) for c in ckpts], "seed": int(seed),
                 "grad_clip": None if grad_clip is None else float(grad_clip)}

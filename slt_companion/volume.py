@@ -50,8 +50,7 @@ def _grid(K, variables, prior, bound, center, points, depth, *, slopes: bool = F
         bound = check_positive("bound", bound)
     except ValueError:
         raise ValueError(f"bound must be a positive number (the half-width of the prior box), got {bound!r}") from None
-    if not depth > 0:
-        raise ValueError(f"depth must be positive, got {depth!r}")
+    depth = check_positive("depth", depth)                 # finite: an infinite depth makes every cell width inf
     if points is None:
         points = size({1: 20_000, 2: 600, 3: 100}.get(d, 30), {1: 2_000, 2: 200, 3: 40}.get(d, 12))
     points = int(points)
@@ -174,8 +173,9 @@ def volume(K, variables, eps, *, prior=1, bound: float = 1.0, center=None, point
 def fit_volume_scaling(eps, V, *, multiplicity: int | None = None) -> dict:
     r"""Least-squares fit of :math:`\log V = \log c + \lambda\log\varepsilon + (m-1)\log(-\log\varepsilon)`.
 
-    With ``multiplicity`` given only :math:`\lambda` and :math:`c` are fitted; otherwise :math:`m` too (a float).
-    Needs :math:`0 < \varepsilon < 1`. Returns ``lam``, ``multiplicity``, ``log_c``, ``residual_rms``.
+    With ``multiplicity`` given only :math:`\lambda` and :math:`c` are fitted (3 distinct ``eps`` or more); otherwise
+    :math:`m` too (a float; 4 distinct ``eps`` or more). Needs :math:`0 < \varepsilon < 1` and finite ``V > 0``.
+    Returns ``lam``, ``multiplicity``, ``log_c``, ``residual_rms``.
     """
     eps = np.asarray(eps, dtype=float)
     V = np.asarray(V, dtype=float)
@@ -183,12 +183,17 @@ def fit_volume_scaling(eps, V, *, multiplicity: int | None = None) -> dict:
         raise ValueError(f"eps and V must be 1-D of equal length, got {eps.shape} and {V.shape}")
     if np.any(~((eps > 0) & (eps < 1))):
         raise ValueError("every eps must lie in (0, 1) so that log(-log eps) is defined")
+    if not np.all(np.isfinite(V)):
+        raise ValueError(f"every V must be a finite number, got {V[~np.isfinite(V)][:3].tolist()} "
+                         "(a volume that overflowed or failed: recompute it)")
     if np.any(~(V > 0)):
         raise ValueError("every V must be positive (refine the grid or raise eps)")
     le, lle, lv = np.log(eps), np.log(-np.log(eps)), np.log(V)
     if multiplicity is None:
-        if len(eps) < 4:
-            raise ValueError("fitting lambda and m needs at least 4 values of eps")
+        if len(np.unique(eps)) < 4:
+            raise ValueError(f"fitting lambda and m needs at least 4 distinct values of eps, got "
+                             f"{len(np.unique(eps))} ({np.unique(eps).tolist()}): three fit exactly, with no residual "
+                             "to judge the fit by; add eps values or give multiplicity")
         X = np.stack([le, lle, np.ones_like(le)], axis=1)
         coef, *_ = np.linalg.lstsq(X, lv, rcond=None)
         lam, mm1, c = coef
@@ -211,8 +216,8 @@ def log_partition(K, variables, ns, *, prior=1, bound: float = 1.0, center=None,
                   depth: float = 40.0) -> np.ndarray:
     r""":math:`\log Z_n = \log\int e^{-nK(w)}\varphi(w)\,dw` for each ``n`` (same prior and grid as :func:`volume`)."""
     ns = np.atleast_1d(np.asarray(ns, dtype=float))
-    if np.any(~(ns > 0)):
-        raise ValueError("every n must be positive")
+    if np.any(~((ns > 0) & np.isfinite(ns))):
+        raise ValueError(f"every n must be a finite number > 0, got {ns.tolist()}")
     Kv, Wv = _grid(K, variables, prior, bound, center, points, depth)
     out = np.empty(len(ns))
     for i, n in enumerate(ns):

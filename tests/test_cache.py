@@ -77,9 +77,24 @@ def test_bad_inputs_are_named():
     with pytest.raises(TypeError, match="must return a dict"):
         cache.cached("demo", {"x": 1}, lambda: [1, 2])
     with pytest.raises(TypeError, match="object array"):
-        cache.cached("demo", {"x": 2}, lambda: {"a": np.array([object()])})
-    with pytest.raises(TypeError, match="cannot store"):
-        cache.cached("demo", {"x": 3}, lambda: {"a": {1, 2}})
+        cache.save(cache.entry_path("demo", {"x": 2}), {"a": np.array([object()])})
+    # a result the cache cannot store is returned all the same, with a warning saying why (computations are costly)
+    for config, result, why in [({"x": 2}, {"a": np.array([object()])}, "object array"),
+                                ({"x": 3}, {"a": {1, 2}}, "cannot store"),
+                                ({"x": 4}, {"a": {1: 2}}, "keys must be strings"),
+                                ({"x": 5}, {"a": torch.ones(2, dtype=torch.bfloat16)}, "bfloat16 tensor"),
+                                ({"x": 6}, {"a": [torch.ones(2)]}, "not plain numbers")]:
+        with pytest.warns(RuntimeWarning, match=f"could not store the result of 'demo'.*{why}.*returning it uncached"):
+            assert cache.cached("demo", config, lambda: result) is result
+        assert not cache.entry_path("demo", config).exists()
+
+
+def test_numpy_scalars_in_lists_are_stored_as_python_numbers():
+    out = {"ints": list(np.arange(3)), "floats": (np.float32(0.5), [np.float64(1.5), np.bool_(True)])}
+    cache.cached("demo", {}, lambda: out)
+    again = cache.cached("demo", {}, lambda: {})
+    assert again == {"ints": [0, 1, 2], "floats": [0.5, [1.5, True]]}
+    assert type(again["ints"][0]) is int and type(again["floats"][1][1]) is bool
 
 
 def test_no_temporary_files_left_behind():

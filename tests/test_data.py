@@ -93,3 +93,26 @@ def test_small_corpus_and_split_edges():
         digits(test_fraction=0.0001)
     with pytest.raises(ValueError, match="n must"):
         icl_regression(0)
+
+
+def test_non_finite_noise_and_singular_values_are_refused():
+    nan, inf = float("nan"), float("inf")
+    for bad in ([nan, 1.0], [inf, 1.0], [1.0, -1.0]):
+        with pytest.raises(ValueError, match="singular_values must be 2 finite positive numbers"):
+            random_low_rank(3, 3, 2, singular_values=bad)
+    for bad in (nan, inf, -1.0):
+        with pytest.raises(ValueError, match="noise_std must be a finite number ≥ 0"):
+            teacher_student(3, 2, 2, 1, noise_std=bad)
+        with pytest.raises(ValueError, match="noise_std must be a finite number ≥ 0"):
+            monomial_data(3, noise_std=bad)
+    assert monomial_data(3, noise_std=0).noise_std == 0.0
+
+
+def test_decode_refuses_tokens_outside_the_vocabulary():
+    from slt_companion.data import CharCorpus
+
+    c = CharCorpus("x", torch.arange(10) % 5, torch.arange(6) % 5, ())
+    assert c.decode(c.encode("hello")) == "hello" and c.decode(torch.tensor([])) == ""
+    for bad in ([-1], [c.vocab_size], torch.tensor([0, 200])):
+        with pytest.raises(ValueError, match=rf"tokens must lie in \[0, vocab_size = {c.vocab_size}\)"):
+            c.decode(bad)

@@ -274,3 +274,45 @@ def test_compile_is_decided_per_checkpoint(monkeypatch):
     sub = sampling._Problem(DeepLinearNetwork([3, 2, 3], seed=0), half_mse, (torch.randn(50, 3), torch.randn(50, 3)),
                             ["layers.0.weight"], "cpu")
     assert sub.fast_forward is not None and not real(sub, 4, 50, 10).compiled   # a refined LLC stays eager
+
+
+def test_rank_of_the_constrained_fit_is_a_whole_number():
+    x, y = torch.randn(20, 3), torch.randn(20, 2)
+    for bad in (-1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="rank must be an integer ≥ 0"):
+            rank_constrained_least_squares(x, y, bad)
+    assert torch.allclose(rank_constrained_least_squares(x, y, 2.0), rank_constrained_least_squares(x, y, 2))
+    assert torch.allclose(rank_constrained_least_squares(x, y, 5), rank_constrained_least_squares(x, y, 2))
+    assert rank_constrained_least_squares(x, y, 0).abs().max() == 0
+
+
+def test_deep_linear_init_scale_is_a_finite_number_at_least_zero():
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="init_scale must be a finite number ≥ 0"):
+            DeepLinearNetwork([2, 2], init_scale=bad)
+    assert DeepLinearNetwork([2, 2], init_scale=0).product().abs().max() == 0
+    assert torch.equal(DeepLinearNetwork([2, 3], init_scale=2).layers[0].weight,
+                       2 * DeepLinearNetwork([2, 3]).layers[0].weight)
+
+
+def test_mlp_seed_none_draws_from_the_global_generator():
+    torch.manual_seed(0)
+    a, b = MLP([2, 3], seed=None), MLP([2, 3], seed=None)
+    assert not torch.equal(a.layers[0].weight, b.layers[0].weight)    # like DeepLinearNetwork(seed=None)
+    torch.manual_seed(0)
+    assert torch.equal(MLP([2, 3], seed=None).layers[0].weight, a.layers[0].weight)
+    assert torch.equal(MLP([2, 3], seed=4).layers[0].weight, MLP([2, 3], seed=4).layers[0].weight)
+
+
+def test_groundtruth_polynomial_checks_powers_and_init():
+    from slt_companion.groundtruth import Polynomial
+
+    with pytest.raises(ValueError, match=r"init must have one value per exponent \(2\), got \[1\]"):
+        Polynomial([2, 1], init=[1.0])
+    with pytest.raises(ValueError, match=r"init must have one value per exponent \(2\), got \[3\]"):
+        Polynomial([2, 1], init=[1.0, 2.0, 3.0])
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="powers must be an integer ≥ 0"):
+            Polynomial([2, bad])
+    assert Polynomial([2, 0], init=[1.0, 2.0]).weights.tolist() == [1.0, 2.0]
+    assert Polynomial([3, 0, 2]).powers.tolist() == [3.0, 0.0, 2.0]

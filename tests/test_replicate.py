@@ -18,6 +18,13 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path / "cache"))
 
 
+class Calls(list):
+    """The seeds fn ran for. Its repr holds an address, so a closure capturing it keeps one fingerprint as it grows
+    (a plain list would be hashed by value: :func:`code_fingerprint`)."""
+
+    __repr__ = object.__repr__
+
+
 def experiment(calls):
     def fn(seed):
         calls.append(seed)
@@ -29,7 +36,7 @@ def experiment(calls):
 
 
 def test_claims_and_numbers_are_counted_and_spread():
-    calls = []
+    calls = Calls()
     rep = replicate(experiment(calls), 5, name="toy", config={"v": 1}, progress=False)
     assert rep.seeds == [0, 1, 2, 3, 4] and calls == [0, 1, 2, 3, 4]
     assert rep.claims == ["has_stage"] and rep.numbers == ["boundary", "count", "llc"]
@@ -47,14 +54,14 @@ def test_claims_and_numbers_are_counted_and_spread():
 
 
 def test_each_seed_is_cached_on_its_own():
-    calls = []
+    calls = Calls()
     replicate(experiment(calls), [0, 1], name="toy", config={"v": 1}, progress=False)
     rep = replicate(experiment(calls), [0, 1, 2], name="toy", config={"v": 1}, progress=False)
     assert calls == [0, 1, 2]                 # seeds 0 and 1 came from the cache
     assert [r["seed"] for r in rep.rows] == [0, 1, 2]
     replicate(experiment(calls), [0], name="toy", config={"v": 2}, progress=False)
     assert calls == [0, 1, 2, 0]              # another config: computed again
-    again = replicate(experiment([]), [0, 1, 2], name="toy", config={"v": 1}, progress=False)
+    again = replicate(experiment(Calls()), [0, 1, 2], name="toy", config={"v": 1}, progress=False)
     assert again.rows == rep.rows and isinstance(again.rows[0]["has_stage"], bool)
 
 
@@ -126,6 +133,48 @@ def test_fingerprint_of_partials_and_set_constants():
     prints = {subprocess.run([sys.executable, "-c", prog], env={"PYTHONHASHSEED": str(h)}, capture_output=True,
                              text=True, check=True).stdout for h in (1, 2, 3)}
     assert len(prints) == 1
+
+
+def test_closures_are_fingerprinted_by_the_values_they_capture():
+    import time
+
+    import torch
+
+    from slt_companion.models import DeepLinearNetwork
+    from slt_companion.replicate import code_fingerprint
+
+    def make(k):
+        def fn(seed):
+            return {"x": float(seed * k)}
+        return fn
+
+    # the same code capturing another value is another function: no stale rows from the cache
+    assert replicate(make(1), 2, name="cl", config={}, progress=False).values("x").tolist() == [0.0, 1.0]
+    assert replicate(make(2), 2, name="cl", config={}, progress=False).values("x").tolist() == [0.0, 2.0]
+    assert code_fingerprint(make(1)) == code_fingerprint(make(1))
+    assert code_fingerprint(make({"lr": 1e-3})) != code_fingerprint(make({"lr": 1e-2}))
+    big = torch.randn(2_500_000)                       # 10 MB: hashed by its bytes, not its (elided) repr
+    changed = big.clone()
+    changed[1_000_000] += 1
+    start = time.perf_counter()
+    assert code_fingerprint(make(big)) != code_fingerprint(make(changed))
+    assert time.perf_counter() - start < 0.5
+    assert code_fingerprint(make(np.arange(3))) != code_fingerprint(make(np.arange(1, 4)))
+    assert code_fingerprint(make(torch.ones(2, dtype=torch.bfloat16))) is not None
+    # a value without a stable repr (a function, an object) is not hashed, and does not fail; a model is hashed by
+    # its repr (its layers, not its weights)
+    assert code_fingerprint(make(lambda: 1)) == code_fingerprint(make(lambda: 2))
+    assert code_fingerprint(make(object())) == code_fingerprint(make(object()))
+    assert code_fingerprint(make(DeepLinearNetwork([2, 2], seed=0))) == code_fingerprint(
+        make(DeepLinearNetwork([2, 2], seed=1)))
+
+    def recursive():                                   # captures itself, and a name not yet assigned
+        def fn(seed):
+            return fn if seed else later
+        fp = code_fingerprint(fn)
+        later = 1
+        return fp, later
+    assert recursive()[0] is not None
 
 
 def test_plot_labels_every_axis():

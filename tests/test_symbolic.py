@@ -78,3 +78,11 @@ def test_non_finite_noise_variance_is_an_error(bad):
         fisher_information(a * b * x, [a, b], [x], noise_variance=bad)
     s = sp.Symbol("s", positive=True)                 # a positive symbol is still fine
     assert fisher_information(a * x, [a], [x], noise_variance=s)[0, 0] == x ** 2 / s
+
+
+def test_fisher_rank_tolerance_is_a_finite_number_at_least_zero():
+    m = sp.Matrix([[1, 0], [0, sp.Rational(1, 10**12)]])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tol must be a finite number ≥ 0"):
+            fisher_rank(m, tol=bad)
+    assert fisher_rank(m) == 1 and fisher_rank(m, tol=0) == 2 and fisher_rank(m, tol=1e-13) == 2

@@ -253,3 +253,17 @@ def test_transition_is_the_last_crossing_and_needs_only_the_lower_loss():
     n = bayesian_transition_n(0.001, 0.5, 0.0, 1.5, const_a=2.0)                          # crosses at 7.4 and 6.8e3
     assert 6000 < n < 7500
 
+
+
+def test_free_energy_and_bic_refuse_non_finite_loss_and_lambda():
+    nan, inf = float("nan"), float("inf")
+    for bad in (nan, inf, -inf, np.array([0.0, nan])):
+        with pytest.raises(ValueError, match="loss must be a finite number"):
+            free_energy(10, bad, 1)
+        with pytest.raises(ValueError, match="loss must be a finite number"):
+            bic(10, bad, 3)
+    for bad in (nan, inf, sp.oo):
+        with pytest.raises(ValueError, match="lam must be a finite number"):
+            free_energy(10, 0.0, bad)
+    assert free_energy(10, 0.5, sp.Rational(1, 2)) == pytest.approx(5 + 0.5 * np.log(10))
+    assert bic(10, np.float32(0.5), 2) == pytest.approx(5 + np.log(10))

@@ -301,3 +301,24 @@ def test_compiled_training_follows_the_eager_run_and_is_cached_apart(tmp_path, m
     with pytest.warns(RuntimeWarning, match="training goes on eagerly"):
         fallback = train(small(), mse, SAMPLER.batch_fn(8), compile=True, **kw)
     assert torch.equal(fallback.params, eager.params)
+
+
+def test_seed_betas_and_linear_checkpoints_are_checked():
+    def run(**kw):
+        return train(small(), mse, SAMPLER.batch_fn(8), num_steps=2, progress=False, checkpoints=[0, 2], **kw)
+
+    for bad in (1.5, None, "0", True):
+        with pytest.raises(ValueError, match="seed must be a whole number"):
+            run(seed=bad)
+    with pytest.raises(ValueError, match=r"betas must be a pair \(beta1, beta2\) for optimizer='adam'.*\(0.9,\)"):
+        run(betas=(0.9,))
+    with pytest.raises(ValueError, match="betas must hold the momentum first"):
+        run(optimizer="momentum", betas=())
+    with pytest.raises(TypeError, match="betas must be a sequence of numbers"):
+        run(betas=0.9)
+    assert torch.equal(run(seed=3.0).params, run(seed=3).params)
+    run(optimizer="momentum", betas=(0.9,))          # momentum reads betas[0] only
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="linear must be an integer ≥ 0"):
+            log_checkpoint_steps(10, linear=bad)
+    assert log_checkpoint_steps(10, linear=2.0).tolist() == log_checkpoint_steps(10, linear=2).tolist()

@@ -84,3 +84,26 @@ def test_fit_with_the_multiplicity_fixed_needs_three_eps():
         with pytest.raises(ValueError, match="at least 3"):
             fit_volume_scaling(eps, np.sqrt(eps), multiplicity=1)
     assert abs(fit_volume_scaling([1e-2, 1e-3, 1e-4], np.sqrt([1e-2, 1e-3, 1e-4]), multiplicity=1)["lam"] - 0.5) < 1e-12
+
+
+def test_fit_of_m_needs_four_distinct_eps_and_finite_volumes():
+    """Repeated eps gave a zero-residual 'fit' through three points; an infinite V gave nan silently."""
+    eps = [1e-2, 1e-2, 1e-3, 1e-4]
+    with pytest.raises(ValueError, match="at least 4 distinct values of eps, got 3"):
+        fit_volume_scaling(eps, np.sqrt(eps))
+    four = np.array([1e-2, 1e-3, 1e-4, 1e-5])
+    assert abs(fit_volume_scaling(four, np.sqrt(four))["lam"] - 0.5) < 1e-9
+    for bad in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="every V must be a finite number"):
+            fit_volume_scaling(four, np.array([1e-1, 1e-2, bad, 1e-3]))
+        with pytest.raises(ValueError, match="every V must be a finite number"):
+            fit_volume_scaling(four, np.array([1e-1, 1e-2, bad, 1e-3]), multiplicity=1)
+
+
+def test_infinite_depth_and_n_are_refused():
+    with pytest.raises(ValueError, match="depth must be a finite number > 0, got inf"):
+        volume(x**2, [x], EPS, points=50, depth=math.inf)
+    with pytest.raises(ValueError, match="depth must be a finite number > 0"):
+        volume(x**2, [x], EPS, points=50, depth=-1.0)
+    with pytest.raises(ValueError, match=r"every n must be a finite number > 0, got \[10.0, inf\]"):
+        log_partition(x**2, [x], [10, math.inf], points=50)
