@@ -29,6 +29,7 @@ Used in: Part II, "Estimating λ and knowing when to trust it"; every λ̂ in th
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import config as _config
-from ._checks import user_stacklevel
+from ._checks import check_int, user_stacklevel
 from .diagnostics import ess as _ess, rhat as _rhat
 
 __all__ = ["ConvergenceRule", "LLCConvergenceWarning", "is_converged", "TARGET_RHAT", "TARGET_ESS"]
@@ -55,6 +56,11 @@ class LLCConvergenceWarning(RuntimeWarning):
 def is_converged(rhat: float, ess: float, *, target_rhat: float = TARGET_RHAT, target_ess: float = TARGET_ESS) -> bool:
     """True when ``rhat <= target_rhat`` and ``ess >= target_ess`` (NaN counts as not converged)."""
     return bool(rhat == rhat and ess == ess and rhat <= target_rhat and ess >= target_ess)
+
+
+def _real(v) -> bool:
+    """A real number (Python or NumPy), not a boolean."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _round_up(steps: int, block: int) -> int:
@@ -94,12 +100,17 @@ class ConvergenceRule:
                 raise ValueError(f"{name} must be an integer ≥ 4, got {v!r}")
         if self.max_draws < self.min_draws:
             raise ValueError(f"max_draws ({self.max_draws}) must be ≥ min_draws ({self.min_draws})")
-        if self.max_seconds is not None and not (self.max_seconds > 0):
+        if self.max_seconds is not None and not (_real(self.max_seconds) and self.max_seconds > 0):
             raise ValueError(f"max_seconds must be a positive number of seconds or None, got {self.max_seconds!r}")
-        if not (self.target_rhat >= 1.0):
-            raise ValueError(f"target_rhat must be ≥ 1 (1.01 is the usual target), got {self.target_rhat!r}")
-        if not (self.target_ess > 0):
-            raise ValueError(f"target_ess must be > 0 (400 is the usual target), got {self.target_ess!r}")
+        if not (_real(self.target_rhat) and math.isfinite(self.target_rhat) and self.target_rhat >= 1.0):
+            raise ValueError(f"target_rhat must be a finite number ≥ 1 (1.01 is the usual target), got "
+                             f"{self.target_rhat!r}")
+        if not (_real(self.target_ess) and math.isfinite(self.target_ess) and self.target_ess > 0):
+            raise ValueError(f"target_ess must be a finite number > 0 (400 is the usual target), got "
+                             f"{self.target_ess!r}")
+        if not (_real(self.growth) and math.isfinite(self.growth) and self.growth > 1):
+            raise ValueError(f"growth must be a finite number > 1 (the factor by which the run length grows from one "
+                             f"convergence test to the next; 1.25 by default), got {self.growth!r}")
 
     def _passes(self, draws: np.ndarray, tail: np.ndarray) -> bool:
         if draws.shape[1] < 4 or not np.isfinite(draws).all() or np.ptp(draws) == 0:
@@ -108,10 +119,12 @@ class ConvergenceRule:
                             target_ess=self.target_ess) and not drifting(tail)
 
     def max_steps(self, block: int) -> int:
+        block = check_int("block", block, 1)
         return _round_up(2 * int(self.max_draws), block)
 
     def checkpoints(self, block: int) -> list[int]:
         """The run lengths (steps, multiples of ``block``) at which the test is applied, the last one excluded."""
+        block = check_int("block", block, 1)
         out, t, last = [], float(2 * self.min_draws), self.max_steps(block)
         while True:
             s = _round_up(int(t), 2 * block)
@@ -119,6 +132,9 @@ class ConvergenceRule:
                 return out
             if not out or s > out[-1]:
                 out.append(s)
+            elif t * (self.growth - 1) < 1:   # a growth so close to 1 that t would crawl: on to the next length
+                t = float(out[-1] + 1)
+                continue
             t *= self.growth
 
     def stop_fn(self, llc_of, block: int, curvature_check=None, groups=None):

@@ -36,16 +36,28 @@ class NegativeLLCWarning(RuntimeWarning):
 
 
 class SGLDDivergenceError(RuntimeError):
-    """An SGLD chain produced a non-finite or exploding loss. Attributes: ``step``, ``chain``, ``loss``, ``step_size``."""
+    """An SGLD chain produced a non-finite or exploding loss. Attributes: ``step``, ``chain``, ``loss``, ``step_size``;
+    from :func:`~slt_companion.llc.estimate_llcs` and :func:`~slt_companion.dynamics.llc_over_trajectory` also
+    ``checkpoint`` (the index of the checkpoint that diverged) and ``completed`` (``{index: LLCEstimate}`` of the
+    checkpoints finished before it); elsewhere those are ``None`` and ``{}``."""
 
-    def __init__(self, *, step: int, chain: int, loss: float, step_size: float, what: str = "a non-finite loss"):
+    def __init__(self, *, step: int, chain: int, loss: float, step_size: float, what: str = "a non-finite loss",
+                 checkpoint: int | None = None, where: str = "", completed: dict | None = None):
         self.step, self.chain, self.loss, self.step_size, self.what = step, chain, loss, step_size, what
+        self.checkpoint, self.where, self.completed = checkpoint, where, dict(completed or {})
         smaller = step_size / 10
+        kept = (f" The estimates of the {len(self.completed)} checkpoint(s) finished before it are kept in this "
+                "error's .completed ({index: LLCEstimate}).") if self.completed else ""
         super().__init__(
-            f"SGLD diverged at step {step} (chain {chain}): {what} (loss = {loss:.6g}). "
+            f"{where + ': ' if where else ''}SGLD diverged at step {step} (chain {chain}): {what} (loss = {loss:.6g}). "
             f"The step size ε = {step_size:.3g} is too large for this model and temperature; "
-            f"try step_size={smaller:.3g} (10× smaller), or a larger localization."
+            f"try step_size={smaller:.3g} (10× smaller), or a larger localization.{kept}"
         )
+
+    def at_checkpoint(self, checkpoint: int, where: str, completed: dict | None = None) -> "SGLDDivergenceError":
+        """This error, said of checkpoint ``checkpoint`` (``where`` names it in the message), with ``completed``."""
+        return SGLDDivergenceError(step=self.step, chain=self.chain, loss=self.loss, step_size=self.step_size,
+                                   what=self.what, checkpoint=checkpoint, where=where, completed=completed)
 
 
 def _as_2d(draws, name: str = "draws") -> np.ndarray:

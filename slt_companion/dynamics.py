@@ -305,6 +305,26 @@ def _data_digest(data) -> str:
     return h.hexdigest()
 
 
+_CURVE_KEYS = ("steps", "mean", "std", "sem", "init_loss", "rhat", "ess", "converged", "per_chain", "relaxation")
+
+
+def _curve_problem(out, steps: list) -> str | None:
+    """Why ``out`` is not an :func:`llc_over_trajectory` result for checkpoints at training ``steps`` (a key missing,
+    an array of another length, other steps), or ``None``."""
+    if not isinstance(out, dict):
+        return f"a {type(out).__name__}, not a dict"
+    missing = [k for k in _CURVE_KEYS if k not in out]
+    if missing:
+        return f"no {', '.join(missing)}"
+    wrong = [f"{k} of shape {np.shape(out[k])}" for k in _CURVE_KEYS
+             if np.ndim(out[k]) == 0 or np.shape(out[k])[0] != len(steps)]
+    if wrong:
+        return f"{', '.join(wrong[:3])} for {len(steps)} checkpoints"
+    if [int(s) for s in np.asarray(out["steps"])] != list(steps):
+        return f"steps {np.asarray(out['steps']).tolist()[:8]} instead of {list(steps)[:8]}"
+    return None
+
+
 def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *, checkpoints=None,
                         cache_name: str | None = None, cache_config: dict | None = None, progress: bool = True,
                         **llc_kwargs) -> dict:
@@ -324,21 +344,32 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     curve is cached under ``cache_config`` + the sampler settings + fingerprints of the trajectory, the data, the
     template's architecture and ``loss_fn``'s name (``chunk_size`` and ``distributed`` are not part of the key: they
     do not change the numbers). ``loss_fn`` is known by name only: describe a changed loss (or a lambda) in
-    ``cache_config``.
+    ``cache_config``. A cached entry that is not such a curve (a key missing, arrays of another length) is
+    recomputed with a ``RuntimeWarning``, as an unreadable one is. A checkpoint that diverges raises
+    :class:`~slt_companion.diagnostics.SGLDDivergenceError` naming its index and training step, with the estimates
+    finished before it in ``err.completed`` (``{trajectory index: LLCEstimate}``).
     """
     import warnings
 
     from . import cache as _cache
     from .convergence import LLCConvergenceWarning
+    from .diagnostics import SGLDDivergenceError
     from .llc import estimate_llcs
 
     idx = list(range(len(trajectory))) if checkpoints is None else [int(i) for i in checkpoints]
 
     def compute() -> dict:
         models = [trajectory.model_at(i, template) for i in idx]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", LLCConvergenceWarning)   # summarised once below
-            rows = estimate_llcs(models, loss_fn, data, progress=progress, **llc_kwargs)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", LLCConvergenceWarning)   # summarised once below
+                rows = estimate_llcs(models, loss_fn, data, progress=progress, **llc_kwargs)
+        except SGLDDivergenceError as err:       # name the trajectory's checkpoint and its training step
+            if err.checkpoint is None:
+                raise
+            j = idx[err.checkpoint]
+            raise err.at_checkpoint(j, f"checkpoint {j} of the trajectory (training step {int(trajectory.steps[j])})",
+                                    {idx[k]: e for k, e in err.completed.items()}) from err
         return {"steps": np.asarray([int(trajectory.steps[i]) for i in idx], dtype=np.int64),
                 "mean": np.array([e.mean for e in rows]), "std": np.array([e.std for e in rows]),
                 "sem": np.array([e.sem for e in rows]), "init_loss": np.array([e.init_loss for e in rows]),
@@ -355,6 +386,11 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
                "template": repr(module_signature(template, hook_ids=False)),
                "loss_fn": f"{getattr(loss_fn, '__module__', '')}.{getattr(loss_fn, '__qualname__', type(loss_fn).__name__)}"}
         out = _cache.cached(cache_name, key, compute)
+        why = _curve_problem(out, [int(trajectory.steps[i]) for i in idx])
+        if why:                                  # a readable entry that is not this curve: as corrupt as garbage
+            warnings.warn(f"cache entry {_cache.entry_path(cache_name, key)} is corrupt ({why}); recomputing it.",
+                          RuntimeWarning, stacklevel=user_stacklevel())
+            out = _cache.cached(cache_name, key, compute, refresh=True)
     bad = np.flatnonzero(~np.asarray(out["converged"], dtype=bool))
     if bad.size:
         steps = [int(out["steps"][k]) for k in bad]

@@ -38,7 +38,7 @@ import torch
 
 from . import config as _config
 from .convergence import TARGET_ESS, TARGET_RHAT, ConvergenceRule, LLCConvergenceWarning, is_converged, warn_unconverged
-from .diagnostics import NegativeLLCWarning, ess as _ess, rhat as _rhat
+from .diagnostics import NegativeLLCWarning, SGLDDivergenceError, ess as _ess, rhat as _rhat
 from ._checks import user_stacklevel
 from .sampling import SamplerConfig, SGLDResult, _Problem, cpu_threads, sgld, threads_for
 
@@ -246,9 +246,10 @@ def _sampling_defaults(model, num_draws, num_burnin, device, *, auto_ok: bool = 
 def _check_sampler_args(num_draws, num_burnin, *, nbeta, localization, num_chains, batch_size, seed,
                         preconditioner=None, step_size=None) -> None:
     """Check the sampler's arguments before any computation (raises what :class:`SamplerConfig` raises);
-    ``nbeta=None`` (n / log n, which waits for the data) and a ``step_size`` that is no float ("auto", or none given)
-    are not checked."""
-    SamplerConfig(step_size=step_size if isinstance(step_size, float) else 1.0, nbeta=1.0 if nbeta is None else nbeta, localization=localization,
+    ``nbeta=None`` (n / log n, which waits for the data) and a ``step_size`` that is neither a float nor a tuple or
+    list of one per chain ("auto", or none given) are not checked."""
+    SamplerConfig(step_size=step_size if isinstance(step_size, (float, tuple, list)) else 1.0,
+                  nbeta=1.0 if nbeta is None else nbeta, localization=localization,
                   num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed,
                   preconditioner=preconditioner)
 
@@ -538,6 +539,18 @@ def _signature_difference(a: tuple, b: tuple) -> str:
     return f"{name}: forward hooks {a[4]} vs {b[4]}"
 
 
+def _tensor_attributes(model: torch.nn.Module) -> dict:
+    """``{"submodule.attr": tensor}`` for every tensor a submodule holds as a plain attribute (``self.scale =
+    torch.tensor(2.0)``), neither a parameter nor a buffer: the forward may read it, but the sampler does not carry
+    it per checkpoint."""
+    return {f"{name}.{k}" if name else k: v for name, m in model.named_modules() for k, v in vars(m).items()
+            if isinstance(v, torch.Tensor)}
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
 def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module | None = None, num_chains: int = 4,
                   num_draws: int | str | None = None, num_burnin: int | None = None, step_size="auto",
                   localization: float = 1.0, nbeta: float | None = None, batch_size: int = 500, params=None,
@@ -567,7 +580,10 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
     rank returns the whole list, identical to a single-process run with the same seed. ``False`` never shards.
 
     Warns once (:class:`LLCConvergenceWarning`) listing the checkpoints whose chains did not converge.
-    Raises ValueError naming the checkpoint whose parameters differ in names, shapes or dtype from the first.
+    Raises ValueError naming the checkpoint whose parameters differ in names, shapes or dtype from the first, or
+    whose tensor attributes that are no buffers differ (each checkpoint would be run with the first one's). A
+    checkpoint that diverges raises :class:`~slt_companion.diagnostics.SGLDDivergenceError` naming it
+    (``err.checkpoint``), with the estimates finished before it in ``err.completed`` (``{index: LLCEstimate}``).
     """
     if baseline not in ("paired", "full", "batch"):
         raise ValueError(f"baseline must be 'paired', 'full' or 'batch', got {baseline!r}")
@@ -592,6 +608,21 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
             raise ValueError(f"models[{i}] is not the architecture of models[0] in the same state ({where}); "
                              "estimate_llcs samples every checkpoint through one forward: pass models of one class, "
                              "sizes and train/eval mode, or estimate them separately with estimate_llc")
+    attrs0 = _tensor_attributes(models[0])
+    for i, m in enumerate(models[1:], start=1):
+        attrs = _tensor_attributes(m)
+        diff = sorted(set(attrs) ^ set(attrs0)) or [k for k in attrs0 if not _same_tensor(attrs[k], attrs0[k])]
+        if diff:
+            name = diff[0]
+            mod, _, attr = name.rpartition(".")
+            what = (f"models[{i}].{name} is a tensor attribute (neither a parameter nor a buffer) that differs from "
+                    f"models[0]'s" if name in attrs and name in attrs0 else
+                    f"the tensor attribute {name} (neither a parameter nor a buffer) is set in only one of models[0] "
+                    f"and models[{i}]")
+            raise ValueError(f"{what}; estimate_llcs samples every checkpoint through models[0]'s forward, so "
+                             f"models[{i}]'s would be ignored. Register it as a buffer "
+                             f"({mod + '.' if mod else ''}register_buffer({attr!r}, tensor)) so that each checkpoint "
+                             "carries its own, or estimate the models separately with estimate_llc")
     settings = dict(num_chains=num_chains, num_draws=draws_run, num_burnin=burnin_run, rule=rule,
                     step_size=step_size, localization=localization, nbeta=nbeta, batch_size=batch_size,
                     seed=seed, progress=progress, preconditioner=preconditioner, baseline=baseline)
@@ -614,8 +645,13 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
         out: list[LLCEstimate] = []
         per_run = chunk or (_auto_chunk(first, num_chains, batch_size) if first is not None else 1)
         for s0 in range(0, len(probs), per_run):
-            out += _estimate_batch([models[i] for i in indices[s0:s0 + per_run]], probs[s0:s0 + per_run], loss_fn,
-                                   **settings)
+            run = indices[s0:s0 + per_run]
+            try:
+                out += _estimate_batch([models[i] for i in run], probs[s0:s0 + per_run], loss_fn, **settings)
+            except _BatchDiverged as b:     # name the checkpoint; keep what is finished
+                i = run[b.index]
+                done = {**dict(zip(indices, out)), **{run[k]: e for k, e in b.completed.items()}}
+                raise b.err.at_checkpoint(i, f"checkpoint {i} (models[{i}])", done) from b.err
         return out
 
     ests = run_sharded(work, len(models), distributed=distributed)
@@ -629,6 +665,15 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
                       "or sample longer (num_draws='auto', a larger max_draws).", LLCConvergenceWarning,
                       stacklevel=user_stacklevel())
     return ests
+
+
+class _BatchDiverged(Exception):
+    """Inside :func:`estimate_llcs`: the checkpoint at position ``index`` of a batched run diverged (``err``), after the
+    estimates ``completed`` (``{position: LLCEstimate}``) of that run were finished."""
+
+    def __init__(self, err: SGLDDivergenceError, index: int, completed: dict):
+        super().__init__(str(err))
+        self.err, self.index, self.completed = err, index, completed
 
 
 def _chain_frozen(probs: list, num_chains: int) -> dict | None:
@@ -661,10 +706,18 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
     if len(probs) == 1 or frozen is None:
         # the frozen tensors cannot be stacked per chain (another structure per checkpoint): one run each
         if len(probs) > 1:
-            return [x for m, p in zip(models, probs)
-                    for x in _estimate_batch([m], [p], loss_fn, nbeta=nbeta, **single)]
+            done: list = []
+            for k, (m, p) in enumerate(zip(models, probs)):
+                try:
+                    done += _estimate_batch([m], [p], loss_fn, nbeta=nbeta, **single)
+                except _BatchDiverged as b:
+                    raise _BatchDiverged(b.err, k, dict(enumerate(done))) from b.err
+            return done
         with cpu_threads(threads_for(base_prob, num_chains, batch_size)):
-            return [_estimate(base_prob, models[0], loss_fn, nbeta=nb, **single)]
+            try:
+                return [_estimate(base_prob, models[0], loss_fn, nbeta=nb, **single)]
+            except SGLDDivergenceError as err:
+                raise _BatchDiverged(err, 0, {}) from err
     M, K = len(probs), int(num_chains)
     C = M * K
     with cpu_threads(threads_for(base_prob, C, batch_size)):
@@ -679,8 +732,12 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
                              num_draws=int(num_draws), num_burnin=int(num_burnin), batch_size=int(batch_size),
                              seed=int(seed), preconditioner=preconditioner) for e in eps]
         same = all(e == eps[0] for e in eps)
-        cfg = replace(one[0], num_chains=C,
-                      step_size=eps[0] if same else tuple(float(e) for e in eps for _ in range(K)))
+        if any(isinstance(o.step_size, tuple) for o in one):     # per-chain step sizes: each checkpoint's chains
+            joint = tuple(v for o in one
+                          for v in (o.step_size if isinstance(o.step_size, tuple) else (o.step_size,) * K))
+        else:
+            joint = eps[0] if same else tuple(float(e) for e in eps for _ in range(K))
+        cfg = replace(one[0], num_chains=C, step_size=joint)
         groups = [list(range(g * K, (g + 1) * K)) for g in range(M)]
         centers = torch.stack([p.center for p in probs]).repeat_interleave(K, dim=0)
         bases = []
@@ -708,7 +765,10 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         steps, burnin, reason = res.extras["group_stop"][g]
         if reason.startswith(("diverged", "restart")):   # rerun alone, with estimate_llc's automatic restarts
             with cpu_threads(threads_for(prob, K, batch_size)):
-                est = _estimate(prob, model, loss_fn, nbeta=nb, **single)
+                try:
+                    est = _estimate(prob, model, loss_fn, nbeta=nb, **single)
+                except SGLDDivergenceError as err:
+                    raise _BatchDiverged(err, g, dict(enumerate(out))) from err
             est.extras["batched"] = {"rerun_alone": reason}
             out.append(est)
             continue

@@ -250,6 +250,26 @@ def load_data(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def check_out(out: Path) -> None:
+    """Before any sampling: ``out`` is no folder, and a file can be written in its folder, or in the nearest existing
+    folder above it when it is still to be created (a probe file created and removed there: race-free between
+    ranks, and right where permission bits are not, as for root on a read-only file system)."""
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name such as {out / 'llc.json'}")
+    where = out.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise InputError(f"--out {out}: {where} is a file, not a folder; give a path in a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=where, prefix=f".{out.name}.", suffix=".check")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        what = "its folder" if where == out.parent else f"{where}, where its folder {out.parent} would be created"
+        raise InputError(f"--out {out}: cannot write in {what} ({err.strerror or err}); give a writable path") from None
+
+
 def _number(v):
     v = float(v)
     return v if math.isfinite(v) else None                          # JSON has no NaN / inf
@@ -316,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 raise InputError(f"--device: {err}") from None
         out = Path(args.out)
-        if out.is_dir():
-            raise InputError(f"--out {out} is a folder; give a file name such as {out / 'llc.json'}")
+        check_out(out)
     except InputError as err:      # printed by every rank: they read the same files, but one may differ
         sys.stderr.write(f"{PROG}: error: {err}\n")
         return 2
@@ -350,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:                                        # noqa: BLE001 -- reported, exit code 1
         if rank == 0:
             detail = str(err) if isinstance(err, RuntimeError) and world > 1 else traceback.format_exc().rstrip()
+            which = getattr(err, "checkpoint", None)                 # an SGLDDivergenceError names its checkpoint
+            if isinstance(which, int) and 0 <= which < len(paths):
+                detail += f"\n(checkpoint {which} is {paths[which]})"
             sys.stderr.write(f"{PROG}: sampling failed, nothing written to {out}:\n{detail}\n")
         distributed.finalize()
         return 1

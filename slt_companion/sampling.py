@@ -86,7 +86,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ._checks import check_positive
+from ._checks import check_positive, user_stacklevel
 from .config import resolve_device
 from .diagnostics import SGLDDivergenceError
 
@@ -201,14 +201,18 @@ def _center_key(prob: "_Problem") -> tuple:
     ``values`` must be equal -- every parameter and buffer by name and content (the sampled ones at w*; not which of
     them are sampled), the :func:`module_signature` (train/eval flags, plain attributes, forward hooks), the data
     tensors' in-place versions; ``objects`` (weak references to ``loss_fn`` and the data tensors) must be the same
-    objects. A forward that reads anything else (a tensor attribute that is no buffer, a global) is not seen: call
-    :func:`clear_center_losses` after changing it."""
+    objects. The data's contents are digested too (about 1 ms per MB): an edit that bypasses the version counters
+    (through a NumPy array sharing the memory, or ``.data``) is seen. A forward that reads anything else (a tensor
+    attribute that is no buffer, a global) is not seen: call :func:`clear_center_losses` after changing it."""
     h = hashlib.blake2b(digest_size=16)
     state = {**prob.frozen, **{k: v[0] for k, v in prob.views(prob.center[None]).items()}}
     for name, t in sorted(state.items()):
         digest_tensor(h, name, t)
     h.update(repr(module_signature(prob.model)).encode())
-    values = (h.digest(), prob.x._version, prob.y._version)        # (the train/eval flag is in the signature)
+    data = hashlib.blake2b(digest_size=16)
+    digest_tensor(data, "x", prob.x)
+    digest_tensor(data, "y", prob.y)
+    values = (h.digest(), data.digest(), prob.x._version, prob.y._version)   # (train/eval is in the signature)
     return values, (_weak(prob.loss_fn), _weak(prob.x), _weak(prob.y))
 
 
@@ -340,9 +344,10 @@ class SGLDResult:
 
 
 def select_params(model: nn.Module, params=None) -> list[str]:
-    """Names of the parameters to sample: all trainable ones (``params=None``), a list of names, a single
+    """Names of the parameters to sample: all trainable ones (``params=None``), a list (or set) of names, a single
     name prefix string (a module path, e.g. ``"layers.0"`` or ``"layers.0."``: ``layers.0.weight`` and
-    ``layers.0.bias``, not ``layers.01.weight``), or a predicate ``params(name, tensor) -> bool``.
+    ``layers.0.bias``, not ``layers.01.weight``), or a predicate ``params(name, tensor) -> bool``. The names come
+    back in the order of ``model.named_parameters()``, whatever the order they were given in.
     """
     named = dict(model.named_parameters())
     if not named:
@@ -373,6 +378,8 @@ def select_params(model: nn.Module, params=None) -> list[str]:
         if twice:
             raise ValueError(f"params lists {twice} more than once, which would sample them twice (doubling the "
                              "dimension); list each parameter name once")
+        chosen = set(names)
+        names = [k for k in named if k in chosen]          # the model's order: a set's order is not reproducible
     if not names:
         raise ValueError(f"params={params!r} selects no parameters{hint}; the model's parameters are {list(named)}")
     return names
@@ -465,6 +472,36 @@ def _broadcast_mismatch(out: torch.Tensor, y: torch.Tensor, n: int):
     except RuntimeError:
         return None
     return full if full not in (so, sy) else None
+
+
+def _elementwise_loss(loss_fn) -> bool:
+    """Whether ``loss_fn`` is a loss known to compare output and target element by element (so that an output and a
+    target of different shapes broadcast inside it): :func:`slt_companion.llc.half_mse`, the ground-truth suite's
+    ``mse_loss``, torch's ``mse_loss``/``l1_loss``/``smooth_l1_loss``/``huber_loss`` and their modules."""
+    import sys
+
+    F = torch.nn.functional
+    known = [F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss]
+    for mod, name in (("slt_companion.llc", "half_mse"), ("slt_companion.groundtruth", "mse_loss")):
+        m = sys.modules.get(mod)                     # not imported: the caller cannot be passing its loss
+        if m is not None and hasattr(m, name):
+            known.append(getattr(m, name))
+    return any(loss_fn is k for k in known) or isinstance(loss_fn, (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss,
+                                                                     nn.HuberLoss))
+
+
+def _column_mismatch(out: torch.Tensor, y: torch.Tensor) -> bool:
+    """A floating target ``y`` with as many axes as ``out`` but another shape that broadcasts against it (output
+    ``(n, 1)`` against ``y (n, 2)``, or ``(n, 3)`` against ``(n, 1)``): an elementwise loss compares every output
+    with every target column without an error. Integer targets (class labels) are not flagged."""
+    if not (isinstance(out, torch.Tensor) and y.is_floating_point()) or out.ndim != y.ndim or out.ndim == 0 \
+            or out.shape == y.shape:
+        return False
+    try:
+        torch.broadcast_shapes(out.shape, y.shape)
+    except RuntimeError:
+        return False
+    return True
 
 
 class _Problem:
@@ -709,6 +746,16 @@ class _Problem:
                     f"inside loss_fn they broadcast to {full} with the full data, comparing every output with every "
                     f"target, which gives a wrong λ̂ without an error. Make y match the output, e.g. "
                     f"y = y.reshape{want}, or reshape the model's output to y's shape")
+            if _column_mismatch(out, self.y[:b]):
+                what = (f"model(x) has shape {tuple(out.shape)} but y has shape {tuple(self.y[:b].shape)} (first {b} "
+                        "rows): they broadcast against each other, so an elementwise loss compares every output column "
+                        "with every target column")
+                if _elementwise_loss(self.loss_fn):
+                    raise ValueError(f"{what}, which gives a wrong λ̂ without an error. Give the model as many "
+                                     "outputs as y has columns (or y as many columns as the model has outputs)")
+                warnings.warn(f"{what}. If loss_fn reads the columns itself (a predicted mean and variance, weights "
+                              "in y), ignore this; otherwise make the shapes equal", UserWarning,
+                              stacklevel=user_stacklevel())
             if not bool(torch.isfinite(out).all()):
                 raise ValueError(f"model(x) is NaN/inf at the centre w* on the first {b} rows of data (x and the "
                                  "parameters are finite): check the model's forward")
@@ -749,9 +796,10 @@ class _Problem:
             what = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"type {type(out).__name__}"
             raise ValueError(f"loss_fn(model(x), y) failed with an output of {what} and y shape "
                              f"{tuple(self.y[:b].shape)}: {type(err).__name__}: {err}") from err
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ValueError("loss_fn(model(x), y) must return a scalar tensor (the mean loss over the batch); "
-                             f"got {type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}")
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise ValueError("loss_fn(model(x), y) must return a 0-d scalar tensor (the mean loss over the batch); "
+                             f"got {type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}: average over "
+                             "everything (e.g. .mean()), or .squeeze() a single value")
         self._check_loss_at_center(out, loss, b)
         try:
             losses, grad = self.losses_and_grads(W, xb, yb, by_hand=False)

@@ -109,9 +109,94 @@ def test_a_diverging_checkpoint_is_rerun_alone_and_raises_like_estimate_llc(chec
     kw = dict(KW, num_draws=100, step_size=1e-3)
     with pytest.raises(SGLDDivergenceError) as alone:
         estimate_llc(stiff, half_mse, _data(), **kw)
-    with pytest.raises(SGLDDivergenceError) as together:
+    with pytest.raises(SGLDDivergenceError) as together, warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
         estimate_llcs([checkpoints[0], stiff], half_mse, _data(), **kw)
-    assert str(alone.value) == str(together.value)
+    # the error names the checkpoint and keeps the estimates finished before it
+    err = together.value
+    assert err.checkpoint == 1 and list(err.completed) == [0]
+    assert str(err).startswith("checkpoint 1 (models[1]): " + str(alone.value))
+    assert ".completed" in str(err)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        _same(err.completed[0], estimate_llc(checkpoints[0], half_mse, _data(), **kw))
+    with pytest.raises(SGLDDivergenceError, match=r"^checkpoint 0 \(models\[0\]\): SGLD diverged") as first:
+        estimate_llcs([stiff, checkpoints[0]], half_mse, _data(), **kw)
+    assert first.value.checkpoint == 0 and first.value.completed == {} and ".completed" not in str(first.value)
+
+
+def test_a_diverging_checkpoint_of_a_trajectory_is_named_with_its_training_step():
+    from slt_companion.dynamics import llc_over_trajectory
+
+    stiff = _trained(0)
+    with torch.no_grad():
+        stiff[2].weight.mul_(30.0)
+    traj = _trajectory([_trained(0, steps=50), stiff], [50, 300])
+    with pytest.raises(SGLDDivergenceError, match=r"^checkpoint 1 of the trajectory \(training step 300\)") as err, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        llc_over_trajectory(traj, _net(9), half_mse, _data(), **dict(KW, num_draws=100, step_size=1e-3))
+    assert err.value.checkpoint == 1 and list(err.value.completed) == [0]
+
+
+def _trajectory(ms, steps):
+    from slt_companion.train import Trajectory
+
+    return Trajectory(steps=np.array(steps),
+                      params=torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in ms]),
+                      names=[n for n, _ in ms[0].named_parameters()],
+                      shapes=[tuple(p.shape) for p in ms[0].parameters()],
+                      train_loss=np.zeros(max(steps)), lr=np.zeros(max(steps)))
+
+
+def test_a_cached_curve_with_a_key_missing_or_arrays_of_another_length_is_recomputed(tmp_path, monkeypatch):
+    from slt_companion import cache
+    from slt_companion.dynamics import llc_over_trajectory
+
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    traj = _trajectory([_trained(0, steps=s) for s in (50, 100)], [50, 100])
+    kw = dict(FAST, cache_name="curve")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCConvergenceWarning)
+        good = llc_over_trajectory(traj, _net(9), half_mse, _data(), **kw)
+        (path,) = tmp_path.glob("curve-*.npz")
+        for edit in (lambda d: d.pop("converged"), lambda d: d.update(mean=np.array([1.0, 2.0, 3.0]))):
+            entry = cache.load(path)
+            edit(entry)
+            cache.save(path, entry)
+            with pytest.warns(RuntimeWarning, match="cache entry .*curve-.* is corrupt .*recomputing"):
+                again = llc_over_trajectory(traj, _net(9), half_mse, _data(), **kw)
+            assert np.array_equal(again["mean"], good["mean"]) and np.array_equal(again["converged"], good["converged"])
+        assert np.array_equal(llc_over_trajectory(traj, _net(9), half_mse, _data(), **kw)["mean"], good["mean"])
+
+
+def test_per_chain_step_sizes_are_each_checkpoints_as_in_estimate_llc(checkpoints):
+    # estimate_llcs(step_size=tuple) once failed inside, naming the joint num_chains (checkpoints × chains)
+    kw = dict(KW, num_draws=60, num_chains=2)
+    _alone_and_together(checkpoints, **dict(kw, step_size=(1e-4, 2e-4)))
+    with pytest.raises(ValueError, match=r"step_size has 3 values but num_chains=2"):
+        estimate_llcs(checkpoints, half_mse, _data(), **dict(kw, step_size=(1e-4, 2e-4, 3e-4)))
+
+
+def test_tensor_attributes_that_differ_between_checkpoints_are_refused():
+    """A tensor that is neither a parameter nor a buffer is not carried per checkpoint: every checkpoint would be
+    run with models[0]'s."""
+    class Scaled(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+            self.c = torch.tensor(c)
+
+        def forward(self, x):
+            return self.lin(x) * self.c
+
+    a, b = Scaled(1.0), Scaled(2.0)
+    b.load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match=r"models\[1\]\.c is a tensor attribute .*differs.*register_buffer\('c'"):
+        estimate_llcs([a, b], half_mse, _data(), **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Warning)
+        estimate_llcs([a, Scaled(1.0)], half_mse, _data(), **FAST)          # equal attributes run
 
 
 def test_state_dicts_with_a_template(checkpoints):

@@ -177,6 +177,32 @@ def test_rule_arguments_are_checked():
     assert is_converged(1.005, 500) and not is_converged(1.02, 500) and not is_converged(float("nan"), 500)
 
 
+def test_a_growth_that_cannot_grow_and_non_numbers_are_refused_not_hung_on():
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("ConvergenceRule.checkpoints hung")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        for bad in (1.0, 0.5, -2.0, float("nan"), float("inf"), "1.5", True):
+            with pytest.raises(ValueError, match=r"growth must be a finite number > 1.*got"):
+                ConvergenceRule(growth=bad).checkpoints(64)
+        for name, bad in (("max_seconds", "5"), ("max_seconds", float("nan")), ("target_rhat", float("nan")),
+                          ("target_rhat", "1.01"), ("target_ess", float("inf")), ("target_ess", None)):
+            with pytest.raises(ValueError, match=name):
+                ConvergenceRule(**{name: bad})
+        with pytest.raises(ValueError, match="block must be an integer"):
+            ConvergenceRule().checkpoints(0)
+        # a growth barely above 1 tests at every length (a multiple of two blocks), and ends
+        assert ConvergenceRule(min_draws=256, max_draws=512, growth=1 + 1e-12).checkpoints(64) == [512, 640, 768, 896]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert ConvergenceRule().checkpoints(64) == ConvergenceRule(growth=1.25).checkpoints(64)
+
+
 def test_crossing_exact_matches_a_one_dimensional_integral():
     """w² with the prior N(0, 1): the 2-D grid (one weight unused) against a direct 1-D quadrature."""
     x = torch.randn(2000, generator=torch.Generator().manual_seed(0))

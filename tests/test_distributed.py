@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,36 @@ def test_data_that_does_not_fit_the_model_is_refused_before_sampling(on_path, ca
     torch.save((torch.randn(16, 3), torch.randn(16, 1)), tmp_path / "three_features.pt")
     err = _run_in_process(on_path, capsys, on_path / "ckpts" / "step_10.pt", data=tmp_path / "three_features.pt")
     assert "model(x) failed" in err
+
+
+def test_an_out_path_that_cannot_be_written_is_refused_before_sampling(on_path, capsys, tmp_path, monkeypatch):
+    import slt_companion.llc
+
+    def no_sampling(*_, **__):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(slt_companion.llc, "estimate_llcs", no_sampling)
+    (tmp_path / "a_file").write_text("")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_mkstemp = llc_trajectory.tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kw):          # a folder that refuses files (chmod does not stop root)
+        if Path(dir) == read_only:
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(llc_trajectory.tempfile, "mkstemp", mkstemp)
+    for out, says in [(tmp_path / "a_file" / "llc.json", "is a file, not a folder"),
+                      (read_only / "llc.json", r"cannot write in its folder \(Permission denied\)"),
+                      (read_only / "new" / "llc.json", "where its folder .*new would be created"),
+                      (tmp_path, "is a folder")]:
+        code = llc_trajectory.main(["--model", "traj_helper:make_model", "--checkpoints", str(on_path / "ckpts"),
+                                    "--data", str(on_path / "data.pt"), "--loss", "mse", "--out", str(out), *SAMPLER])
+        err = capsys.readouterr().err
+        assert code == 2 and "--out" in err and "Traceback" not in err, err
+        assert re.search(says, err), err
+    assert sorted(p.name for p in read_only.iterdir()) == [] and not (read_only / "new").exists()
 
 
 # ------------------------------------------------------------------------------------------- torchrun, NCCL, GPU

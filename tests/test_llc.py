@@ -298,6 +298,35 @@ def test_a_hook_added_after_an_estimate_is_not_served_the_old_centre_losses():
     assert again == pytest.approx(before, rel=1e-6)
 
 
+def test_data_edited_in_place_outside_torch_is_not_served_the_old_centre_losses():
+    """Editing the data through a NumPy array that shares its memory, or through ``.data``, does not bump torch's
+    version counters; the remembered per-sample losses at w* must not outlive the edit."""
+    from slt_companion.llc import half_mse
+
+    x, y0 = _hook_data()
+    arr = y0.numpy().copy()
+    y = torch.from_numpy(arr)                           # shares arr's memory
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    kw = dict(num_chains=2, num_draws=20, num_burnin=5, step_size=1e-4, progress=False)
+
+    def truth():
+        with torch.no_grad():
+            return float(half_mse(net(x), y))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = estimate_llc(net, half_mse, (x, y), **kw)
+        again = estimate_llc(net, half_mse, (x, y), **kw)
+        arr += 1.0
+        after_numpy = estimate_llc(net, half_mse, (x, y), **kw).init_loss
+        assert after_numpy == pytest.approx(truth(), rel=1e-6)
+        y.data.add_(1.0)
+        after_data = estimate_llc(net, half_mse, (x, y), **kw).init_loss
+        assert after_data == pytest.approx(truth(), rel=1e-6)
+    assert again.mean == first.mean and again.init_loss == first.init_loss      # unedited: the same numbers
+    assert after_numpy != pytest.approx(first.init_loss, rel=1e-3) and after_data != pytest.approx(after_numpy)
+
+
 def _hook_data():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 3, generator=g)

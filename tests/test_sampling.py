@@ -1,6 +1,7 @@
 """The batched SGLD engine: exactness on a Gaussian, determinism, per-chain RNG, errors."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -407,3 +408,54 @@ def test_a_wrong_hand_backward_is_caught_where_the_gradients_are_tiny():
     cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=5, num_burnin=0, batch_size=10)
     with pytest.raises(ValueError, match="hand-written backward"):
         sgld(WrongVJPAtZero(), half_mse, (x, y), cfg, progress=False)
+
+
+def test_params_given_in_any_order_or_as_a_set_are_sampled_in_the_models_order():
+    # a set's order depends on PYTHONHASHSEED: the flattening (and with it every number) must not
+    net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    order = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert select_params(net, ["2.bias", "0.weight", "2.weight", "0.bias"]) == order
+    assert select_params(net, set(order)) == order
+    assert select_params(net, ["2.weight", "0.bias"]) == ["0.bias", "2.weight"]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 2, generator=g), torch.randn(40, 1, generator=g)
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=5, num_burnin=0, batch_size=10)
+    a = sgld(net, mse, (x, y), cfg, params=order, progress=False)
+    b = sgld(net, mse, (x, y), cfg, params=order[::-1], progress=False)
+    assert a.param_names == b.param_names == order and torch.equal(a.loss, b.loss)
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1)])
+def test_a_loss_of_one_element_that_is_not_0_d_is_an_error_before_sampling(shape):
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=5, num_burnin=0, batch_size=10)
+    with pytest.raises(ValueError, match=r"0-d scalar.*shape \(1(, 1)?,?\).*\.mean\(\).*\.squeeze\(\)"):
+        sgld(Point(), lambda o, y: mse(o, y).reshape(shape), point_data(50), cfg, progress=False)
+
+
+def test_float_targets_whose_columns_broadcast_against_the_output_are_refused_for_an_elementwise_loss():
+    from slt_companion.llc import half_mse
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 2, generator=g)
+    cfg = SamplerConfig(step_size=1e-4, nbeta=10.0, num_chains=2, num_draws=5, num_burnin=0, batch_size=10)
+    for out_dim, y_cols in [(1, 2), (3, 1)]:
+        net = nn.Linear(2, out_dim)
+        y = torch.randn(40, y_cols, generator=g)
+        for loss in (half_mse, torch.nn.functional.mse_loss, nn.MSELoss()):
+            with pytest.raises(ValueError, match=rf"shape \(8, {out_dim}\) but y has shape \(8, {y_cols}\).*"
+                                                 "broadcast.*as many outputs as y has columns"), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)           # torch's own size warning for mse_loss
+                sgld(net, loss, (x, y), cfg, progress=False)
+    # a loss of its own may read the columns itself (a mean and a log-variance): a warning, and it runs
+    net = nn.Linear(2, 2)
+
+    def gaussian_nll(out, y):
+        return 0.5 * (((y - out[:, :1]) ** 2) * torch.exp(-out[:, 1:]) + out[:, 1:]).mean()
+
+    with pytest.warns(UserWarning, match=r"shape \(8, 2\) but y has shape \(8, 1\).*ignore this"):
+        sgld(net, gaussian_nll, (x, torch.randn(40, 1, generator=g)), cfg, progress=False)
+    # equal shapes and class labels (integer y) are untouched
+    sgld(nn.Linear(2, 2), half_mse, (x, torch.randn(40, 2, generator=g)), cfg, progress=False)
+    labels = torch.randint(0, 3, (40,), generator=g)
+    sgld(nn.Linear(2, 3), torch.nn.functional.cross_entropy, (x, labels), cfg, progress=False)
