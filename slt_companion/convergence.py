@@ -40,7 +40,7 @@ from . import config as _config
 from ._checks import check_int, user_stacklevel
 from .diagnostics import ess as _ess, rhat as _rhat
 
-__all__ = ["ConvergenceRule", "LLCConvergenceWarning", "is_converged", "TARGET_RHAT", "TARGET_ESS"]
+__all__ = ["ConvergenceRule", "LLCConvergenceWarning", "is_converged", "mostly_ties", "TARGET_RHAT", "TARGET_ESS"]
 
 #: the split-R̂ a converged estimate must reach (Vehtari et al. 2021)
 TARGET_RHAT = 1.01
@@ -56,6 +56,21 @@ class LLCConvergenceWarning(RuntimeWarning):
 def is_converged(rhat: float, ess: float, *, target_rhat: float = TARGET_RHAT, target_ess: float = TARGET_ESS) -> bool:
     """True when ``rhat <= target_rhat`` and ``ess >= target_ess`` (NaN counts as not converged)."""
     return bool(rhat == rhat and ess == ess and rhat <= target_rhat and ess >= target_ess)
+
+
+def mostly_ties(draws) -> bool:
+    """Whether some chain of ``draws`` ``(chains, draws)`` spends more than half its draws on one value: chains that
+    barely move, whose loss differences are below the dtype's resolution (a bfloat16 model with a tiny step size: 5
+    distinct λ̂ values in 600 draws). R̂ and ESS of such a trace can look perfect (one spike in zeros: ESS above the
+    number of draws, R̂ = 1), so it counts as not converged. Continuous traces (float32/float64 losses) never tie."""
+    d = np.asarray(draws)
+    if d.ndim != 2 or d.shape[1] == 0:
+        return False
+    for row in d:
+        _, counts = np.unique(row, return_counts=True)
+        if counts.max() * 2 > row.size:
+            return True
+    return False
 
 
 def _real(v) -> bool:
@@ -116,7 +131,7 @@ class ConvergenceRule:
         if draws.shape[1] < 4 or not np.isfinite(draws).all() or np.ptp(draws) == 0:
             return False
         return is_converged(_rhat(draws), _ess(draws), target_rhat=self.target_rhat,
-                            target_ess=self.target_ess) and not drifting(tail)
+                            target_ess=self.target_ess) and not drifting(tail) and not mostly_ties(draws)
 
     def max_steps(self, block: int) -> int:
         block = check_int("block", block, 1)
@@ -226,10 +241,12 @@ def drifting(last_three_quarters: np.ndarray, z: float = 1.5) -> bool:
 
 
 def warn_unconverged(what: str, rhat: float, ess: float, reason: str, *, target_rhat: float = TARGET_RHAT,
-                     target_ess: float = TARGET_ESS, step_size=None) -> None:
+                     target_ess: float = TARGET_ESS, step_size=None, ties: bool = False) -> None:
     """Issue :class:`LLCConvergenceWarning` for an estimate that ended unconverged, naming R̂, ESS and the fix (at the
-    reader's line that led to it, however deep in the package it is raised)."""
-    why = []
+    reader's line that led to it, however deep in the package it is raised); ``ties``: the trace is
+    :func:`mostly_ties`."""
+    why = ["most draws of a chain repeat one value: the chains barely move (loss changes below the dtype's "
+           "resolution: a larger step_size, or the model in float32)"] if ties else []
     if not (rhat == rhat and rhat <= target_rhat):
         why.append(f"split R̂ = {rhat:.3f} > {target_rhat}" if rhat == rhat else "split R̂ undefined (too few draws)")
     if not (ess == ess and ess >= target_ess):

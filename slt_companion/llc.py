@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from . import config as _config
-from .convergence import TARGET_ESS, TARGET_RHAT, ConvergenceRule, LLCConvergenceWarning, is_converged, warn_unconverged
+from .convergence import (TARGET_ESS, TARGET_RHAT, ConvergenceRule, LLCConvergenceWarning, is_converged,
+                          mostly_ties, warn_unconverged)
 from .diagnostics import NegativeLLCWarning, SGLDDivergenceError, ess as _ess, rhat as _rhat
 from ._checks import user_stacklevel
 from .sampling import SamplerConfig, SGLDResult, _Problem, cpu_threads, sgld, threads_for
@@ -132,8 +133,8 @@ class LLCEstimate:
       (with the step size actually chosen, and the burn-in and draws actually run); ``seconds``: sampling wall time;
     - ``stop_reason``: why sampling ended -- ``"converged"`` (``num_draws="auto"`` reached its targets),
       ``"max_draws"`` / ``"max_seconds"`` (its budget ran out first) or ``"fixed"`` (a number of draws was given);
-    - ``converged``: ``rhat`` ≤ 1.01 and ``ess`` ≥ 400 (:mod:`slt_companion.convergence`); an estimate that is not
-      converged is not a result, and :func:`estimate_llc` warns (:class:`LLCConvergenceWarning`).
+    - ``converged``: ``rhat`` ≤ 1.01 and ``ess`` ≥ 400, with chains that move (:mod:`slt_companion.convergence`); an
+      estimate that is not converged is not a result, and :func:`estimate_llc` warns (:class:`LLCConvergenceWarning`).
     """
 
     mean: float
@@ -154,8 +155,10 @@ class LLCEstimate:
 
     @property
     def converged(self) -> bool:
-        """R̂ ≤ 1.01 and bulk ESS ≥ 400 (:func:`slt_companion.convergence.is_converged`)."""
-        return is_converged(self.rhat, self.ess)
+        """R̂ ≤ 1.01 and bulk ESS ≥ 400 (:func:`slt_companion.convergence.is_converged`), and chains that move: a
+        trace that repeats one value in most of a chain's draws is not converged, whatever its R̂ and ESS
+        (:func:`slt_companion.convergence.mostly_ties`)."""
+        return is_converged(self.rhat, self.ess) and not mostly_ties(self.llc_trace)
 
     def status(self) -> str:
         """One line: converged or not, with R̂, ESS and why sampling stopped."""
@@ -353,7 +356,8 @@ def _warn_if_unconverged(est: LLCEstimate, what: str) -> None:
     if not est.converged:
         eps = est.config.step_size
         warn_unconverged(f"{what} λ̂ = {est.mean:.4g}", est.rhat, est.ess, est.stop_reason,
-                         step_size=float(eps) if not isinstance(eps, tuple) else None)
+                         step_size=float(eps) if not isinstance(eps, tuple) else None,
+                         ties=mostly_ties(est.llc_trace))
 
 
 def _resolve_step_size(prob, step_size, *, nbeta, localization, batch_size, seed, preconditioner=None):

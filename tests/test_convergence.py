@@ -284,3 +284,27 @@ def test_devinterps_sd_criterion_uses_the_steadier_of_two_estimates_of_the_chain
     assert _judge(case, lucky, 0.10)["holds"]            # 3.5 × 0.0434 = 0.15 > 0.078
     far = [{"mean": 0.30, "std": 0.021, "sem": 0.0217, "converged": True, "warned": False}]
     assert not _judge(case, far, 0.10)["holds"]
+
+
+def test_chains_that_barely_move_are_not_converged_whatever_rhat_and_ess_say():
+    """A trace of ties with one spike has a perfect R̂ and an ESS above its number of draws; a bfloat16 model at a
+    tiny step size gives such traces (a handful of distinct λ̂ in 600 draws). It is not converged, and the warning
+    says why; continuous traces are untouched."""
+    import warnings
+
+    from slt_companion.convergence import mostly_ties
+    from slt_companion.llc import estimate_llc, half_mse
+
+    spike = np.zeros((4, 1000))
+    spike[2, 500] = 1.0
+    assert mostly_ties(spike) and not mostly_ties(np.random.default_rng(0).normal(size=(4, 1000)))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).to(torch.bfloat16)
+    x = torch.randn(256, 3, dtype=torch.bfloat16)
+    y = torch.randn(256, 1, dtype=torch.bfloat16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        est = estimate_llc(model, half_mse, (x, y), num_chains=4, num_burnin=100, num_draws=600, step_size=1e-9,
+                           nbeta=46.0, batch_size=64, progress=False)
+    assert mostly_ties(est.llc_trace) and not est.converged
+    assert any(issubclass(w.category, LLCConvergenceWarning) and "barely move" in str(w.message) for w in seen)
