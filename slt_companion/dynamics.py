@@ -342,9 +342,10 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     :class:`~slt_companion.convergence.LLCConvergenceWarning` lists the unconverged checkpoints (also when the curve
     comes from the cache): a figure must mark them and no claim may rest on them. With ``cache_name`` the whole
     curve is cached under ``cache_config`` + the sampler settings + fingerprints of the trajectory, the data, the
-    template's architecture and ``loss_fn``'s name (``chunk_size`` and ``distributed`` are not part of the key: they
-    do not change the numbers). ``loss_fn`` is known by name only: describe a changed loss (or a lambda) in
-    ``cache_config``. A cached entry that is not such a curve (a key missing, arrays of another length) is
+    template's architecture and ``loss_fn``'s name and code (:func:`slt_companion.replicate.code_fingerprint`: its
+    bytecode, constants, defaults and captured values; ``chunk_size`` and ``distributed`` are not part of the key:
+    they do not change the numbers). Functions ``loss_fn`` calls are not fingerprinted, nor is a callable object's
+    code: describe a changed one in ``cache_config``. A cached entry that is not such a curve (a key missing, arrays of another length) is
     recomputed with a ``RuntimeWarning``, as an unreadable one is. A checkpoint that diverges raises
     :class:`~slt_companion.diagnostics.SGLDDivergenceError` naming its index and training step, with the estimates
     finished before it in ``err.completed`` (``{trajectory index: LLCEstimate}``).
@@ -355,6 +356,7 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     from .convergence import LLCConvergenceWarning
     from .diagnostics import SGLDDivergenceError
     from .llc import estimate_llcs
+    from .replicate import code_fingerprint
 
     idx = list(range(len(trajectory))) if checkpoints is None else [int(i) for i in checkpoints]
 
@@ -385,6 +387,9 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
                "checkpoints": idx, "trajectory": trajectory.fingerprint(), "data": _data_digest(data),
                "template": repr(module_signature(template, hook_ids=False)),
                "loss_fn": f"{getattr(loss_fn, '__module__', '')}.{getattr(loss_fn, '__qualname__', type(loss_fn).__name__)}"}
+        code = code_fingerprint(loss_fn)     # two lambdas (or two `def mse` of two pages) are two losses
+        if code is not None:
+            key["loss_code"] = code
         out = _cache.cached(cache_name, key, compute)
         why = _curve_problem(out, [int(trajectory.steps[i]) for i in idx])
         if why:                                  # a readable entry that is not this curve: as corrupt as garbage

@@ -170,6 +170,23 @@ def test_a_cached_curve_with_a_key_missing_or_arrays_of_another_length_is_recomp
         assert np.array_equal(llc_over_trajectory(traj, _net(9), half_mse, _data(), **kw)["mean"], good["mean"])
 
 
+def test_two_lambda_losses_under_one_cache_name_are_two_curves(tmp_path, monkeypatch):
+    """The cache key holds the loss's code, not only its name: two lambdas (both ``<lambda>``) are two losses."""
+    from slt_companion.dynamics import llc_over_trajectory
+
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    traj = _trajectory([_trained(0, steps=s) for s in (50, 100)], [50, 100])
+    kw = dict(FAST, cache_name="curve")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Warning)
+        one = llc_over_trajectory(traj, _net(9), lambda o, y: ((o - y) ** 2).mean() / 2, _data(), **kw)
+        two = llc_over_trajectory(traj, _net(9), lambda o, y: ((o - y) ** 2).mean(), _data(), **kw)
+        again = llc_over_trajectory(traj, _net(9), lambda o, y: ((o - y) ** 2).mean() / 2, _data(), **kw)
+    assert not np.array_equal(one["init_loss"], two["init_loss"])
+    np.testing.assert_allclose(two["init_loss"], 2 * one["init_loss"], rtol=1e-6)
+    assert np.array_equal(again["mean"], one["mean"]) and len(list(tmp_path.glob("curve-*.npz"))) == 2
+
+
 def test_per_chain_step_sizes_are_each_checkpoints_as_in_estimate_llc(checkpoints):
     # estimate_llcs(step_size=tuple) once failed inside, naming the joint num_chains (checkpoints × chains)
     kw = dict(KW, num_draws=60, num_chains=2)
