@@ -104,15 +104,15 @@ class ConvergenceRule:
     growth: float = 1.25
 
     def __post_init__(self):
+        for name in ("min_draws", "max_draws"):   # the values given, before a min_draws is derived from max_draws
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 4):
+                raise ValueError(f"{name} must be an integer ≥ 4 (kept draws per chain), got {v!r}")
         if self.min_draws is None:   # a budget below the usual first check moves the first check down to it
             first = _config.size(2000, 250)
             object.__setattr__(self, "min_draws", first if self.max_draws is None else min(first, self.max_draws))
         if self.max_draws is None:
             object.__setattr__(self, "max_draws", max(_config.size(5000, 1000), self.min_draws))
-        for name in ("min_draws", "max_draws"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 4:
-                raise ValueError(f"{name} must be an integer ≥ 4, got {v!r}")
         if self.max_draws < self.min_draws:
             raise ValueError(f"max_draws ({self.max_draws}) must be ≥ min_draws ({self.min_draws})")
         if self.max_seconds is not None and not (_real(self.max_seconds) and self.max_seconds > 0):
@@ -231,7 +231,13 @@ def drifting(last_three_quarters: np.ndarray, z: float = 1.5) -> bool:
     of the burn-in) more than ``z`` standard errors (from each window's ESS) away from the mean over ``[3T/4, T)``
     (the last quarter)? (``z = 1.5``: a false alarm only makes the run longer.) Chains still relaxing out of w* along soft directions rise slowly; the split R̂ of the kept
     half alone can miss that when the rise is small against the per-draw noise (measured: a 5-4-3-4-5 deep linear
-    network passed R̂ and ESS at 2,560 steps 17 % low, and settled only after 5,000)."""
+    network passed R̂ and ESS at 2,560 steps 17 % low, and settled only after 5,000). ``last_three_quarters``:
+    ``(chains, draws)``."""
+    if getattr(last_three_quarters, "ndim", None) is None:
+        last_three_quarters = np.asarray(last_three_quarters, dtype=float)
+    if last_three_quarters.ndim != 2:
+        raise ValueError(f"last_three_quarters must have shape (chains, draws), got {tuple(last_three_quarters.shape)}"
+                         + ("; a single chain is x[None, :]" if last_three_quarters.ndim == 1 else ""))
     T = last_three_quarters.shape[1]
     a, b = last_three_quarters[:, :T // 3], last_three_quarters[:, 2 * T // 3:]
     if a.shape[1] < 4 or b.shape[1] < 4:

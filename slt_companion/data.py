@@ -421,12 +421,12 @@ def char_corpus(kind: str = "prose", *, max_chars: int | None = None, val_fracti
     blocks, the last block is the validation text; the two never share a block). Characters outside
     :data:`CHAR_VOCAB` (tabs, non-ASCII) become ``"?"``.
     """
+    block = check_int("block", block, 16)        # first: max_chars is checked against 2 * block
     text, sources = _corpus_text(kind)
     if max_chars is not None:
         text = text[:check_int("max_chars", max_chars, 2 * block)]
     if not 0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction must lie in (0, 0.5), got {val_fraction!r}")
-    block = check_int("block", block, 16)
     every = round(1 / val_fraction)
     tokens = CharCorpus(kind, torch.empty(0), torch.empty(0), sources).encode(text)
     blocks = list(torch.split(tokens, block))

@@ -68,8 +68,11 @@ def _as_2d(draws, name: str = "draws") -> np.ndarray:
         ary = ary[None, :]
     if ary.ndim != 2:
         raise ValueError(f"{name} must have shape (chains, draws), got {ary.shape}")
+    if ary.shape[0] < 1:
+        raise ValueError(f"{name} holds no chains: shape (chains, draws) = {ary.shape}; pass at least one chain")
     if ary.shape[1] < 4:
-        raise ValueError(f"{name} needs at least 4 draws per chain, got {ary.shape[1]}")
+        raise ValueError(f"{name} needs at least 4 draws per chain, got {ary.shape[1]} (shape (chains, draws) = "
+                         f"{ary.shape})")
     if not np.isfinite(ary).all():
         raise ValueError(f"{name} contains NaN or inf")
     return ary

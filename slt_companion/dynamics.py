@@ -325,14 +325,27 @@ def _curve_problem(out, steps: list) -> str | None:
     return None
 
 
+def _checkpoint_index(k: int, i, n: int) -> int:
+    """``checkpoints[k] = i`` as an ``int`` index into a trajectory of ``n`` checkpoints (negative from the end)."""
+    try:
+        i = check_int(f"checkpoints[{k}]", i, minimum=-(2 ** 63))
+    except ValueError:
+        raise ValueError(f"checkpoints[{k}] must be an integer index into the trajectory, in [{-n}, {n - 1}] (it has "
+                         f"{n} checkpoints), got {i!r}") from None
+    if not -n <= i < n:
+        raise ValueError(f"checkpoints[{k}] = {i} is out of range: the trajectory has {n} checkpoints, indices "
+                         f"[{-n}, {n - 1}] (Trajectory.index_of(step) finds a training step's)")
+    return i
+
+
 def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *, checkpoints=None,
                         cache_name: str | None = None, cache_config: dict | None = None, progress: bool = True,
                         **llc_kwargs) -> dict:
     r"""λ̂ at every checkpoint of ``trajectory``, all sampled together (:func:`slt_companion.llc.estimate_llcs`:
     checkpoints as chains, ``chunk_size`` of them per batched run; sharded over ranks under ``torchrun``).
 
-    ``checkpoints``: indices into the trajectory (default: all). Each estimate is centred at that checkpoint's
-    parameters, with the same ``data``, sampler settings (``llc_kwargs``, as for
+    ``checkpoints``: integer indices into the trajectory (default: all; negative from the end). Each estimate is
+    centred at that checkpoint's parameters, with the same ``data``, sampler settings (``llc_kwargs``, as for
     :func:`~slt_companion.llc.estimate_llc`) and ``seed``, and equals ``estimate_llc`` at that checkpoint. Returns
     ``{"steps", "mean", "std", "sem", "init_loss", "rhat", "ess", "converged", "per_chain", "relaxation"}`` as
     arrays (``per_chain``: checkpoints × chains; ``converged``: R̂ ≤ 1.01 and ESS ≥ 400 at that checkpoint,
@@ -358,7 +371,8 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     from .llc import estimate_llcs
     from .replicate import code_fingerprint
 
-    idx = list(range(len(trajectory))) if checkpoints is None else [int(i) for i in checkpoints]
+    n = len(trajectory)
+    idx = list(range(n)) if checkpoints is None else [_checkpoint_index(k, i, n) for k, i in enumerate(checkpoints)]
 
     def compute() -> dict:
         models = [trajectory.model_at(i, template) for i in idx]

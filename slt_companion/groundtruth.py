@@ -173,6 +173,7 @@ def crossing_exact(exponents, x, y, *, nbeta: float, loss_scale: float = 0.5, lo
     estimates at :math:`w^* = 0` (at finite :math:`n\beta` it differs from λ by lower-order terms). A 2-D grid
     graded towards the axes, ``points`` per axis on [−5, 5] (values agree with 1201 and 2401 points to 1e-4).
     """
+    exponents = _sequence(exponents, "one or two powers, e.g. (2,) or (1, 2)")
     if len(exponents) not in (1, 2):
         raise ValueError(f"exponents must be one or two powers (k1,) or (k1, k2), got {tuple(exponents)!r}")
     k = _exponents(tuple(exponents) + ((0,) if len(exponents) == 1 else ()))
@@ -185,9 +186,20 @@ def crossing_exact(exponents, x, y, *, nbeta: float, loss_scale: float = 0.5, lo
                              localization=check_positive("localization", localization, allow_zero=True), points=points)
 
 
+def _sequence(exponents, what: str) -> tuple:
+    """``exponents`` as a tuple, or a TypeError saying a sequence of ``what`` is wanted (not one number)."""
+    if isinstance(exponents, (str, bytes)):
+        raise TypeError(f"exponents must be a sequence of {what}, got the string {exponents!r}")
+    try:
+        return tuple(exponents)
+    except TypeError:
+        raise TypeError(f"exponents must be a sequence of {what}, got {type(exponents).__name__} {exponents!r}: "
+                        "wrap one power in a tuple") from None
+
+
 def _exponents(exponents) -> tuple:
     """Two whole powers ≥ 0, not both 0 (a fractional power was truncated by int(): 1.5 computed w**1)."""
-    k = tuple(check_int("exponents", v, 0) for v in exponents)
+    k = tuple(check_int("exponents", v, 0) for v in _sequence(exponents, "two powers, e.g. (1, 2)"))
     if len(k) != 2 or max(k) < 1:
         raise ValueError(f"exponents must be two non-negative integers, not both 0; got {tuple(exponents)!r}")
     return k
@@ -460,7 +472,7 @@ def toy_potential_exact(exponents, n: int, *, noise_std: float = 0.5, seed: int 
     k = _exponents(exponents)
     n = check_int("n", n)
     noise_std = check_positive("noise_std", noise_std)
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(check_int("seed", seed, 0))       # default_rng takes whole numbers ≥ 0
     x = rng.standard_normal(n)
     y = noise_std * rng.standard_normal(n)
     nb = default_nbeta(n) if nbeta is None else nbeta

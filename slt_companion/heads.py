@@ -50,10 +50,26 @@ def _check_repeated(tokens) -> int:
     return L
 
 
+def _check_return_attention(model) -> None:
+    """A TypeError, up front, for a model whose forward takes no ``return_attention`` argument."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):      # no forward, or a signature inspect cannot read: just try
+        return
+    if "return_attention" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    raise TypeError(f"the head scores of slt_companion.heads need a model whose forward accepts return_attention=True "
+                    f"and then returns (logits, patterns), as AttentionOnlyLM does; {type(model).__name__}.forward"
+                    f"{inspect.signature(model.forward)} has no return_attention argument")
+
+
 @torch.no_grad()
 def _forward(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, patterns)`` of ``model`` in eval mode (its training flag restored afterwards)."""
     tokens = _check_tokens(tokens)
+    _check_return_attention(model)
     was_training = model.training
     model.eval()
     try:

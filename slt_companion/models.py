@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +33,8 @@ def _positive_ints(name: str, values: Sequence[int], *, min_len: int) -> list[in
         out = [int(v) for v in values]
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be a sequence of positive integers, got {values!r}") from err
+    if any(isinstance(v, (bool, np.bool_)) for v in values):        # int(True) == 1 == True: a flag is not a size
+        raise ValueError(f"{name} must be positive integers, not booleans; got {list(values)!r}")
     if len(out) < min_len or any(v < 1 or v != w for v, w in zip(out, values)):
         raise ValueError(f"{name} must be a list of at least {min_len} positive integers, got {list(values)!r}")
     return out
@@ -88,6 +91,12 @@ class DeepLinearNetwork(nn.Module):
         return len(self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.layers[0].weight
+        if x.ndim == 0 or x.shape[-1] != self.widths[0]:
+            raise ValueError(f"x must have shape (batch, widths[0] = {self.widths[0]}), got shape {tuple(x.shape)}")
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x must have the weights' dtype {w.dtype}, got {x.dtype}: pass x.to({w.dtype}) "
+                            f"(or convert the network with .to({x.dtype}))")
         for layer in self.layers:
             x = layer(x)
         return x
@@ -138,11 +147,20 @@ class DeepLinearNetwork(nn.Module):
         With :math:`W = U S V^\top` (rank :math:`k \le` ``min(widths)``) every layer carries :math:`S^{1/L}`:
         :math:`W_1 = [S^{1/L}V_k^\top; 0]`, :math:`W_j = \mathrm{diag}(S^{1/L}, 0)`, :math:`W_L = [U_k S^{1/L}, 0]`,
         so that :math:`W_{j+1}^\top W_{j+1} = W_j W_j^\top` (all layers the same scale). Raises if the
-        rank of ``W`` exceeds the narrowest width.
+        rank of ``W`` exceeds the narrowest width. ``W`` may be a tensor, a NumPy array or nested lists; it must be
+        finite.
         """
+        try:
+            W = torch.as_tensor(W)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"W must be a matrix (a tensor, NumPy array or nested lists), "
+                            f"got {type(W).__name__}") from err
         out_dim, in_dim = self.widths[-1], self.widths[0]
         if tuple(W.shape) != (out_dim, in_dim):
             raise ValueError(f"W must have shape (output, input) = ({out_dim}, {in_dim}), got {tuple(W.shape)}")
+        if W.is_complex() or not bool(torch.isfinite(W).all()):
+            raise ValueError("W must be a finite real matrix, got " + ("a complex one" if W.is_complex() else
+                             f"{int((~torch.isfinite(W)).sum())} NaN/inf entries"))
         U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
         k = min(self.widths)
         rel = 1e-10 if W.dtype == torch.float64 else 1e-5
@@ -282,11 +300,9 @@ class ToyModelOfSuperposition(nn.Module):
     def __init__(self, n_features: int = 6, n_hidden: int = 2, *, seed: int | None = 0, init_scale: float = 0.5,
                  dtype: torch.dtype = torch.float32):
         super().__init__()
-        for name, val in (("n_features", n_features), ("n_hidden", n_hidden)):
-            if isinstance(val, bool) or int(val) != val or int(val) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {val!r}")
-        if not init_scale >= 0:
-            raise ValueError(f"init_scale must be ≥ 0, got {init_scale!r}")
+        check_int("n_features", n_features)
+        check_int("n_hidden", n_hidden)
+        check_positive("init_scale", init_scale, allow_zero=True)
         self.n_features, self.n_hidden = int(n_features), int(n_hidden)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         W = torch.randn(self.n_hidden, self.n_features, generator=gen, dtype=torch.float64) * init_scale

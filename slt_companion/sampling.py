@@ -86,7 +86,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ._checks import check_positive, user_stacklevel
+from ._checks import check_int, check_positive, user_stacklevel
 from .config import resolve_device
 from .diagnostics import SGLDDivergenceError
 
@@ -788,8 +788,14 @@ class _Problem:
             with torch.no_grad():
                 out = self.model(self.x[:b])
         except Exception as err:
+            text = str(err).lower()
+            if self.x.dtype != self.dtype and ("dtype" in text or "scalar type" in text):   # int x into float weights
+                hint = (f"x is {str(self.x.dtype).removeprefix('torch.')}, the model's parameters "
+                        f"{str(self.dtype).removeprefix('torch.')}: pass x.to({self.dtype}) (e.g. x.float())")
+            else:
+                hint = "Check that x's trailing shape matches the model's input"
             raise ValueError(f"model(x) failed on the first {b} rows of data x (shape {tuple(self.x.shape)}): "
-                             f"{type(err).__name__}: {err}. Check that x's trailing shape matches the model's input.") from err
+                             f"{type(err).__name__}: {err}. {hint}.") from err
         try:
             loss = self.loss_fn(out, self.y[:b])
         except Exception as err:
@@ -915,6 +921,12 @@ def sgld(model: nn.Module, loss_fn: Callable, data, config: SamplerConfig, *, pa
         raise ValueError(f"on_divergence must be 'raise' or 'mark', got {on_divergence!r}")
     if not isinstance(config, SamplerConfig):
         raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
+    if not (num_threads is None or isinstance(num_threads, str) and num_threads == "auto"):
+        try:
+            num_threads = check_int("num_threads", num_threads)
+        except ValueError:
+            raise ValueError(f"num_threads must be a positive integer, \"auto\" (one thread for small CPU problems) or "
+                             f"None (torch's setting), got {num_threads!r}") from None
     prob = _problem or _Problem(model, loss_fn, data, params, device)
     if num_threads == "auto":
         num_threads = threads_for(prob, config.num_chains, config.batch_size)

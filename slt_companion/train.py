@@ -102,10 +102,22 @@ class Trajectory:
         p = self.params.double()
         return [repr(float(p.sum())), repr(float(p.abs().sum())), len(self)]
 
+    def _index(self, i) -> int:
+        """``i`` as an ``int`` index into ``steps`` (negative from the end), or a clear error."""
+        n = len(self)
+        try:
+            i = check_int("checkpoint index i", i, minimum=-(2 ** 63))
+        except ValueError:
+            raise ValueError(f"checkpoint index i must be an integer in [{-n}, {n - 1}] (this trajectory has {n} "
+                             f"checkpoints), got {i!r}") from None
+        if not -n <= i < n:
+            raise IndexError(f"checkpoint index {i} out of range for {n} checkpoints: use an index in [{-n}, {n - 1}] "
+                             "(Trajectory.index_of(step) finds a training step's)")
+        return i
+
     def state_dict(self, i: int) -> dict:
         """The parameters of checkpoint ``i`` (an index into ``steps``) as a state dict."""
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"checkpoint index {i} out of range for {len(self)} checkpoints")
+        i = self._index(i)
         flat, out, pos = self.params[i], {}, 0
         for name, shape in zip(self.names, self.shapes):
             k = int(np.prod(shape)) if len(shape) else 1
@@ -115,6 +127,7 @@ class Trajectory:
 
     def model_at(self, i: int, template: nn.Module) -> nn.Module:
         """A deep copy of ``template`` holding checkpoint ``i``'s parameters, in eval mode."""
+        i = self._index(i)
         model = copy.deepcopy(template)
         have = {n: tuple(p.shape) for n, p in model.named_parameters()}
         want = dict(zip(self.names, (tuple(s) for s in self.shapes)))
@@ -217,8 +230,9 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     ----------
     model : the network (trained in place from its current parameters).
     loss_fn : ``loss_fn(model(x), y)`` -> scalar mean loss.
-    batch_fn : ``batch_fn(generator) -> (x, y)``, e.g. :meth:`slt_companion.data.ICLTaskSampler.batch_fn`; it must
-        draw all its randomness from ``generator`` (seeded from ``(seed, step)``).
+    batch_fn : ``batch_fn(generator) -> (x, y)``, a pair of torch tensors, e.g.
+        :meth:`slt_companion.data.ICLTaskSampler.batch_fn`; it must draw all its randomness from ``generator``
+        (seeded from ``(seed, step)``).
     num_steps, lr : steps and the (peak) learning rate.
     optimizer : ``"adam"`` or ``"adamw"`` (with ``weight_decay``), ``betas`` as in PyTorch; ``"sgd"`` (plain),
         ``"momentum"`` (SGD with heavy-ball momentum ``betas[0]``), ``"entropy-sgd"``
@@ -227,7 +241,8 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         needs a closure (Entropy-SGD) gets one that draws a fresh minibatch on every call after the first, from
         the step's generator; the recorded loss is the first call's.
     schedule : ``"onecycle"`` (:func:`one_cycle_lr` with ``pct_start``; the paper's) or ``"constant"``.
-    checkpoints : steps at which to keep the parameters; default :func:`log_checkpoint_steps` ``(num_steps, 50)``.
+    checkpoints : steps at which to keep the parameters (a 1-D sequence); default :func:`log_checkpoint_steps`
+        ``(num_steps, 50)``.
     seed : a whole number; seeds the minibatch stream (the model's initialisation is its own ``seed``).
     cache_name, cache_config : if ``cache_name`` is given the trajectory is cached under ``cache_name`` with a
         key made of ``cache_config``, the training settings and a fingerprint of the initial model; ``cache_config``
@@ -265,6 +280,9 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
         raise TypeError("loss_fn and batch_fn must be callables: loss_fn(model(x), y), batch_fn(generator) -> (x, y)")
     if checkpoints is not None:
         raw = np.asarray(checkpoints)
+        if raw.ndim != 1:
+            raise ValueError(f"checkpoints must be a 1-D sequence of training steps, e.g. [0, 10, 100], got an array "
+                             f"of shape {raw.shape}")
         if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(raw == np.round(raw))):
             raise ValueError(f"checkpoints must be whole training steps, got {list(raw.reshape(-1))[:5]}")
     ckpts = log_checkpoint_steps(num_steps) if checkpoints is None else np.unique(np.asarray(checkpoints, dtype=np.int64))
@@ -431,6 +449,21 @@ def _load_partial(path, model, opt, N: int, ckpts, has_buffers: bool = False) ->
     return start, float(state["seconds"]), losses, lrs, kept, kept_buffers
 
 
+def _batch(batch_fn, gen) -> tuple:
+    """``batch_fn(gen)``, checked to be a pair ``(x, y)`` of torch tensors."""
+    out = batch_fn(gen)
+    if isinstance(out, torch.Tensor) or not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else (
+            f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__)
+        raise TypeError(f"batch_fn(generator) must return a pair (x, y) of torch tensors, got {got}")
+    bad = [f"{n} is a {type(v).__module__}.{type(v).__name__}" for n, v in zip("xy", out)
+           if isinstance(v, np.ndarray) or not callable(getattr(v, "to", None))]
+    if bad:
+        raise TypeError(f"batch_fn(generator) must return torch tensors (x, y), but {' and '.join(bad)}: convert them "
+                        "inside batch_fn, e.g. with torch.as_tensor")
+    return out
+
+
 def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progress, num_threads,
          opt_factory=None, restart_ok=True) -> dict:
     from tqdm.auto import tqdm
@@ -515,7 +548,7 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
                        mininterval=1.0)
             for step in bar:                        # step s takes the model from w_s to w_{s+1}
                 gen = _step_generator(s["seed"], step)
-                x, y = batch_fn(gen)
+                x, y = _batch(batch_fn, gen)
                 lr = one_cycle_lr(step, N, s["lr"], s["pct_start"]) if s["schedule"] == "onecycle" else s["lr"]
                 for g in opt.param_groups:
                     g["lr"] = lr
@@ -523,7 +556,7 @@ def _run(model, loss_fn, batch_fn, s, ckpts, dev, partial_path, stop_at, progres
                     batches = [(x, y)]
 
                     def closure():
-                        xb, yb = batches.pop() if batches else batch_fn(gen)
+                        xb, yb = batches.pop() if batches else _batch(batch_fn, gen)
                         opt.zero_grad(set_to_none=True)
                         out = loss_fn(model(xb.to(dev)), yb.to(dev))
                         out.backward()

@@ -308,3 +308,12 @@ def test_chains_that_barely_move_are_not_converged_whatever_rhat_and_ess_say():
                            nbeta=46.0, batch_size=64, progress=False)
     assert mostly_ties(est.llc_trace) and not est.converged
     assert any(issubclass(w.category, LLCConvergenceWarning) and "barely move" in str(w.message) for w in seen)
+
+
+def test_drifting_wants_chains_by_draws():
+    from slt_companion.convergence import drifting
+
+    trace = np.random.default_rng(0).standard_normal(60)
+    with pytest.raises(ValueError, match=r"must have shape \(chains, draws\), got \(60,\); a single chain is x\[None, :\]"):
+        drifting(trace)
+    assert drifting(trace[None, :]) == drifting(trace[None, :].tolist())

@@ -116,3 +116,11 @@ def test_decode_refuses_tokens_outside_the_vocabulary():
     for bad in ([-1], [c.vocab_size], torch.tensor([0, 200])):
         with pytest.raises(ValueError, match=rf"tokens must lie in \[0, vocab_size = {c.vocab_size}\)"):
             c.decode(bad)
+
+
+@pytest.mark.parametrize("kw", [dict(block="x"), dict(block="x", max_chars=10_000), dict(block=8, max_chars=10_000)])
+def test_char_corpus_checks_block_before_max_chars(kw):
+    from slt_companion.data import char_corpus
+
+    with pytest.raises(ValueError, match=f"block must be an integer ≥ 16, got {kw['block']!r}"):
+        char_corpus("prose", **kw)

@@ -94,3 +94,12 @@ def test_z_change_is_the_difference_in_combined_standard_errors():
     assert np.isnan(z_change(1.0, float("nan"), 2.0, 0.1))               # an estimate not made: no z
     with pytest.raises(ValueError, match="sem_to"):
         z_change(1.0, 0.1, 2.0, -0.1)
+
+
+@pytest.mark.parametrize("fn", [ess, rhat])
+@pytest.mark.parametrize("shape, match", [((0, 10), r"draws holds no chains: shape \(chains, draws\) = \(0, 10\)"),
+                                          ((0, 0), r"draws holds no chains"),
+                                          ((3, 0), r"at least 4 draws per chain, got 0 \(shape \(chains, draws\) = \(3, 0\)\)")])
+def test_no_chains_or_no_draws_are_named(fn, shape, match):
+    with pytest.raises(ValueError, match=match):
+        fn(np.zeros(shape))

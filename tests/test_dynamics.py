@@ -117,3 +117,23 @@ def test_the_sign_of_an_antisymmetric_component_does_not_depend_on_round_off():
         assert ed.components[0, 0] > 0
         firsts.add(float(np.sign(ed.pcs[-1, 0])))
     assert len(firsts) == 1
+
+
+@pytest.mark.parametrize("checkpoints, match", [
+    ([0, 1.7], r"checkpoints\[1\] must be an integer index into the trajectory, in \[-3, 2\] \(it has 3 checkpoints\), got 1.7"),
+    ([True], r"checkpoints\[0\] must be an integer index"),
+    ([3], r"checkpoints\[0\] = 3 is out of range: the trajectory has 3 checkpoints, indices \[-3, 2\]"),
+    ([-4], r"checkpoints\[0\] = -4 is out of range"),
+])
+def test_llc_over_trajectory_names_a_bad_checkpoint_index(checkpoints, match):
+    import torch
+
+    from slt_companion.dynamics import llc_over_trajectory
+    from slt_companion.models import DeepLinearNetwork
+    from slt_companion.train import Trajectory
+
+    traj = Trajectory(steps=np.array([0, 1, 2]), params=torch.zeros(3, 4), names=["layers.0.weight"], shapes=[[2, 2]],
+                      train_loss=np.zeros(2), lr=np.zeros(2))
+    with pytest.raises(ValueError, match=match):
+        llc_over_trajectory(traj, DeepLinearNetwork([2, 2]), lambda out, y: ((out - y) ** 2).mean(),
+                            (torch.zeros(8, 2), torch.zeros(8, 2)), checkpoints=checkpoints, progress=False)

@@ -347,3 +347,17 @@ def test_rlct_takes_a_sympy_poly_and_float_exponents_in_the_prior():
     assert rlct(sp.Poly(x**2 * y**4, x, y), [x, y]) == rlct(x**2 * y**4, [x, y])          # AttributeError before
     assert rlct(x**2 * y**4, [x, y], prior=x**sp.Float(1.0)) == rlct(x**2 * y**4, [x, y], prior=x)   # was refused
     assert rlct(x**2 * y**4, [x, y], prior=x**1.5).lam == sp.Rational(1, 4)     # min((1.5 + 1)/2, 1/4)
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda f: f.crossing_exact(2, np.ones(4), np.ones(4), nbeta=10.0), TypeError,
+     r"exponents must be a sequence of one or two powers, e.g. \(2,\) or \(1, 2\), got int 2: wrap one power in a tuple"),
+    (lambda f: f.toy_potential_exact(2, 100), TypeError, r"exponents must be a sequence of two powers"),
+    (lambda f: f.toy_potential_exact((1, 2), 100, seed=-1), ValueError, r"seed must be an integer ≥ 0, got -1"),
+    (lambda f: f.toy_potential_exact((1, 2), 100, seed=1.5), ValueError, r"seed must be an integer ≥ 0, got 1.5"),
+])
+def test_exact_toy_values_name_a_bad_exponents_or_seed(call, err, match):
+    from slt_companion import groundtruth
+
+    with pytest.raises(err, match=match):
+        call(groundtruth)

@@ -157,3 +157,19 @@ def test_head_scores_agree_with_the_single_score_functions():
     assert np.allclose(s["previous_token"], previous_token_score(model, text))
     assert np.allclose(s["current_token"], current_token_score(model, text))
     assert (s["loss_first"], s["loss_second"]) == pytest.approx(repeated_sequence_losses(model, rep))
+
+
+@pytest.mark.parametrize("score", [previous_token_score, current_token_score, induction_score, repeated_sequence_losses,
+                                   head_scores])
+def test_a_model_without_return_attention_is_named(score):
+    class NoPatterns(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(7, 7)
+
+        def forward(self, tokens):
+            return self.embed(tokens)
+
+    with pytest.raises(TypeError, match=r"forward accepts return_attention=True .* as AttentionOnlyLM does; "
+                                        r"NoPatterns.forward\(tokens\) has no return_attention argument"):
+        score(NoPatterns(), repeated_tokens(2, 4, 7, seed=0))

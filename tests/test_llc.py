@@ -359,3 +359,10 @@ def test_to_dict_keeps_the_diagnostics_and_the_burn_in(rrr_estimate, tmp_path, m
             assert back.burnin_llc_trace is None
         else:
             assert np.array_equal(back.burnin_llc_trace, est.burnin_llc_trace)
+
+
+def test_a_too_small_max_draws_is_named_not_the_internal_min_draws():
+    m = DeepLinearNetwork([2, 2])
+    with pytest.raises(ValueError, match="max_draws must be an integer ≥ 4 .*got 3"):
+        estimate_llc(m, mse, (torch.zeros(16, 2), torch.zeros(16, 2)), num_draws="auto", max_draws=3,
+                     step_size=1e-3, progress=False)

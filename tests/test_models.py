@@ -6,7 +6,8 @@ import torch
 from slt_companion.data import random_low_rank, teacher_student
 import numpy as np
 
-from slt_companion.models import MLP, DeepLinearNetwork, MonomialModel, rank_constrained_least_squares
+from slt_companion.models import (MLP, DeepLinearNetwork, MonomialModel, ToyModelOfSuperposition,
+                                  rank_constrained_least_squares)
 
 
 # These tests check shapes and determinism with a few draws at untrained weights, where λ̂ is not an estimate
@@ -316,3 +317,29 @@ def test_groundtruth_polynomial_checks_powers_and_init():
             Polynomial([2, bad])
     assert Polynomial([2, 0], init=[1.0, 2.0]).weights.tolist() == [1.0, 2.0]
     assert Polynomial([3, 0, 2]).powers.tolist() == [3.0, 0.0, 2.0]
+
+
+_DLN = DeepLinearNetwork([3, 2, 2])
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda: _DLN(torch.zeros(4, 5)), ValueError, r"x must have shape \(batch, widths\[0\] = 3\), got shape \(4, 5\)"),
+    (lambda: _DLN(torch.zeros(4, 3, dtype=torch.float64)), TypeError, r"weights' dtype torch.float32, got torch.float64"),
+    (lambda: _DLN(torch.zeros(4, 3, dtype=torch.int64)), TypeError, r"pass x.to\(torch.float32\)"),
+    (lambda: _DLN.set_product(torch.full((2, 3), float("nan"))), ValueError, "W must be a finite real matrix, got 6 NaN"),
+    (lambda: _DLN.set_product(object()), TypeError, "W must be a matrix"),
+    (lambda: DeepLinearNetwork([True, 2]), ValueError, "widths must be positive integers, not booleans"),
+    (lambda: ToyModelOfSuperposition("a", 2), ValueError, "n_features must be an integer ≥ 1, got 'a'"),
+    (lambda: ToyModelOfSuperposition(6, 2.5), ValueError, "n_hidden must be an integer ≥ 1, got 2.5"),
+    (lambda: ToyModelOfSuperposition(init_scale="x"), ValueError, "init_scale must be a finite number ≥ 0, got 'x'"),
+])
+def test_model_inputs_and_arguments_are_named_when_wrong(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_set_product_takes_a_numpy_array():
+    W = np.outer([1.0, -2.0], [0.5, 1.0, 3.0])
+    a, b = DeepLinearNetwork([3, 2, 2]).set_product(W), DeepLinearNetwork([3, 2, 2]).set_product(torch.tensor(W))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert torch.allclose(a.product().double(), torch.tensor(W), atol=1e-5)

@@ -459,3 +459,19 @@ def test_float_targets_whose_columns_broadcast_against_the_output_are_refused_fo
     sgld(nn.Linear(2, 2), half_mse, (x, torch.randn(40, 2, generator=g)), cfg, progress=False)
     labels = torch.randint(0, 3, (40,), generator=g)
     sgld(nn.Linear(2, 3), torch.nn.functional.cross_entropy, (x, labels), cfg, progress=False)
+
+
+@pytest.mark.parametrize("model, x, kw, match", [
+    (DeepLinearNetwork([2, 2]), torch.zeros(8, 2), dict(num_threads=0),
+     r'num_threads must be a positive integer, "auto" \(.*\) or None \(.*\), got 0'),
+    (DeepLinearNetwork([2, 2]), torch.zeros(8, 2), dict(num_threads=-1), r"num_threads must be a positive integer.*got -1"),
+    (DeepLinearNetwork([2, 2]), torch.zeros(8, 2), dict(num_threads="many"), r"num_threads must be.*got 'many'"),
+    (DeepLinearNetwork([2, 2]), torch.zeros(8, 2, dtype=torch.int64), {},
+     r"x is int64, the model's parameters float32: pass x.to\(torch.float32\) \(e.g. x.float\(\)\)"),
+    (nn.Linear(2, 2), torch.zeros(8, 2, dtype=torch.int64), {}, r"x is int64, the model's parameters float32"),
+    (nn.Linear(2, 2), torch.zeros(8, 3), {}, r"Check that x's trailing shape matches the model's input"),
+])
+def test_sgld_names_bad_num_threads_and_an_integer_x(model, x, kw, match):
+    cfg = SamplerConfig(step_size=1e-3, nbeta=10.0, num_chains=2, num_draws=4, num_burnin=0)
+    with pytest.raises(ValueError, match=match):
+        sgld(model, mse, (x, torch.zeros(8, 2)), cfg, progress=False, **kw)

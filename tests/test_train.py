@@ -6,7 +6,7 @@ import torch
 
 from slt_companion import cache
 from slt_companion.data import ICLTaskSampler
-from slt_companion.models import ICLTransformer
+from slt_companion.models import DeepLinearNetwork, ICLTransformer
 from slt_companion.train import Trajectory, log_checkpoint_steps, one_cycle_lr, train
 
 
@@ -322,3 +322,34 @@ def test_seed_betas_and_linear_checkpoints_are_checked():
         with pytest.raises(ValueError, match="linear must be an integer ≥ 0"):
             log_checkpoint_steps(10, linear=bad)
     assert log_checkpoint_steps(10, linear=2.0).tolist() == log_checkpoint_steps(10, linear=2).tolist()
+
+
+def _tiny(batch_fn, **kw):
+    kw.setdefault("checkpoints", [0, 2])
+    return train(DeepLinearNetwork([2, 2]), mse, batch_fn, num_steps=2, lr=1e-2, progress=False, **kw)
+
+
+def _xy(gen):
+    return torch.randn(4, 2, generator=gen), torch.randn(4, 2, generator=gen)
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda: _tiny(_xy, checkpoints=[[0, 1], [2, 2]]), ValueError, r"checkpoints must be a 1-D sequence.*shape \(2, 2\)"),
+    (lambda: _tiny(_xy, checkpoints=2), ValueError, r"checkpoints must be a 1-D sequence.*shape \(\)"),
+    (lambda: _tiny(lambda g: tuple(t.numpy() for t in _xy(g))), TypeError,
+     r"batch_fn\(generator\) must return torch tensors \(x, y\), but x is a numpy.ndarray and y is a numpy.ndarray"),
+    (lambda: _tiny(lambda g: torch.stack(_xy(g))), TypeError, r"must return a pair \(x, y\).*a tensor of shape \(2, 4, 2\)"),
+    (lambda: _tiny(lambda g: _xy(g) + (None,)), TypeError, r"must return a pair \(x, y\).*a tuple of length 3"),
+    (lambda: _tiny(_xy).state_dict(1.5), ValueError, r"checkpoint index i must be an integer in \[-2, 1\].*got 1.5"),
+    (lambda: _tiny(_xy).model_at(0.5, DeepLinearNetwork([2, 2])), ValueError,
+     r"checkpoint index i must be an integer in \[-2, 1\]"),
+    (lambda: _tiny(_xy).state_dict(2), IndexError, r"out of range for 2 checkpoints: use an index in \[-2, 1\]"),
+])
+def test_bad_checkpoints_batches_and_indices_are_named(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_whole_numbers_index_a_trajectory():
+    traj = _tiny(_xy)
+    assert all(torch.equal(traj.state_dict(np.int64(1))[k], v) for k, v in traj.state_dict(-1).items())
