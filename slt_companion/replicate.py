@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["replicate", "Replication", "REPLICATES_AT", "code_fingerprint", "runs_phrase"]
+__all__ = ["replicate", "Replication", "REPLICATES_AT", "code_fingerprint", "runs_phrase", "value_range"]
 
 #: the fraction of seeds for which a claim must hold to be stated without qualification (4 of 5)
 REPLICATES_AT = 0.8
@@ -37,6 +37,18 @@ def runs_phrase(rows) -> str:
         raise ValueError("rows is empty: there is no run to name")
     s_ = "s" if len(seeds) > 1 else ""
     return f"the run{s_} with seed{s_} {', '.join(seeds)}"
+
+
+def value_range(values, fmt: str, *, sep: str = "–", same: str = "{}") -> str:
+    """The range of ``values`` as the chapters write it: ``"0.31–0.47"`` (lowest and highest, each formatted with
+    ``fmt``, joined by ``sep``), or ``same`` with the one value when both ends read alike at this format (``"{} in
+    every seed"`` says so; the default, the value alone). NaN is left out; none left is an error."""
+    v = [x.item() if isinstance(x, np.generic) else x for x in values]     # whole numbers stay whole: "1,000"
+    v = [x for x in v if math.isfinite(x)]
+    if not v:
+        raise ValueError("values holds no finite number: there is no range to state")
+    lo, hi = format(min(v), fmt), format(max(v), fmt)
+    return same.format(lo) if lo == hi else f"{lo}{sep}{hi}"
 
 
 def _seeds(seeds) -> list[int]:
@@ -120,6 +132,10 @@ class Replication:
             return {"mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan, "n": 0}
         return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan,
                 "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+
+    def range_text(self, key: str, fmt: str, **kwargs) -> str:
+        """:func:`value_range` of a number over the seeds that measured it: ``rep.range_text("frac", ".0%")``."""
+        return value_range(self.values(key), fmt, **kwargs)
 
     def claims_table(self, labels: dict | None = None) -> str:
         """Markdown: each claim, for how many seeds it holds, and whether that is at least 4 of 5."""

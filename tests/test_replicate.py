@@ -198,3 +198,18 @@ def test_runs_phrase_names_the_seeds_in_the_chapters_words():
     assert runs_phrase([{"seed": 1, "x": 0}, {"seed": 4}]) == "the runs with seeds 1, 4"
     with pytest.raises(ValueError, match="rows is empty"):
         runs_phrase([])
+
+
+def test_value_range_states_both_ends_or_the_one_value():
+    """The chapters' ranges: 'lo–hi' at the given format, the one value (or `same`) when both ends read alike, NaN left
+    out, and no finite value an error rather than 'nan–nan'."""
+    from slt_companion.replicate import value_range
+
+    assert value_range([0.314, 0.47, float("nan")], ".2f") == "0.31–0.47"
+    assert value_range([3, 1, 2], ",", sep=" to ") == "1 to 3"
+    assert value_range([0.801, 0.804], ".0%") == "80%"
+    assert value_range([0.801, 0.804], ".0%", same="{} in every seed") == "80% in every seed"
+    with pytest.raises(ValueError, match="no finite number"):
+        value_range([float("nan")], ".1f")
+    rep = replicate(lambda s: {"x": 0.1 * s}, [1, 2, 3], name="t-range", config={}, progress=False)
+    assert rep.range_text("x", ".1f") == "0.1–0.3"
