@@ -9,9 +9,12 @@ import numbers
 def check_int(name: str, value, minimum: int = 1) -> int:
     """Return ``value`` as an ``int`` if it is a whole number ≥ ``minimum``, else raise a ValueError naming ``name``.
 
-    Python and NumPy integers are accepted, and so are whole floats such as ``1e4`` (so that ``n=1e4`` works);
-    booleans, fractional or non-finite floats and non-numbers are refused.
+    Python and NumPy integers and 0-d integer tensors are accepted, and so are whole floats such as ``1e4`` (so that
+    ``n=1e4`` works); booleans, fractional or non-finite floats and non-numbers are refused.
     """
+    if hasattr(value, "numel") and hasattr(value, "item") and getattr(value, "ndim", None) == 0 \
+            and not value.is_floating_point() and not value.is_complex() and str(value.dtype) != "torch.bool":
+        value = value.item()                               # a 0-d integer tensor: traj.model_at(torch.tensor(3), ...)
     ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
           and (isinstance(value, numbers.Integral) or float(value).is_integer()))
     if not ok or int(value) < minimum:

@@ -251,8 +251,8 @@ def warn_unconverged(what: str, rhat: float, ess: float, reason: str, *, target_
     """Issue :class:`LLCConvergenceWarning` for an estimate that ended unconverged, naming R̂, ESS and the fix (at the
     reader's line that led to it, however deep in the package it is raised); ``ties``: the trace is
     :func:`mostly_ties`."""
-    why = ["most draws of a chain repeat one value: the chains barely move (loss changes below the dtype's "
-           "resolution: a larger step_size, or the model in float32)"] if ties else []
+    why = ["most draws of a chain repeat one value: the chains barely move, their loss changes below the dtype's "
+           "resolution"] if ties else []
     if not (rhat == rhat and rhat <= target_rhat):
         why.append(f"split R̂ = {rhat:.3f} > {target_rhat}" if rhat == rhat else "split R̂ undefined (too few draws)")
     if not (ess == ess and ess >= target_ess):
@@ -263,6 +263,10 @@ def warn_unconverged(what: str, rhat: float, ess: float, reason: str, *, target_
            else "raise max_draws (or max_seconds)")
     eps = f"; if R̂ stays high the chains are still relaxing out of w*: try a larger step_size than {step_size:.3g}" \
         if isinstance(step_size, float) else ""
+    if ties:                              # more draws of a chain that does not move cannot help
+        fix = (f"a larger step_size{f' than {step_size:.3g}' if isinstance(step_size, float) else ''}, so that the "
+               "chains move by more than the loss's resolution, or the model in a wider dtype (float32 or float64)")
+        eps = ""
     warnings.warn(f"{what} did not converge ({', '.join(why) or 'diagnostics undefined'}) when {budget}: it is not a "
                   f"result. Fix: {fix}{eps}; est.plot() shows the traces.", LLCConvergenceWarning,
                   stacklevel=user_stacklevel())

@@ -348,8 +348,8 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     centred at that checkpoint's parameters, with the same ``data``, sampler settings (``llc_kwargs``, as for
     :func:`~slt_companion.llc.estimate_llc`) and ``seed``, and equals ``estimate_llc`` at that checkpoint. Returns
     ``{"steps", "mean", "std", "sem", "init_loss", "rhat", "ess", "converged", "per_chain", "relaxation"}`` as
-    arrays (``per_chain``: checkpoints × chains; ``converged``: R̂ ≤ 1.01 and ESS ≥ 400 at that checkpoint,
-    :mod:`slt_companion.convergence`; ``relaxation``: checkpoints × SGLD steps, the chains' mean λ̂ at every step
+    arrays (``per_chain``: checkpoints × chains; ``converged``: R̂ ≤ 1.01 and ESS ≥ 400 at that checkpoint, with
+    chains that move, ``LLCEstimate.converged``; ``relaxation``: checkpoints × SGLD steps, the chains' mean λ̂ at every step
     from :math:`w^*` through the burn-in to the last draw, NaN after a checkpoint's last step -- how long its
     chains took to relax, from the run itself). Instead of one warning per checkpoint, a single
     :class:`~slt_companion.convergence.LLCConvergenceWarning` lists the unconverged checkpoints (also when the curve
@@ -358,8 +358,8 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     template's architecture and ``loss_fn``'s name and code (:func:`slt_companion.replicate.code_fingerprint`: its
     bytecode, constants, defaults and captured values; ``chunk_size`` and ``distributed`` are not part of the key:
     they do not change the numbers). Functions ``loss_fn`` calls are not fingerprinted, nor is a callable object's
-    code: describe a changed one in ``cache_config``. A cached entry that is not such a curve (a key missing, arrays of another length) is
-    recomputed with a ``RuntimeWarning``, as an unreadable one is. A checkpoint that diverges raises
+    code: describe a changed one in ``cache_config``. A cached entry that is not such a curve (a key missing, arrays
+    of another length) is recomputed with a ``RuntimeWarning``, as an unreadable one is. A checkpoint that diverges raises
     :class:`~slt_companion.diagnostics.SGLDDivergenceError` naming its index and training step, with the estimates
     finished before it in ``err.completed`` (``{trajectory index: LLCEstimate}``).
     """
@@ -372,6 +372,10 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     from .replicate import code_fingerprint
 
     n = len(trajectory)
+    if checkpoints is not None and np.ndim(checkpoints) != 1:
+        raise ValueError(f"checkpoints must be a 1-D sequence of indices into the trajectory, e.g. [0, 5, -1], got "
+                         f"{checkpoints!r}" + (f" (for the one checkpoint: [{checkpoints!r}])"
+                                              if np.ndim(checkpoints) == 0 else ""))
     idx = list(range(n)) if checkpoints is None else [_checkpoint_index(k, i, n) for k, i in enumerate(checkpoints)]
 
     def compute() -> dict:

@@ -162,7 +162,8 @@ class LLCEstimate:
 
     def status(self) -> str:
         """One line: converged or not, with R̂, ESS and why sampling stopped."""
-        head = "converged" if self.converged else "NOT CONVERGED, not a result"
+        head = "converged" if self.converged else "NOT CONVERGED, not a result" + (
+            " (the chains barely move: most draws repeat one value)" if mostly_ties(self.llc_trace) else "")
         return (f"{head}: R̂ = {self.rhat:.3f} (target ≤ {TARGET_RHAT}), ESS = {self.ess:.0f} (target ≥ "
                 f"{TARGET_ESS:.0f}), stopped: {self.stop_reason} after {self.config.num_burnin} + "
                 f"{self.config.num_draws} steps")
@@ -546,13 +547,18 @@ def _signature_difference(a: tuple, b: tuple) -> str:
 def _tensor_attributes(model: torch.nn.Module) -> dict:
     """``{"submodule.attr": tensor}`` for every tensor a submodule holds as a plain attribute (``self.scale =
     torch.tensor(2.0)``), neither a parameter nor a buffer: the forward may read it, but the sampler does not carry
-    it per checkpoint."""
-    return {f"{name}.{k}" if name else k: v for name, m in model.named_modules() for k, v in vars(m).items()
-            if isinstance(v, torch.Tensor)}
+    it per checkpoint. Left out: attributes a forward pre-hook recomputes from the parameters on every call
+    (``weight_norm``, ``spectral_norm``: their hook names the attribute)."""
+    out = {}
+    for name, m in model.named_modules():
+        owned = {getattr(h, "name", None) for h in m._forward_pre_hooks.values()}
+        out.update({f"{name}.{k}" if name else k: v for k, v in vars(m).items()
+                    if isinstance(v, torch.Tensor) and k not in owned})
+    return out
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.detach().cpu(), b.detach().cpu())
 
 
 def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module | None = None, num_chains: int = 4,
@@ -615,14 +621,13 @@ def estimate_llcs(models, loss_fn: Callable, data, *, template: torch.nn.Module 
     attrs0 = _tensor_attributes(models[0])
     for i, m in enumerate(models[1:], start=1):
         attrs = _tensor_attributes(m)
-        diff = sorted(set(attrs) ^ set(attrs0)) or [k for k in attrs0 if not _same_tensor(attrs[k], attrs0[k])]
+        # (one set in only some models, e.g. a cache made lazily, is left alone: only models[0]'s forward runs)
+        diff = [k for k in attrs0 if k in attrs and not _same_tensor(attrs[k], attrs0[k])]
         if diff:
             name = diff[0]
             mod, _, attr = name.rpartition(".")
             what = (f"models[{i}].{name} is a tensor attribute (neither a parameter nor a buffer) that differs from "
-                    f"models[0]'s" if name in attrs and name in attrs0 else
-                    f"the tensor attribute {name} (neither a parameter nor a buffer) is set in only one of models[0] "
-                    f"and models[{i}]")
+                    f"models[0]'s")
             raise ValueError(f"{what}; estimate_llcs samples every checkpoint through models[0]'s forward, so "
                              f"models[{i}]'s would be ignored. Register it as a buffer "
                              f"({mod + '.' if mod else ''}register_buffer({attr!r}, tensor)) so that each checkpoint "

@@ -91,15 +91,21 @@ class DeepLinearNetwork(nn.Module):
         return len(self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.layers[0].weight
-        if x.ndim == 0 or x.shape[-1] != self.widths[0]:
-            raise ValueError(f"x must have shape (batch, widths[0] = {self.widths[0]}), got shape {tuple(x.shape)}")
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"x must have the weights' dtype {w.dtype}, got {x.dtype}: pass x.to({w.dtype}) "
-                            f"(or convert the network with .to({x.dtype}))")
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        try:
+            out = x
+            for layer in self.layers:
+                out = layer(out)
+            return out
+        except RuntimeError as err:     # checked only on failure: the forward runs in hot loops
+            w = self.layers[0].weight
+            if x.ndim == 0 or x.shape[-1] != self.widths[0]:
+                raise ValueError(f"x must have shape (batch, widths[0] = {self.widths[0]}), got shape "
+                                 f"{tuple(x.shape)}") from err
+            if x.dtype != w.dtype:
+                also = f" (or convert the network with .to({x.dtype}))" if x.is_floating_point() else ""
+                raise TypeError(f"x must have the weights' dtype {w.dtype}, got {x.dtype}: pass "
+                                f"x.to({w.dtype}){also}") from err
+            raise
 
     def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """All chains at once: ``params[name]`` of shape ``(C, out, in)``, ``x`` of shape ``(C, B, in)``.

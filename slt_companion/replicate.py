@@ -42,7 +42,8 @@ def runs_phrase(rows) -> str:
 def value_range(values, fmt: str, *, sep: str = "–", same: str = "{}") -> str:
     """The range of ``values`` as the chapters write it: ``"0.31–0.47"`` (lowest and highest, each formatted with
     ``fmt``, joined by ``sep``), or ``same`` with the one value when both ends read alike at this format (``"{} in
-    every seed"`` says so; the default, the value alone). NaN is left out; none left is an error."""
+    every seed"`` says so; the default, the value alone). NaN and ±inf are left out; none left is an error (where
+    the pages' own helpers printed "nan–nan")."""
     v = [x.item() if isinstance(x, np.generic) else x for x in values]     # whole numbers stay whole: "1,000"
     v = [x for x in v if math.isfinite(x)]
     if not v:
@@ -191,11 +192,12 @@ class Replication:
         return axes
 
 
-def _stable_repr(value) -> str:
+def _stable_repr(value, _seen: frozenset = frozenset()) -> str:
     """``repr(value)``, or the type's name where the repr holds a memory address (it changes from run to run).
 
     A NumPy array or torch tensor is described by its shape, dtype and a hash of its bytes (its ``repr`` elides all but
-    a few entries of a large one); a dict, list or tuple by its items' stable reprs."""
+    a few entries of a large one); a dict, list or tuple by its items' stable reprs, a set by their sorted stable reprs
+    (a set of strings iterates in another order in every process); a container inside itself as ``...``."""
     import hashlib
     import sys
 
@@ -212,11 +214,16 @@ def _stable_repr(value) -> str:
             return f"{type(value).__name__}(shape={tuple(value.shape)}, dtype={value.dtype}, blake2b={digest})"
         except (TypeError, RuntimeError, ValueError):
             pass                                                   # a sparse tensor, an object array: its repr
-    elif type(value) in (list, tuple):
-        items = ", ".join(map(_stable_repr, value))
-        return f"[{items}]" if type(value) is list else f"({items}{',' if len(value) == 1 else ''})"
-    elif type(value) is dict:
-        return "{" + ", ".join(f"{_stable_repr(k)}: {_stable_repr(v)}" for k, v in value.items()) + "}"
+    elif type(value) in (list, tuple, dict, set, frozenset):
+        if id(value) in _seen:
+            return "..."
+        inner = _seen | {id(value)}
+        if type(value) is dict:
+            return "{" + ", ".join(f"{_stable_repr(k, inner)}: {_stable_repr(v, inner)}" for k, v in value.items()) + "}"
+        items = [_stable_repr(v, inner) for v in value]
+        if type(value) in (set, frozenset):
+            return f"{type(value).__name__}({{{', '.join(sorted(items))}}})"
+        return f"[{', '.join(items)}]" if type(value) is list else f"({', '.join(items)}{',' if len(items) == 1 else ''})"
     r = repr(value)
     return type(value).__qualname__ if " at 0x" in r else r
 

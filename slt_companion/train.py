@@ -281,8 +281,10 @@ def train(model: nn.Module, loss_fn: Callable, batch_fn: Callable[[torch.Generat
     if checkpoints is not None:
         raw = np.asarray(checkpoints)
         if raw.ndim != 1:
-            raise ValueError(f"checkpoints must be a 1-D sequence of training steps, e.g. [0, 10, 100], got an array "
-                             f"of shape {raw.shape}")
+            raise ValueError(f"checkpoints must be a 1-D sequence of training steps, e.g. [0, 10, 100], got "
+                             + (f"the number {checkpoints!r}: for that many log-spaced checkpoints pass "
+                                f"log_checkpoint_steps(num_steps, {checkpoints!r}), for one step [{checkpoints!r}]"
+                                if raw.ndim == 0 else f"an array of shape {raw.shape}"))
         if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(raw == np.round(raw))):
             raise ValueError(f"checkpoints must be whole training steps, got {list(raw.reshape(-1))[:5]}")
     ckpts = log_checkpoint_steps(num_steps) if checkpoints is None else np.unique(np.asarray(checkpoints, dtype=np.int64))

@@ -214,6 +214,13 @@ def test_tensor_attributes_that_differ_between_checkpoints_are_refused():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Warning)
         estimate_llcs([a, Scaled(1.0)], half_mse, _data(), **FAST)          # equal attributes run
+        # weight_norm keeps `weight` as a plain tensor its pre-hook recomputes from weight_g, weight_v: not refused
+        from torch.nn.utils import weight_norm
+
+        normed = [_net(s) for s in (0, 1)]
+        for n_ in normed:
+            weight_norm(n_[2])
+        estimate_llcs(normed, half_mse, _data(), **FAST)
 
 
 def test_state_dicts_with_a_template(checkpoints):

@@ -307,7 +307,9 @@ def test_chains_that_barely_move_are_not_converged_whatever_rhat_and_ess_say():
         est = estimate_llc(model, half_mse, (x, y), num_chains=4, num_burnin=100, num_draws=600, step_size=1e-9,
                            nbeta=46.0, batch_size=64, progress=False)
     assert mostly_ties(est.llc_trace) and not est.converged
-    assert any(issubclass(w.category, LLCConvergenceWarning) and "barely move" in str(w.message) for w in seen)
+    (msg,) = [str(w.message) for w in seen if issubclass(w.category, LLCConvergenceWarning)]
+    assert "barely move" in msg and "larger step_size" in msg and "Fix: pass num_draws" not in msg   # more draws cannot help
+    assert "barely move" in est.status()
 
 
 def test_drifting_wants_chains_by_draws():

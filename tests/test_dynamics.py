@@ -124,6 +124,7 @@ def test_the_sign_of_an_antisymmetric_component_does_not_depend_on_round_off():
     ([True], r"checkpoints\[0\] must be an integer index"),
     ([3], r"checkpoints\[0\] = 3 is out of range: the trajectory has 3 checkpoints, indices \[-3, 2\]"),
     ([-4], r"checkpoints\[0\] = -4 is out of range"),
+    (2, r"checkpoints must be a 1-D sequence of indices .*got 2 \(for the one checkpoint: \[2\]\)"),
 ])
 def test_llc_over_trajectory_names_a_bad_checkpoint_index(checkpoints, match):
     import torch

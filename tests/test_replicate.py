@@ -213,3 +213,23 @@ def test_value_range_states_both_ends_or_the_one_value():
         value_range([float("nan")], ".1f")
     rep = replicate(lambda s: {"x": 0.1 * s}, [1, 2, 3], name="t-range", config={}, progress=False)
     assert rep.range_text("x", ".1f") == "0.1–0.3"
+
+
+def test_a_captured_set_fingerprints_alike_in_every_process():
+    """A set of strings iterates in another order under each PYTHONHASHSEED: its fingerprint must not (the cache
+    would miss on every build); a list inside itself does not recurse forever."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from slt_companion.replicate import code_fingerprint\n"
+            "def mk():\n    S = {'alpha', 'beta', 'gamma', 'delta', 'epsilon'}\n    return lambda s: len(S) + s\n"
+            "print(code_fingerprint(mk()))")
+    prints = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2, 3)}
+    assert len(prints) == 1
+    from slt_companion.replicate import _stable_repr
+
+    loop = [1]
+    loop.append(loop)
+    assert _stable_repr(loop) == "[1, ...]"

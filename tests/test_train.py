@@ -335,7 +335,7 @@ def _xy(gen):
 
 @pytest.mark.parametrize("call, err, match", [
     (lambda: _tiny(_xy, checkpoints=[[0, 1], [2, 2]]), ValueError, r"checkpoints must be a 1-D sequence.*shape \(2, 2\)"),
-    (lambda: _tiny(_xy, checkpoints=2), ValueError, r"checkpoints must be a 1-D sequence.*shape \(\)"),
+    (lambda: _tiny(_xy, checkpoints=2), ValueError, r"checkpoints must be a 1-D sequence.*got the number 2"),
     (lambda: _tiny(lambda g: tuple(t.numpy() for t in _xy(g))), TypeError,
      r"batch_fn\(generator\) must return torch tensors \(x, y\), but x is a numpy.ndarray and y is a numpy.ndarray"),
     (lambda: _tiny(lambda g: torch.stack(_xy(g))), TypeError, r"must return a pair \(x, y\).*a tensor of shape \(2, 4, 2\)"),
@@ -353,3 +353,19 @@ def test_bad_checkpoints_batches_and_indices_are_named(call, err, match):
 def test_whole_numbers_index_a_trajectory():
     traj = _tiny(_xy)
     assert all(torch.equal(traj.state_dict(np.int64(1))[k], v) for k, v in traj.state_dict(-1).items())
+
+
+def test_integer_tensors_index_a_trajectory_and_a_bare_number_of_checkpoints_is_explained():
+    import torch
+
+    from slt_companion.train import Trajectory, train
+
+    traj = Trajectory(steps=np.array([0, 1, 2]), params=torch.arange(12.0).reshape(3, 4), names=["w"],
+                      shapes=[[2, 2]], train_loss=np.zeros(2), lr=np.zeros(2))
+    assert torch.equal(traj.state_dict(torch.tensor(1))["w"], traj.state_dict(1)["w"])
+    with pytest.raises(ValueError, match="checkpoint index i must be an integer"):
+        traj.state_dict(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"got the number 50: .*log_checkpoint_steps\(num_steps, 50\)"):
+        train(torch.nn.Linear(2, 1), lambda o, y: ((o - y) ** 2).mean(),
+              lambda g: (torch.randn(4, 2, generator=g), torch.randn(4, 1, generator=g)), num_steps=100,
+              checkpoints=50, progress=False)
