@@ -149,13 +149,19 @@ def _trajectory(ms, steps):
                       train_loss=np.zeros(max(steps)), lr=np.zeros(max(steps)))
 
 
+def _cached_curve_setting(tmp_path, monkeypatch):
+    """A two-checkpoint trajectory and sampler settings cached under ``curve`` in ``tmp_path``."""
+    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
+    traj = _trajectory([_trained(0, steps=s) for s in (50, 100)], [50, 100])
+    kw = dict(FAST, cache_name="curve")
+    return traj, kw
+
+
 def test_a_cached_curve_with_a_key_missing_or_arrays_of_another_length_is_recomputed(tmp_path, monkeypatch):
     from slt_companion import cache
     from slt_companion.dynamics import llc_over_trajectory
 
-    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
-    traj = _trajectory([_trained(0, steps=s) for s in (50, 100)], [50, 100])
-    kw = dict(FAST, cache_name="curve")
+    traj, kw = _cached_curve_setting(tmp_path, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LLCConvergenceWarning)
         good = llc_over_trajectory(traj, _net(9), half_mse, _data(), **kw)
@@ -174,9 +180,7 @@ def test_two_lambda_losses_under_one_cache_name_are_two_curves(tmp_path, monkeyp
     """The cache key holds the loss's code, not only its name: two lambdas (both ``<lambda>``) are two losses."""
     from slt_companion.dynamics import llc_over_trajectory
 
-    monkeypatch.setenv("SLT_CACHE_DIR", str(tmp_path))
-    traj = _trajectory([_trained(0, steps=s) for s in (50, 100)], [50, 100])
-    kw = dict(FAST, cache_name="curve")
+    traj, kw = _cached_curve_setting(tmp_path, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Warning)
         one = llc_over_trajectory(traj, _net(9), lambda o, y: ((o - y) ** 2).mean() / 2, _data(), **kw)
