@@ -325,26 +325,36 @@ def _claim(path: Path, *, wait: bool = True) -> Callable[[], None] | None:
         return release
 
 
-def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: bool = False) -> dict:
+def cached(name: str, config: dict, compute: Callable[[], dict], *, refresh: bool = False,
+           check: Callable[[dict], str | None] | None = None) -> dict:
     """Return the stored result of ``compute()`` for ``(name, config)``, computing it if needed.
 
     ``compute`` takes no arguments and returns a dict (see the module docstring for what it may hold).
     ``refresh=True`` recomputes and overwrites. A corrupt entry gives a ``RuntimeWarning`` and is
-    recomputed; a result that cannot be written (a read-only or uncreatable folder, or a value the cache cannot
+    recomputed -- so is a readable one for which ``check(entry)`` says what is wrong with it (a key missing, an
+    array of another length; ``None`` when it is fine); a result that cannot be written (a read-only or uncreatable folder, or a value the cache cannot
     store: a non-string key, a bfloat16 tensor, a list of tensors) gives a ``RuntimeWarning`` and is returned all
     the same. Delete the file (:func:`entry_path`) to force a recomputation by hand.
     """
     path = entry_path(name, config)
+
+    def load_checked() -> dict:
+        entry = load(path)
+        why = check(entry) if check is not None else None
+        if why:
+            raise ValueError(f"cache entry {path} is corrupt ({why})")
+        return entry
+
     if not refresh and _exists(path):
         try:
-            return load(path)
+            return load_checked()
         except ValueError as err:
             warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=user_stacklevel())
             refresh = True                                 # do not wait for, or load, the corrupt entry again
     release = _claim(path, wait=not refresh)
     if release is None:                                    # another process computed it while we waited
         try:
-            return load(path)
+            return load_checked()
         except ValueError as err:
             warnings.warn(f"{err}; recomputing it.", RuntimeWarning, stacklevel=user_stacklevel())
             release = _claim(path, wait=False)

@@ -377,6 +377,7 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
                          f"{checkpoints!r}" + (f" (for the one checkpoint: [{checkpoints!r}])"
                                               if np.ndim(checkpoints) == 0 else ""))
     idx = list(range(n)) if checkpoints is None else [_checkpoint_index(k, i, n) for k, i in enumerate(checkpoints)]
+    steps = [int(trajectory.steps[i]) for i in idx]
 
     def compute() -> dict:
         models = [trajectory.model_at(i, template) for i in idx]
@@ -390,7 +391,7 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
             j = idx[err.checkpoint]
             raise err.at_checkpoint(j, f"checkpoint {j} of the trajectory (training step {int(trajectory.steps[j])})",
                                     {idx[k]: e for k, e in err.completed.items()}) from err
-        return {"steps": np.asarray([int(trajectory.steps[i]) for i in idx], dtype=np.int64),
+        return {"steps": np.asarray(steps, dtype=np.int64),
                 "mean": np.array([e.mean for e in rows]), "std": np.array([e.std for e in rows]),
                 "sem": np.array([e.sem for e in rows]), "init_loss": np.array([e.init_loss for e in rows]),
                 "rhat": np.array([e.rhat for e in rows]), "ess": np.array([e.ess for e in rows]),
@@ -408,17 +409,13 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
         code = code_fingerprint(loss_fn)     # two lambdas (or two `def mse` of two pages) are two losses
         if code is not None:
             key["loss_code"] = code
-        out = _cache.cached(cache_name, key, compute)
-        why = _curve_problem(out, [int(trajectory.steps[i]) for i in idx])
-        if why:                                  # a readable entry that is not this curve: as corrupt as garbage
-            warnings.warn(f"cache entry {_cache.entry_path(cache_name, key)} is corrupt ({why}); recomputing it.",
-                          RuntimeWarning, stacklevel=user_stacklevel())
-            out = _cache.cached(cache_name, key, compute, refresh=True)
+        # a readable entry that is not this curve is as corrupt as garbage: recomputed with a warning
+        out = _cache.cached(cache_name, key, compute, check=lambda entry: _curve_problem(entry, steps))
     bad = np.flatnonzero(~np.asarray(out["converged"], dtype=bool))
     if bad.size:
-        steps = [int(out["steps"][k]) for k in bad]
+        at = [int(out["steps"][k]) for k in bad]
         warnings.warn(f"λ̂ did not converge at {bad.size} of {len(out['steps'])} checkpoints (training steps "
-                      f"{steps[:8]}{' …' if len(steps) > 8 else ''}; R̂ up to {np.nanmax(out['rhat'][bad]):.3f}, ESS "
+                      f"{at[:8]}{' …' if len(at) > 8 else ''}; R̂ up to {np.nanmax(out['rhat'][bad]):.3f}, ESS "
                       f"down to {np.nanmin(out['ess'][bad]):.0f}): those points are not results. Mark them "
                       "(result['converged']), or sample longer (num_draws='auto' or more num_draws).",
                       LLCConvergenceWarning, stacklevel=user_stacklevel())

@@ -274,3 +274,18 @@ def test_a_corrupt_entry_reached_through_the_package_is_reported_at_the_callers_
         run()
     corrupt = [w for w in caught if "corrupt" in str(w.message)]
     assert corrupt and all(w.filename == __file__ for w in corrupt), [(w.filename, w.lineno, str(w.message)) for w in corrupt]
+
+
+def test_an_entry_its_check_finds_wrong_is_recomputed_with_a_warning():
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(len(calls) + 1)}
+
+    check = lambda entry: None if len(entry["a"]) == 3 else f"a of length {len(entry['a'])}"   # noqa: E731
+    cache.cached("checked", {}, compute)                              # stores a of length 2
+    with pytest.warns(RuntimeWarning, match=r"cache entry .*checked-.* is corrupt \(a of length 2\); recomputing"):
+        out = cache.cached("checked", {}, compute, check=check)
+    assert len(out["a"]) == 3 and len(calls) == 2
+    assert len(cache.cached("checked", {}, compute, check=check)["a"]) == 3 and len(calls) == 2   # now served
