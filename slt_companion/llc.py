@@ -740,12 +740,11 @@ def _estimate_batch(models, probs, loss_fn, *, num_chains, num_draws, num_burnin
         one = [SamplerConfig(step_size=e, nbeta=nb, localization=float(localization), num_chains=K,
                              num_draws=int(num_draws), num_burnin=int(num_burnin), batch_size=int(batch_size),
                              seed=int(seed), preconditioner=preconditioner) for e in eps]
-        same = all(e == eps[0] for e in eps)
-        if any(isinstance(o.step_size, tuple) for o in one):     # per-chain step sizes: each checkpoint's chains
+        if all(e == eps[0] for e in eps) and not isinstance(one[0].step_size, tuple):
+            joint = eps[0]
+        else:                     # one step size per chain: each checkpoint's, or its chains' own where given per chain
             joint = tuple(v for o in one
-                          for v in (o.step_size if isinstance(o.step_size, tuple) else (o.step_size,) * K))
-        else:
-            joint = eps[0] if same else tuple(float(e) for e in eps for _ in range(K))
+                          for v in (o.step_size if isinstance(o.step_size, tuple) else (float(o.step_size),) * K))
         cfg = replace(one[0], num_chains=C, step_size=joint)
         groups = [list(range(g * K, (g + 1) * K)) for g in range(M)]
         centers = torch.stack([p.center for p in probs]).repeat_interleave(K, dim=0)

@@ -15,6 +15,7 @@ no state, so :func:`torch.func.functional_call` and :func:`torch.func.vmap` can 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -688,11 +689,10 @@ class MLP(nn.Module):
         if activation not in self._ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(self._ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
-        if seed is None:                    # torch's global generator, which it advances (as DeepLinearNetwork does)
-            self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.widths[:-1], self.widths[1:]))
-            return
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
+        # seed=None: torch's global generator, which it advances (as DeepLinearNetwork does)
+        with contextlib.nullcontext() if seed is None else torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.widths[:-1], self.widths[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

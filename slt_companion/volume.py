@@ -189,10 +189,11 @@ def fit_volume_scaling(eps, V, *, multiplicity: int | None = None) -> dict:
     if np.any(~(V > 0)):
         raise ValueError("every V must be positive (refine the grid or raise eps)")
     le, lle, lv = np.log(eps), np.log(-np.log(eps)), np.log(V)
+    distinct = np.unique(eps)
     if multiplicity is None:
-        if len(np.unique(eps)) < 4:
+        if len(distinct) < 4:
             raise ValueError(f"fitting lambda and m needs at least 4 distinct values of eps, got "
-                             f"{len(np.unique(eps))} ({np.unique(eps).tolist()}): three fit exactly, with no residual "
+                             f"{len(distinct)} ({distinct.tolist()}): three fit exactly, with no residual "
                              "to judge the fit by; add eps values or give multiplicity")
         X = np.stack([le, lle, np.ones_like(le)], axis=1)
         coef, *_ = np.linalg.lstsq(X, lv, rcond=None)
@@ -200,7 +201,7 @@ def fit_volume_scaling(eps, V, *, multiplicity: int | None = None) -> dict:
         m, resid = 1.0 + mm1, lv - X @ coef
     else:
         multiplicity = check_int("multiplicity", multiplicity)
-        if len(np.unique(eps)) < 3:
+        if len(distinct) < 3:
             raise ValueError("fitting lambda with m fixed needs at least 3 distinct values of eps (two fit a line "
                              "exactly: no residual to judge it by)")
         target = lv - (multiplicity - 1) * lle
