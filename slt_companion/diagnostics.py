@@ -54,10 +54,21 @@ class SGLDDivergenceError(RuntimeError):
             f"try step_size={smaller:.3g} (10× smaller), or a larger localization.{kept}"
         )
 
+    def __reduce__(self):
+        """Pickle through the keyword arguments (a keyword-only ``__init__`` does not unpickle by default): the error
+        and its ``completed`` estimates cross process boundaries intact (torch.distributed, multiprocessing)."""
+        return (_rebuild_divergence, (dict(step=self.step, chain=self.chain, loss=self.loss, step_size=self.step_size,
+                                           what=self.what, checkpoint=self.checkpoint, where=self.where,
+                                           completed=self.completed),))
+
     def at_checkpoint(self, checkpoint: int, where: str, completed: dict | None = None) -> "SGLDDivergenceError":
         """This error, said of checkpoint ``checkpoint`` (``where`` names it in the message), with ``completed``."""
         return SGLDDivergenceError(step=self.step, chain=self.chain, loss=self.loss, step_size=self.step_size,
                                    what=self.what, checkpoint=checkpoint, where=where, completed=completed)
+
+
+def _rebuild_divergence(kwargs: dict) -> SGLDDivergenceError:
+    return SGLDDivergenceError(**kwargs)
 
 
 def _as_2d(draws, name: str = "draws") -> np.ndarray:

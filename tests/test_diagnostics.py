@@ -84,6 +84,15 @@ def test_divergence_error_names_the_step_and_a_smaller_step_size():
     assert err.step == 17 and err.step_size == 1e-3
 
 
+def test_divergence_error_pickles_with_its_attributes():
+    import pickle
+    err = SGLDDivergenceError(step=5, chain=1, loss=float("nan"), step_size=2e-3, what="an exploding loss",
+                              checkpoint=3, where="checkpoint 3 (step 40)", completed={0: "estimate 0"})
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is SGLDDivergenceError and str(back) == str(err)
+    assert (back.step, back.chain, back.step_size, back.checkpoint, back.completed) == (5, 1, 2e-3, 3, {0: "estimate 0"})
+
+
 def test_z_change_is_the_difference_in_combined_standard_errors():
     assert z_change(1.0, 0.3, 2.0, 0.4) == pytest.approx(2.0)          # (2 - 1) / sqrt(0.3² + 0.4²)
     assert z_change(2.0, 0.3, 1.0, 0.4) == pytest.approx(-2.0)         # a fall is negative
