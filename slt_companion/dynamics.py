@@ -21,6 +21,7 @@ import torch
 
 from ._checks import check_int, user_stacklevel
 from .sampling import module_signature
+from .train import checkpoint_index
 
 __all__ = ["gaussian_smooth", "stage_boundaries", "StageBoundaries", "essential_dynamics", "EssentialDynamics",
            "model_outputs", "stages_from_boundaries"]
@@ -325,19 +326,6 @@ def _curve_problem(out, steps: list) -> str | None:
     return None
 
 
-def _checkpoint_index(k: int, i, n: int) -> int:
-    """``checkpoints[k] = i`` as an ``int`` index into a trajectory of ``n`` checkpoints (negative from the end)."""
-    try:
-        i = check_int(f"checkpoints[{k}]", i, minimum=-(2 ** 63))
-    except ValueError:
-        raise ValueError(f"checkpoints[{k}] must be an integer index into the trajectory, in [{-n}, {n - 1}] (it has "
-                         f"{n} checkpoints), got {i!r}") from None
-    if not -n <= i < n:
-        raise ValueError(f"checkpoints[{k}] = {i} is out of range: the trajectory has {n} checkpoints, indices "
-                         f"[{-n}, {n - 1}] (Trajectory.index_of(step) finds a training step's)")
-    return i
-
-
 def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *, checkpoints=None,
                         cache_name: str | None = None, cache_config: dict | None = None, progress: bool = True,
                         **llc_kwargs) -> dict:
@@ -376,7 +364,7 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
         raise ValueError(f"checkpoints must be a 1-D sequence of indices into the trajectory, e.g. [0, 5, -1], got "
                          f"{checkpoints!r}" + (f" (for the one checkpoint: [{checkpoints!r}])"
                                               if np.ndim(checkpoints) == 0 else ""))
-    idx = list(range(n)) if checkpoints is None else [_checkpoint_index(k, i, n) for k, i in enumerate(checkpoints)]
+    idx = list(range(n)) if checkpoints is None else [checkpoint_index(f"checkpoints[{k}]", i, n) for k, i in enumerate(checkpoints)]
     steps = [int(trajectory.steps[i]) for i in idx]
 
     def compute() -> dict:

@@ -69,6 +69,20 @@ def one_cycle_lr(step: int, num_steps: int, max_lr: float, pct_start: float = 0.
     return max_lr + (end - max_lr) * min(1.0, (step - up) / max(last - up, 1e-12))
 
 
+def checkpoint_index(name: str, i, n: int, *, range_error: type = ValueError) -> int:
+    """``i`` (the argument ``name``) as an ``int`` index into a trajectory of ``n`` checkpoints (negative from the
+    end); ValueError for what is no whole number, ``range_error`` for an index outside ``[-n, n - 1]``."""
+    try:
+        i = check_int(name, i, minimum=-(2 ** 63))
+    except ValueError:
+        raise ValueError(f"{name} must be an integer index into the trajectory, in [{-n}, {n - 1}] (it has {n} "
+                         f"checkpoints), got {i!r}") from None
+    if not -n <= i < n:
+        raise range_error(f"{name} = {i} is out of range: the trajectory has {n} checkpoints, indices [{-n}, {n - 1}] "
+                          "(Trajectory.index_of(step) finds a training step's)")
+    return i
+
+
 @dataclass
 class Trajectory:
     """Parameters at the checkpoint ``steps``, and the training loss at every step.
@@ -104,16 +118,7 @@ class Trajectory:
 
     def _index(self, i) -> int:
         """``i`` as an ``int`` index into ``steps`` (negative from the end), or a clear error."""
-        n = len(self)
-        try:
-            i = check_int("checkpoint index i", i, minimum=-(2 ** 63))
-        except ValueError:
-            raise ValueError(f"checkpoint index i must be an integer in [{-n}, {n - 1}] (this trajectory has {n} "
-                             f"checkpoints), got {i!r}") from None
-        if not -n <= i < n:
-            raise IndexError(f"checkpoint index {i} out of range for {n} checkpoints: use an index in [{-n}, {n - 1}] "
-                             "(Trajectory.index_of(step) finds a training step's)")
-        return i
+        return checkpoint_index("checkpoint index i", i, len(self), range_error=IndexError)
 
     def state_dict(self, i: int) -> dict:
         """The parameters of checkpoint ``i`` (an index into ``steps``) as a state dict."""

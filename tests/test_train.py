@@ -340,10 +340,10 @@ def _xy(gen):
      r"batch_fn\(generator\) must return torch tensors \(x, y\), but x is a numpy.ndarray and y is a numpy.ndarray"),
     (lambda: _tiny(lambda g: torch.stack(_xy(g))), TypeError, r"must return a pair \(x, y\).*a tensor of shape \(2, 4, 2\)"),
     (lambda: _tiny(lambda g: _xy(g) + (None,)), TypeError, r"must return a pair \(x, y\).*a tuple of length 3"),
-    (lambda: _tiny(_xy).state_dict(1.5), ValueError, r"checkpoint index i must be an integer in \[-2, 1\].*got 1.5"),
+    (lambda: _tiny(_xy).state_dict(1.5), ValueError, r"checkpoint index i must be an integer index into the trajectory, in \[-2, 1\].*got 1.5"),
     (lambda: _tiny(_xy).model_at(0.5, DeepLinearNetwork([2, 2])), ValueError,
-     r"checkpoint index i must be an integer in \[-2, 1\]"),
-    (lambda: _tiny(_xy).state_dict(2), IndexError, r"out of range for 2 checkpoints: use an index in \[-2, 1\]"),
+     r"checkpoint index i must be an integer index into the trajectory, in \[-2, 1\]"),
+    (lambda: _tiny(_xy).state_dict(2), IndexError, r"= 2 is out of range: the trajectory has 2 checkpoints, indices \[-2, 1\]"),
 ])
 def test_bad_checkpoints_batches_and_indices_are_named(call, err, match):
     with pytest.raises(err, match=match):
