@@ -344,9 +344,10 @@ def llc_over_trajectory(trajectory, template: torch.nn.Module, loss_fn, data, *,
     comes from the cache): a figure must mark them and no claim may rest on them. With ``cache_name`` the whole
     curve is cached under ``cache_config`` + the sampler settings + fingerprints of the trajectory, the data, the
     template's architecture and ``loss_fn``'s name and code (:func:`slt_companion.replicate.code_fingerprint`: its
-    bytecode, constants, defaults and captured values; ``chunk_size`` and ``distributed`` are not part of the key:
-    they do not change the numbers). Functions ``loss_fn`` calls are not fingerprinted, nor is a callable object's
-    code: describe a changed one in ``cache_config``. A cached entry that is not such a curve (a key missing, arrays
+    bytecode, constants, defaults, captured values and the globals and helpers beside it that it reads; ``chunk_size``
+    and ``distributed`` are not part of the key: they do not change the numbers). The package's and other libraries'
+    functions that ``loss_fn`` calls are not fingerprinted, nor is a callable object's code: describe a changed one in
+    ``cache_config``. A cached entry that is not such a curve (a key missing, arrays
     of another length) is recomputed with a ``RuntimeWarning``, as an unreadable one is. A checkpoint that diverges raises
     :class:`~slt_companion.diagnostics.SGLDDivergenceError` naming its index and training step, with the estimates
     finished before it in ``err.completed`` (``{trajectory index: LLCEstimate}``).

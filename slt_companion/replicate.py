@@ -192,12 +192,13 @@ class Replication:
         return axes
 
 
-def _stable_repr(value, _seen: frozenset = frozenset()) -> str:
+def _stable_repr(value, _seen: frozenset = frozenset(), *, objects: bool = True) -> str:
     """``repr(value)``, or the type's name where the repr holds a memory address (it changes from run to run).
 
     A NumPy array or torch tensor is described by its shape, dtype and a hash of its bytes (its ``repr`` elides all but
     a few entries of a large one); a dict, list or tuple by its items' stable reprs, a set by their sorted stable reprs
-    (a set of strings iterates in another order in every process); a container inside itself as ``...``."""
+    (a set of strings iterates in another order in every process); a container inside itself as ``...``. With
+    ``objects=False`` any other object (a model, a data set, a result holding a wall time) stands as its type's name."""
     import hashlib
     import sys
 
@@ -219,11 +220,14 @@ def _stable_repr(value, _seen: frozenset = frozenset()) -> str:
             return "..."
         inner = _seen | {id(value)}
         if type(value) is dict:
-            return "{" + ", ".join(f"{_stable_repr(k, inner)}: {_stable_repr(v, inner)}" for k, v in value.items()) + "}"
-        items = [_stable_repr(v, inner) for v in value]
+            return "{" + ", ".join(f"{_stable_repr(k, inner, objects=objects)}: {_stable_repr(v, inner, objects=objects)}"
+                                   for k, v in value.items()) + "}"
+        items = [_stable_repr(v, inner, objects=objects) for v in value]
         if type(value) in (set, frozenset):
             return f"{type(value).__name__}({{{', '.join(sorted(items))}}})"
         return f"[{', '.join(items)}]" if type(value) is list else f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+    elif not objects and not isinstance(value, (int, float, complex, str, bytes, type(None), np.generic)):
+        return type(value).__qualname__
     r = repr(value)
     return type(value).__qualname__ if " at 0x" in r else r
 
@@ -238,9 +242,29 @@ def code_fingerprint(fn) -> str | None:
     them by value, arrays and tensors by shape, dtype and a hash of their bytes; an object whose ``repr`` holds a
     memory address (a function, most objects) by its type's name only, and a model by its ``repr`` (its layers, not
     its weights). A change to such a value is not seen: describe it in ``replicate``'s ``config`` or bump ``version``.
-    Global names ``fn`` reads are not hashed either, only their names."""
+    Global names ``fn`` reads are hashed by value when they hold data (numbers, strings, arrays, tensors and
+    containers of them: a page's settings dict, a list of sizes) and by their type's name otherwise (a model, a data
+    set, a trajectory: describe those in ``config``); modules and classes by name; a function defined in ``fn``'s own module (a helper beside it on the page) by its own
+    fingerprint, recursively, and functions from other modules (the package's, torch's) by their names only: the
+    package's own code keys every cache entry already."""
+    return _fingerprint(fn, set())
+
+
+def _global_names(code) -> set[str]:
+    """The names a code object (and the functions, comprehensions and lambdas inside it) looks up: globals among them."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_code"):
+            names |= _global_names(c)
+    return names
+
+
+def _fingerprint(fn, _busy: set) -> str | None:
+    """:func:`code_fingerprint`, with ``_busy`` the ids of the functions being fingerprinted (a helper that calls
+    itself, or two helpers that call each other, are hashed once)."""
     import functools
     import hashlib
+    import types
 
     def parts(code):
         yield code.co_code
@@ -254,7 +278,7 @@ def code_fingerprint(fn) -> str | None:
                 yield repr(c).encode()
 
     if isinstance(fn, functools.partial):
-        inner = code_fingerprint(fn.func)
+        inner = _fingerprint(fn.func, _busy)
         return None if inner is None else hashlib.sha256(
             (inner + repr(fn.args) + repr(sorted(fn.keywords.items()))).encode()).hexdigest()[:16]
     code = getattr(fn, "__code__", None)
@@ -275,6 +299,30 @@ def code_fingerprint(fn) -> str | None:
             except ValueError:                        # a cell not yet filled (a name assigned after fn is defined)
                 return "<empty cell>"
         h.update(repr([cell_value(c) for c in cells]).encode())
+    # and the values of the globals it reads: `S["lr"]` edited on the page, a helper beside fn edited
+    scope = getattr(fn, "__globals__", None)
+    if scope is not None:
+        _busy = _busy | {id(fn)}
+        seen = []
+        for name in sorted(_global_names(code)):
+            if name not in scope:
+                continue                              # a builtin, an attribute name, a name not yet assigned
+            value = scope[name]
+            if isinstance(value, (types.ModuleType, type)) or id(value) in _busy:
+                continue
+            if isinstance(value, (types.FunctionType, functools.partial)):
+                target = value.func if isinstance(value, functools.partial) else value
+                if getattr(target, "__module__", None) != getattr(fn, "__module__", None):
+                    continue                          # the package's or a library's function: keyed elsewhere
+                seen.append((name, _fingerprint(value, _busy)))
+            elif isinstance(value, (types.BuiltinFunctionType, types.MethodType)):
+                continue                              # a builtin, or a method: its object is not what fn reads
+            else:
+                try:                                  # data by value; objects (a model, a run) by their type only
+                    seen.append((name, _stable_repr(value, objects=False)))
+                except Exception:                     # noqa: BLE001 -- a repr that fails: its type stands for it
+                    seen.append((name, type(value).__qualname__))
+        h.update(repr(seen).encode())
     return h.hexdigest()[:16]
 
 
@@ -285,10 +333,10 @@ def replicate(fn: Callable[[int], dict], seeds: int | Iterable[int] = 5, *, name
     only that seed), and return a :class:`Replication`. Every row must have the same keys.
 
     The cache key also holds a fingerprint of ``fn``'s own code (:func:`code_fingerprint`: its bytecode, names,
-    constants, defaults and captured values, not its line numbers), so editing ``fn``'s body recomputes. Code that
-    ``fn`` calls is not fingerprinted: the package's own code keys every entry already (:mod:`slt_companion.cache`),
-    and for helpers defined beside ``fn`` bump ``version`` when they change. ``config`` must describe everything else
-    ``fn`` depends on besides the seed (a captured model's weights, for one)."""
+    constants, defaults, captured values and the globals it reads, helpers defined beside it included, not its line
+    numbers), so editing ``fn``'s body, a setting it reads or a helper it calls recomputes. The package's code is
+    not fingerprinted: it keys every entry already (:mod:`slt_companion.cache`). ``config`` must describe what else
+    ``fn`` depends on besides the seed (a captured model's weights, for one); bump ``version`` to recompute by hand."""
     from tqdm.auto import tqdm
 
     from . import cache

@@ -81,8 +81,13 @@ def test_bad_input_is_named():
     assert isinstance(replicate(lambda s: {"a": 1.0}, 1, name="ok", config={}, progress=False), Replication)
 
 
+class _Calls(list):
+    """A list of the seeds fn was called with, hashed by its type (its repr holds an address), not its items."""
+    __repr__ = object.__repr__
+
+
 def test_editing_fn_recomputes_and_moving_it_does_not():
-    calls = []
+    calls = _Calls()
     src = "def fn(seed):\n    calls.append(seed)\n    return {'x': float(seed) * SCALE}\n"
     ns = {"calls": calls, "SCALE": 1.0}
     exec(compile(src, "<cell 1>", "exec"), ns)
@@ -95,13 +100,45 @@ def test_editing_fn_recomputes_and_moving_it_does_not():
     exec(compile(src.replace("float(seed) * SCALE", "float(seed) * 3.0"), "<cell 1>", "exec"), edited)
     assert replicate(edited["fn"], 2, name="edit", config={}, progress=False).values("x").tolist() == [0.0, 3.0]
     assert calls == [0, 1, 0, 1]
-    # what fn calls is not fingerprinted: a changed SCALE needs a new version (or config) to be seen
+    # a global fn reads is part of what it computes: SCALE edited on the page recomputes, no version needed
     moved["SCALE"] = 2.0
-    assert replicate(moved["fn"], 2, name="edit", config={}, progress=False).values("x").tolist() == [0.0, 1.0]
+    assert replicate(moved["fn"], 2, name="edit", config={}, progress=False).values("x").tolist() == [0.0, 2.0]
+    assert calls == [0, 1, 0, 1, 0, 1]
     assert replicate(moved["fn"], 2, name="edit", config={}, version=2,
                      progress=False).values("x").tolist() == [0.0, 2.0]
     with pytest.raises(TypeError, match="version"):
         replicate(moved["fn"], 2, name="edit", config={}, version=[1], progress=False)
+
+
+def test_globals_and_helpers_beside_fn_are_fingerprinted():
+    import subprocess
+    import sys
+    import types
+
+    from slt_companion.replicate import code_fingerprint
+
+    src = ("import math\nfrom slt_companion.replicate import value_range\n"
+           "S = {'lr': 1e-3, 'sizes': [2, 3]}\n"
+           "def helper(x):\n    return x * S['lr'] + (helper(x - 1) if x > 5 else 0) + other(x)\n"
+           "def other(x):\n    return helper(x) if x > 9 else math.sqrt(x)\n"
+           "def fn(seed):\n    return {'x': helper(seed), 'r': value_range([seed, 1.0]), 'n': len(RUN.rows)}\n")
+    ns: dict = {"RUN": types.SimpleNamespace(rows=[1], seconds=1.5)}
+    exec(compile(src, "<page>", "exec"), ns)
+    first = code_fingerprint(ns["fn"])                 # helpers that call each other: hashed once, no recursion
+    ns["RUN"] = types.SimpleNamespace(rows=[1], seconds=2.5)      # an object (here holding a wall time): its type only
+    assert code_fingerprint(ns["fn"]) == first
+    ns["S"]["sizes"].append(4)                         # a global the helper reads, edited in place
+    assert code_fingerprint(ns["fn"]) != first
+    ns["S"]["sizes"].pop()
+    assert code_fingerprint(ns["fn"]) == first
+    exec(compile(src.replace("math.sqrt(x)", "math.sqrt(x) + 1"), "<page>", "exec"), ns)   # a helper edited
+    assert code_fingerprint(ns["fn"]) != first
+    # the same page in other processes (other hash seeds, other addresses) fingerprints alike
+    prog = ("import types\nRUN = types.SimpleNamespace(rows=[1])\n" + src.replace("[2, 3]", "{'a', 'b', 'c', 'd'}") +
+            "from slt_companion.replicate import code_fingerprint\nprint(code_fingerprint(fn))")
+    prints = {subprocess.run([sys.executable, "-c", prog], env={"PYTHONHASHSEED": str(h)}, capture_output=True,
+                             text=True, check=True).stdout for h in (1, 2, 3)}
+    assert len(prints) == 1 and prints != {"None\n"}
 
 
 def test_fingerprint_of_partials_and_set_constants():
