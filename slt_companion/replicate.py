@@ -146,17 +146,22 @@ class Replication:
             lines.append(f"| {labels.get(c, c)} | {self.verdict(c)} | {'yes' if self.replicates(c) else '**no**'} |")
         return "\n".join(lines)
 
-    def numbers_table(self, labels: dict | None = None, fmt: str = ".3g") -> str:
-        """Markdown: one row per seed with every number, and a last row with mean ± sd."""
+    def numbers_table(self, labels: dict | None = None, fmt: str | dict = ".3g") -> str:
+        """Markdown: one row per seed with every number, and a last row with mean ± sd over the seeds that measured it
+        (``(n of N)`` when some did not). ``fmt``: a format for every number, or ``{key: format}`` (the others
+        ``.3g``), e.g. ``{"rhat": ".3f"}``. A NaN (not measured in that seed) reads "—"; with a ``g`` format a
+        number of 1,000 or more is written whole with thousands separators (``1,880``, not ``1.88e+03``)."""
         labels = labels or {}
+        fmts = {k: (fmt.get(k, ".3g") if isinstance(fmt, dict) else fmt) for k in self.numbers}
         head = "| seed | " + " | ".join(labels.get(k, k) for k in self.numbers) + " |"
         lines = [head, "|" + "---|" * (len(self.numbers) + 1)]
         for r in self.rows:
-            lines.append(f"| {r['seed']} | " + " | ".join(format(r[k], fmt) for k in self.numbers) + " |")
+            lines.append(f"| {r['seed']} | " + " | ".join(_cell(r[k], fmts[k]) for k in self.numbers) + " |")
         cells = []
         for k in self.numbers:
             s = self.spread(k)
-            cells.append(f"{s['mean']:{fmt}} ± {s['sd']:{fmt}}" if s["n"] > 1 else format(s["mean"], fmt))
+            cell = f"{_cell(s['mean'], fmts[k])} ± {_cell(s['sd'], fmts[k])}" if s["n"] > 1 else _cell(s["mean"], fmts[k])
+            cells.append(cell + (f" ({s['n']} of {len(self.rows)})" if 0 < s["n"] < len(self.rows) else ""))
         lines.append("| **mean ± sd** | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -190,6 +195,17 @@ class Replication:
             ax.set_ylabel(ylabels.get(k, labels.get(k, k)), fontsize=8)
         np.atleast_1d(axes)[0].legend(fontsize=7.5, loc="best")
         return axes
+
+
+def _cell(x, fmt: str) -> str:
+    """One number of :meth:`Replication.numbers_table`: "—" for NaN, whole with separators for |x| ≥ 1000 under a
+    ``g`` format (which would write 1.88e+03), else ``format(x, fmt)``."""
+    x = float(x)
+    if math.isnan(x):
+        return "—"
+    if fmt.endswith("g") and math.isfinite(x) and abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return format(x, fmt)
 
 
 def _stable_repr(value, _seen: frozenset = frozenset(), *, objects: bool = True) -> str:

@@ -402,10 +402,14 @@ def jobs_arg(text: str):
 def kernel_env() -> dict:
     """The environment a page's kernel starts with: this process's, on tcmalloc where it is installed
     (:func:`slt_companion.allocator.preload_env`; ``SLT_MALLOC=system`` turns it off). The same numbers, bit for bit;
-    the book's work ran 1.13-1.19 times faster alone (``benchmarks/allocator.py``)."""
+    the book's work ran 1.13-1.19 times faster alone (``benchmarks/allocator.py``). Progress bars off
+    (``TQDM_DISABLE=1``, unless set): in the stored outputs of the built book a bar is frozen where the run left it
+    ("25% 9856/40000") and reads like an aborted run; a reader running the notebook sees them."""
     from slt_companion.allocator import preload_env
 
-    return preload_env(os.environ)
+    env = preload_env(os.environ)
+    env.setdefault("TQDM_DISABLE", "1")
+    return env
 
 
 def prepare_cache(cache_dir) -> None:

@@ -55,6 +55,11 @@ def test_page_kernels_get_the_preload(fake_tcmalloc, monkeypatch):
     assert env["LD_PRELOAD"].split()[0] == FAKE and env["SLT_SOMETHING"] == "kept"
     monkeypatch.setenv("SLT_MALLOC", "system")
     assert kernel_env().get("LD_PRELOAD", "") == ""
+    # progress bars off in the stored outputs (frozen mid-run they read as aborted runs), unless asked for
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert kernel_env()["TQDM_DISABLE"] == "1"
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert kernel_env()["TQDM_DISABLE"] == "0"
 
 
 @pytest.mark.skipif(allocator.tcmalloc_path() is None, reason=allocator.INSTALL_HINT)

@@ -47,7 +47,15 @@ def test_claims_and_numbers_are_counted_and_spread():
     assert s["n"] == 4 and s["mean"] == pytest.approx(1.5) and s["sd"] == 0
     assert rep.values("count").tolist() == [0, 2, 4, 6, 8]
     assert "| has_stage | 4 of 5 seeds | yes |" in rep.claims_table()
-    assert rep.numbers_table().splitlines()[-1].startswith("| **mean ± sd** |")
+    table = rep.numbers_table().splitlines()
+    assert table[-1].startswith("| **mean ± sd** |") and table[-1].endswith("| 1.5 ± 0 (4 of 5) |")
+    assert table[2].endswith("| 0 | — |")                           # seed 0 measured no llc: a dash, not "nan"
+    big = Replication(name="b", seeds=[0, 1], rows=[{"seed": 0, "step": 1880.0, "rhat": 1.0123},
+                                                    {"seed": 1, "step": 2140.0, "rhat": 1.0}],
+                      numbers=["step", "rhat"])
+    lines = big.numbers_table(fmt={"rhat": ".3f"}).splitlines()
+    assert lines[2] == "| 0 | 1,880 | 1.012 |" and lines[3] == "| 1 | 2,140 | 1.000 |"     # no 1.88e+03
+    assert lines[4] == "| **mean ± sd** | 2,010 ± 184 | 1.006 ± 0.009 |"
     assert len(rep.plot(["boundary", "count"], reference={"boundary": 100.0})) == 2
     with pytest.raises(KeyError, match="not a claim"):
         rep.holds("boundary")
@@ -81,13 +89,8 @@ def test_bad_input_is_named():
     assert isinstance(replicate(lambda s: {"a": 1.0}, 1, name="ok", config={}, progress=False), Replication)
 
 
-class _Calls(list):
-    """A list of the seeds fn was called with, hashed by its type (its repr holds an address), not its items."""
-    __repr__ = object.__repr__
-
-
 def test_editing_fn_recomputes_and_moving_it_does_not():
-    calls = _Calls()
+    calls = Calls()
     src = "def fn(seed):\n    calls.append(seed)\n    return {'x': float(seed) * SCALE}\n"
     ns = {"calls": calls, "SCALE": 1.0}
     exec(compile(src, "<cell 1>", "exec"), ns)
