@@ -68,6 +68,7 @@ class SusceptibilityEstimate:
     - ``perturbations`` (``P`` names), ``observables`` (``O`` names; a vector observable ``"f"`` gives ``"f[0]"``, ...);
     - ``observable_trace`` ``(chains, draws, O)`` and ``perturbation_trace`` ``(chains, draws, P)``: the
       per-draw :math:`\phi` and :math:`\Delta L` after burn-in (and thinning);
+    - ``converged`` ``(P,)``: whether each perturbation's ΔL trace converged (R̂ ≤ 1.01, ESS ≥ 400);
     - ``mode``: ``"mixture"`` or ``"add"``; ``config``: the :class:`~slt_companion.sampling.SamplerConfig`;
       ``seconds``: sampling and evaluation wall time.
     """
@@ -93,6 +94,13 @@ class SusceptibilityEstimate:
         if p not in self.perturbations or o not in self.observables:
             raise KeyError(f"unknown pair {key!r}; perturbations {self.perturbations}, observables {self.observables}")
         return float(self.value[self.perturbations.index(p), self.observables.index(o)])
+
+    @property
+    def converged(self) -> np.ndarray:
+        """``(P,)`` booleans: the ΔL trace of each perturbation (which every χ in its row is a covariance with) has
+        R̂ ≤ 1.01 and ESS ≥ 400; a constant or too short trace has nothing to diagnose and counts as converged (the
+        rule :func:`susceptibility` warns by)."""
+        return np.array([d[3] for d in _trace_diagnostics(self.perturbation_trace, self.perturbations)], dtype=bool)
 
     def __repr__(self) -> str:
         return (f"SusceptibilityEstimate(shape={self.value.shape}, perturbations={self.perturbations}, "
@@ -186,19 +194,29 @@ def _eval_losses(prob, W: torch.Tensor, budget: int = 2_000_000) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def _warn_if_unconverged(dL: np.ndarray, names: list, step_size) -> None:
-    """One :class:`~slt_companion.convergence.LLCConvergenceWarning` if the ΔL trace of any perturbation (the
-    quantity every χ is a covariance with) has R̂ > 1.01 or ESS < 400."""
-    from .convergence import is_converged, warn_unconverged
+def _trace_diagnostics(dL: np.ndarray, names: list) -> list:
+    """``(name, R̂, ESS, converged)`` of each perturbation's ΔL trace ``dL[:, :, i]``; a trace with under 4 draws or
+    no variation is not diagnosed (NaN, counted as converged)."""
+    from .convergence import is_converged
 
-    worst = None
+    out = []
     for i, name in enumerate(names):
         tr = dL[:, :, i]
         if tr.shape[1] < 4 or np.ptp(tr) == 0:
+            out.append((name, math.nan, math.nan, True))
             continue
         r, e = _rhat(tr), _ess(tr)
-        if not is_converged(r, e) and (worst is None or r > worst[1]):
-            worst = (name, r, e)
+        out.append((name, r, e, is_converged(r, e)))
+    return out
+
+
+def _warn_if_unconverged(dL: np.ndarray, names: list, step_size) -> None:
+    """One :class:`~slt_companion.convergence.LLCConvergenceWarning` if the ΔL trace of any perturbation (the
+    quantity every χ is a covariance with) has R̂ > 1.01 or ESS < 400."""
+    from .convergence import warn_unconverged
+
+    bad = [(name, r, e) for name, r, e, ok in _trace_diagnostics(dL, names) if not ok]
+    worst = max(bad, key=lambda d: d[1]) if bad else None
     if worst is not None:
         warn_unconverged(f"The susceptibility run (its ΔL trace for {worst[0]!r})", worst[1], worst[2], "fixed",
                          step_size=step_size if isinstance(step_size, float) else None)

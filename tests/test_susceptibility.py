@@ -124,3 +124,26 @@ def test_params_restriction_freezes_the_rest():
                          batch_size=30, progress=False)
     assert np.ptp(est.observable_trace[..., 0]) == 0 and abs(est.value[0, 0]) < 1e-20
     assert est.value[0, 1] != 0.0 and np.ptp(est.observable_trace[..., 1]) > 0
+
+
+def test_converged_says_per_perturbation_what_the_warning_says():
+    import warnings
+
+    from slt_companion.convergence import LLCConvergenceWarning
+
+    model, data, pert = _problem(n=50, n2=20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = susceptibility(model, half_mse, data, {"a": pert, "b": pert}, _weights, num_chains=2, num_draws=50,
+                             num_burnin=10, step_size=1e-3, nbeta=20.0, batch_size=16, seed=3, progress=False)
+    warned = any(issubclass(w.category, LLCConvergenceWarning) for w in caught)
+    assert est.converged.shape == (2,) and est.converged.dtype == bool
+    assert warned == (not est.converged.all())
+    d = est.to_dict()
+    rng = np.random.default_rng(0)
+    mixed = SusceptibilityEstimate.from_dict(dict(d, perturbation_trace=rng.standard_normal((4, 2000, 2))))
+    assert mixed.converged.all()                                   # independent draws: R̂ ≈ 1, ESS ≈ 8,000
+    stuck = rng.standard_normal((4, 2000, 2)) + np.array([0.0, 5.0, 10.0, 15.0])[:, None, None]
+    assert not SusceptibilityEstimate.from_dict(dict(d, perturbation_trace=stuck)).converged.any()   # chains apart
+    flat = SusceptibilityEstimate.from_dict(dict(d, perturbation_trace=np.zeros((2, 50, 2))))
+    assert flat.converged.all()                                    # a constant trace: nothing to diagnose
